@@ -1,0 +1,5 @@
+"""`python -m alphaprune ...`: see alphaprune/cli.py."""
+
+from alphaprune.cli import main
+
+raise SystemExit(main())

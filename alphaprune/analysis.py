@@ -1,0 +1,241 @@
+"""Analyse a model: every weight matrix's spectrum, its power-law fits and metrics.
+
+    from alphaprune.analysis import analyze
+    result = analyze(model, model_name="smollm2-135m")   # Analysis
+    result.layers[5].alpha_peak, result.eigenvalues["model.layers.0.mlp.up_proj"]
+
+Per matrix (alphaprune/arch.py says which): eigenvalues (alphaprune/spectra.py), the four
+xmin rules (alphaprune/fits.py) and the other metrics (alphaprune/metrics.py).
+
+Speed: on a CPU the matrices are spread over one worker process per core (forked, so the
+weights are shared, never copied or pickled), each with one BLAS thread: the LAPACK
+tridiagonal reduction does not scale over threads, but two matrices at once do. Results
+are cached on disk by a fingerprint of the weights (alphaprune/cache.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from alphaprune import cache
+from alphaprune.arch import MatrixRef, all_matrices
+from alphaprune.fits import XMIN_RULES, fit_all
+from alphaprune.metrics import mp_fit, spectral_metrics
+from alphaprune.spectra import PRECISIONS, eigenvalues, resolve_device
+
+ANALYSIS_VERSION = 1  # bump when a metric's definition changes: old cache entries are ignored
+Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Everything measured on one weight matrix (shape is (out, in))."""
+
+    name: str
+    block: int
+    kind: str
+    shape: tuple[int, int]
+    params: int
+    prunable: bool
+    alpha_peak: float
+    xmin_peak: float
+    D_peak: float
+    n_tail_peak: int
+    alpha_peak_fixed: float
+    xmin_peak_fixed: float
+    D_peak_fixed: float
+    n_tail_peak_fixed: int
+    alpha_mid: float
+    xmin_mid: float
+    D_mid: float
+    n_tail_mid: int
+    alpha_ks: float
+    xmin_ks: float
+    D_ks: float
+    n_tail_ks: int
+    spectral_norm: float
+    log_spectral_norm: float
+    norm: float
+    log_norm: float
+    stable_rank: float
+    alpha_hat: float
+    entropy: float
+    rank: float
+    mp_sigma2: float
+    mp_edge_low: float
+    mp_edge_high: float
+    mp_num_spikes: int
+    mp_softrank: float
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerMetrics:
+        return cls(**{**data, "shape": tuple(data["shape"])})
+
+
+# Numeric per-matrix quantities a user can plot or allocate by (identity fields excluded).
+METRIC_NAMES = tuple(
+    f.name
+    for f in dataclasses.fields(LayerMetrics)
+    if f.type in ("float", "int") and f.name not in ("block", "params") and not f.name.startswith("n_tail")
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """The analysis of one model: per-matrix metrics, in module order, and eigenvalues."""
+
+    model: str
+    fingerprint: str | None
+    precision: str
+    device: str
+    seconds_analysis: float  # spectra + fits (+ fingerprint and cache I/O when cached)
+    from_cache: bool
+    layers: tuple[LayerMetrics, ...]
+    eigenvalues: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def prunable(self) -> tuple[LayerMetrics, ...]:
+        return tuple(layer for layer in self.layers if layer.prunable)
+
+    def layer(self, name: str) -> LayerMetrics:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        """The JSON document of `alphaprune analyze --out FILE.json`."""
+        return {
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "precision": self.precision,
+            "device": self.device,
+            "seconds_analysis": self.seconds_analysis,
+            "from_cache": self.from_cache,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def measure_matrix(ref: MatrixRef, precision: str = "auto", device: str = "auto") -> tuple[np.ndarray, LayerMetrics]:
+    """Eigenvalues and all metrics of one matrix."""
+    evals = eigenvalues(ref.weight(), precision, device, display_only=not ref.prunable)
+    fits = fit_all(evals)
+    shape = ref.shape
+    fields: dict = {"name": ref.name, "block": ref.block, "kind": ref.kind, "shape": shape}
+    fields.update(params=ref.params, prunable=ref.prunable)
+    for rule in XMIN_RULES:
+        fit = fits[rule]
+        fields.update(
+            {f"alpha_{rule}": fit.alpha, f"xmin_{rule}": fit.xmin, f"D_{rule}": fit.D, f"n_tail_{rule}": fit.n_tail}
+        )
+    fields.update(spectral_metrics(evals, fits["peak"].alpha))
+    mp = mp_fit(evals, shape)
+    fields.update(
+        mp_sigma2=mp.sigma2,
+        mp_edge_low=mp.edge_low,
+        mp_edge_high=mp.edge_high,
+        mp_num_spikes=mp.num_spikes,
+        mp_softrank=mp.softrank,
+    )
+    return evals, LayerMetrics(**fields)
+
+
+# The forked workers read the matrices from this module global (shared memory, no pickling).
+_POOL_JOB: tuple[list[MatrixRef], str] | None = None
+
+
+def _pool_init() -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # one BLAS thread per worker process
+
+
+def _pool_task(index: int) -> tuple[int, np.ndarray, LayerMetrics]:
+    refs, precision = _POOL_JOB
+    evals, metrics = measure_matrix(refs[index], precision, "cpu")
+    return index, evals, metrics
+
+
+def _workers(device: str, n_jobs: int) -> int:
+    if device != "cpu" or n_jobs < 8 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _measure_all(refs: list[MatrixRef], precision: str, device: str, progress: Progress | None):
+    """(eigenvalues, metrics) for every ref, in order; progress after each matrix."""
+    global _POOL_JOB
+    results: list = [None] * len(refs)
+    workers = _workers(device, len(refs))
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done / len(refs), f"spectra {done}/{len(refs)}")
+
+    if workers == 1:
+        for i, ref in enumerate(refs):
+            results[i] = measure_matrix(ref, precision, device)
+            report(i + 1)
+        return results
+    # Largest first, so the pool does not finish waiting on one big matrix.
+    order = sorted(range(len(refs)), key=lambda i: -refs[i].params)
+    _POOL_JOB = (refs, precision)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_pool_init) as pool:
+            for done, (i, evals, metrics) in enumerate(pool.imap_unordered(_pool_task, order), start=1):
+                results[i] = (evals, metrics)
+                report(done)
+    finally:
+        _POOL_JOB = None
+    return results
+
+
+def _cache_key(fingerprint: str, precision: str) -> str:
+    return f"{fingerprint[:32]}-{precision}-v{ANALYSIS_VERSION}"
+
+
+def analyze(
+    model: nn.Module,
+    model_name: str = "model",
+    precision: str = "auto",
+    device: str = "auto",
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> Analysis:
+    """Spectra and metrics of every prunable matrix plus embeddings / LM head."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dev = str(resolve_device(device))
+    start = time.perf_counter()
+    refs = all_matrices(model)
+    fingerprint = cache.weights_fingerprint(refs) if use_cache else None
+    if fingerprint is not None:
+        entry = cache.load_entry(_cache_key(fingerprint, precision))
+        if entry is not None and [r["name"] for r in entry[0]] == [ref.name for ref in refs]:
+            layers = tuple(LayerMetrics.from_dict(r) for r in entry[0])
+            if progress is not None:
+                progress(1.0, "spectra loaded from cache")
+            seconds = time.perf_counter() - start
+            return Analysis(model_name, fingerprint, precision, dev, seconds, True, layers, entry[1])
+    results = _measure_all(refs, precision, dev, progress)
+    layers = tuple(metrics for _, metrics in results)
+    evals = {ref.name: ev for ref, (ev, _) in zip(refs, results, strict=True)}
+    if fingerprint is not None:
+        cache.save_entry(_cache_key(fingerprint, precision), [m.to_dict() for m in layers], evals)
+    seconds = time.perf_counter() - start
+    return Analysis(model_name, fingerprint, precision, dev, seconds, False, layers, evals)

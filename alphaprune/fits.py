@@ -1,0 +1,159 @@
+"""Power-law fits of the tail of an eigenvalue spectrum (method.md section 3).
+
+For a candidate xmin = lambda_i (eigenvalues ascending, tail lambda_i..lambda_{N-1}, n = N - i):
+
+    alpha_i = 1 + n / sum_{j>=i} ln(lambda_j / lambda_i)                    (Hill / MLE)
+    D_i     = max_{k<n} | 1 - (lambda_{i+k} / lambda_i)^(1 - alpha_i) - k / n |   (KS)
+
+`ks_scan` computes (alpha_i, D_i) for every candidate at once with numpy (suffix sums for
+alpha, a chunked (candidates x eigenvalues) matrix for D), no Python loop over candidates.
+The xmin rules are then choices over that scan:
+
+- `mid`: xmin = lambda_{floor(N/2)}, one fit.
+- `ks`: every eigenvalue but the largest is a candidate; smallest D wins.
+- `peak`: candidates in a window around the ESD's peak, exactly as the AlphaPruning code
+  (its lower bound compares eigenvalues with log10(0.95 peak): a quirk kept on purpose).
+- `peak_fixed`: the same window with the lower bound 0.95 peak, as the window was meant.
+
+As in the reference code, a candidate whose alpha <= 1 gets D = 1, and a candidate left
+out of the window counts as alpha = 0, D = 1 (so an empty window returns alpha 0).
+
+    from alphaprune.fits import fit_all
+    fits = fit_all(np.sort(eigenvalues))     # {"peak": Fit(...), "mid": ..., ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+XMIN_RULES = ("peak", "peak_fixed", "mid", "ks")
+PEAK_BINS = 100
+_CHUNK_ELEMENTS = 1 << 21  # candidates x eigenvalues per block of the KS matrix
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One power-law fit: exponent, where the tail starts, goodness, tail size."""
+
+    alpha: float
+    xmin: float
+    D: float
+    n_tail: int
+
+
+@dataclass(frozen=True)
+class Scan:
+    """alpha and D for every candidate xmin = evals[i], i = 0..N-2."""
+
+    xmins: np.ndarray  # (N-1,)
+    alphas: np.ndarray  # (N-1,)
+    Ds: np.ndarray  # (N-1,)
+
+
+def _alphas(evals: np.ndarray) -> np.ndarray:
+    """Hill estimate for every candidate via suffix sums of log-eigenvalues: O(N)."""
+    n_total = len(evals)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(evals)
+        suffix = np.cumsum(logs[::-1])[::-1]  # suffix[i] = sum_{j>=i} ln lambda_j
+        n = (n_total - np.arange(n_total - 1)).astype(np.float64)
+        return 1.0 + n / (suffix[:-1] - n * logs[:-1])
+
+
+def _ks_distances(evals: np.ndarray, alphas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """D_i for the candidate indices `rows`, computed block by block."""
+    n_total = len(evals)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        logs = np.log(evals)
+        cols = np.arange(n_total)
+        out = np.empty(len(rows))
+        step = max(1, _CHUNK_ELEMENTS // max(n_total, 1))
+        for start in range(0, len(rows), step):
+            i = rows[start : start + step]  # (c,)
+            n = (n_total - i).astype(np.float64)[:, None]  # (c, 1)
+            k = cols[None, :] - i[:, None]  # (c, N): position inside the tail
+            model_cdf = 1.0 - np.exp((1.0 - alphas[i])[:, None] * (logs[None, :] - logs[i][:, None]))
+            gap = np.abs(model_cdf - k / n)
+            gap[k < 0] = 0.0  # eigenvalues below xmin are not in the tail
+            out[start : start + step] = gap.max(axis=1)
+    return out
+
+
+def ks_scan(evals: np.ndarray) -> Scan:
+    """alpha and KS distance for every candidate xmin (all eigenvalues but the largest)."""
+    evals = np.asarray(evals, dtype=np.float64)
+    if len(evals) < 2:
+        empty = np.empty(0)
+        return Scan(empty, empty, empty)
+    alphas = _alphas(evals)
+    valid = np.isfinite(alphas) & (alphas > 1.0) & (evals[:-1] > 0)
+    Ds = np.ones(len(alphas))
+    rows = np.flatnonzero(valid)
+    if len(rows):
+        Ds[rows] = _ks_distances(evals, alphas, rows)
+    alphas = np.where(np.isfinite(alphas), alphas, 0.0)
+    return Scan(xmins=evals[:-1], alphas=alphas, Ds=Ds)
+
+
+def esd_peak(evals: np.ndarray, bins: int = PEAK_BINS) -> float:
+    """Left edge of the fullest bin of a histogram of log10(lambda), as the reference does.
+
+    Computed with torch.histc in float32 like the AlphaPruning code, so that a value on a
+    bin edge lands in the same bin as there.
+    """
+    positive = evals[evals > 0]
+    if len(positive) == 0:
+        return 0.0
+    logs = torch.log10(torch.as_tensor(positive, dtype=torch.float32))
+    lo, hi = logs.min(), logs.max()
+    counts = torch.histc(logs, bins, min=float(lo), max=float(hi))
+    edges = torch.linspace(float(lo), float(hi), bins + 1)
+    return float(10 ** edges[int(torch.argmax(counts))])
+
+
+def peak_window(evals: np.ndarray, corrected: bool) -> tuple[float, float]:
+    """(lower, upper) bounds on xmin around the ESD peak; see the module docstring."""
+    peak = esd_peak(evals)
+    if peak <= 0:
+        return (np.inf, -np.inf)
+    lower = 0.95 * peak if corrected else float(np.log10(0.95 * peak))
+    return (lower, 1.5 * peak)
+
+
+def _pick(scan: Scan, allowed: np.ndarray, n_total: int) -> Fit:
+    """Smallest D among allowed candidates; the first one on ties (as torch.argmin)."""
+    alphas = np.where(allowed, scan.alphas, 0.0)
+    Ds = np.where(allowed, scan.Ds, 1.0)
+    i = int(np.argmin(Ds))
+    return Fit(alpha=float(alphas[i]), xmin=float(scan.xmins[i]), D=float(Ds[i]), n_tail=n_total - i)
+
+
+def fit_at(evals: np.ndarray, i: int) -> Fit:
+    """The fit with xmin = evals[i] (no check on alpha, as the reference's xmin_mid)."""
+    evals = np.asarray(evals, dtype=np.float64)
+    n = len(evals) - i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(evals[i:])
+        alpha = 1.0 + n / (logs.sum() - n * logs[0])
+        cdf = 1.0 - np.exp((1.0 - alpha) * (logs - logs[0]))
+        D = float(np.max(np.abs(cdf - np.arange(n) / n)))
+    return Fit(alpha=float(alpha), xmin=float(evals[i]), D=D, n_tail=n)
+
+
+def fit_all(evals: np.ndarray, scan: Scan | None = None) -> dict[str, Fit]:
+    """All four xmin rules on one ascending spectrum. Pass `scan` to reuse a ks_scan."""
+    evals = np.asarray(evals, dtype=np.float64)
+    n_total = len(evals)
+    if n_total < 2:
+        nan = Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
+        return {rule: nan for rule in XMIN_RULES}
+    scan = scan if scan is not None else ks_scan(evals)
+    everything = np.ones(n_total - 1, dtype=bool)
+    fits = {"ks": _pick(scan, everything, n_total), "mid": fit_at(evals, n_total // 2)}
+    for rule, corrected in (("peak", False), ("peak_fixed", True)):
+        lower, upper = peak_window(evals, corrected)
+        fits[rule] = _pick(scan, (scan.xmins >= lower) & (scan.xmins <= upper), n_total)
+    return fits

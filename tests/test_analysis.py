@@ -1,0 +1,90 @@
+"""The whole analysis (alphaprune/analysis.py) and its disk cache, on tiny and real models.
+
+.venv/bin/python -m pytest tests/test_analysis.py -q
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from alphaprune import analysis as analysis_mod
+from alphaprune.analysis import METRIC_NAMES, analyze, measure_matrix
+from alphaprune.arch import prunable_matrices
+from tests.conftest import tiny_llama
+
+
+def test_tiny_model_analysis_shape_and_progress():
+    model = tiny_llama(layers=2)
+    seen = []
+    result = analyze(model, "tiny", use_cache=False, progress=lambda f, m: seen.append(f))
+    assert len(result.prunable) == 14  # 7 matrices x 2 blocks
+    assert len(result.layers) == 15  # + the (tied) embedding, listed once
+    assert [layer.block for layer in result.prunable] == [0] * 7 + [1] * 7
+    assert seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    for layer in result.layers:
+        ev = result.eigenvalues[layer.name]
+        assert len(ev) == min(layer.shape)
+        assert layer.spectral_norm == pytest.approx(ev[-1])
+        assert all(isinstance(getattr(layer, m), (int, float)) for m in METRIC_NAMES)
+
+
+def test_pool_and_sequential_paths_agree(monkeypatch):
+    model = tiny_llama(layers=2)
+    pooled = analyze(model, use_cache=False)
+    monkeypatch.setattr(analysis_mod, "_workers", lambda device, n: 1)
+    sequential = analyze(model, use_cache=False)
+    for a, b in zip(pooled.layers, sequential.layers, strict=True):
+        assert a == b
+
+
+def test_cache_hit_and_invalidation():
+    model = tiny_llama(layers=1, seed=5)
+    first = analyze(model, "tiny")
+    second = analyze(model, "tiny")
+    assert not first.from_cache and second.from_cache
+    assert second.layers == first.layers
+    for name, ev in first.eigenvalues.items():
+        np.testing.assert_array_equal(second.eigenvalues[name], ev)
+    with torch.no_grad():  # any change to a weight must miss the cache
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    third = analyze(model, "tiny")
+    assert not third.from_cache and third.fingerprint != first.fingerprint
+
+
+def test_no_cache_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALPHAPRUNE_CACHE", str(tmp_path))
+    result = analyze(tiny_llama(layers=1, seed=7), use_cache=False)
+    assert result.fingerprint is None and not any(tmp_path.iterdir())
+
+
+def test_measure_matrix_matches_direct_svd():
+    ref = prunable_matrices(tiny_llama(layers=1))[5]  # up_proj
+    evals, metrics = measure_matrix(ref)
+    direct = np.sort(torch.linalg.svdvals(ref.weight().double()).numpy() ** 2)
+    np.testing.assert_allclose(evals, direct, rtol=1e-9, atol=1e-12)
+    assert metrics.kind == "up_proj" and metrics.shape == tuple(ref.weight().shape)
+
+
+@pytest.mark.slow
+def test_real_model_full_analysis(real_model, real_analysis):
+    """SmolLM2-135M: 30 blocks x 7 matrices, sane alphas, then a warm (cached) rerun."""
+    result = real_analysis
+    assert len(result.prunable) == 210
+    assert {layer.kind for layer in result.prunable} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+    alphas = np.array([layer.alpha_peak for layer in result.prunable])
+    assert np.all(np.isfinite(alphas)) and np.median(alphas) > 1.5
+    # Known values from WeightWatcher 0.7.7 analyze() (its default full KS scan) on this model.
+    ww_alpha = {"model.layers.0.self_attn.q_proj": 1.773741, "model.layers.0.mlp.gate_proj": 4.946012}
+    for name, alpha in ww_alpha.items():
+        assert result.layer(name).alpha_ks == pytest.approx(alpha, rel=1e-4)
+    analyze(real_model.model, "smollm2-135m")  # fills the cache
+    start = time.perf_counter()
+    warm = analyze(real_model.model, "smollm2-135m")
+    assert warm.from_cache and time.perf_counter() - start < 1.5  # 0.2 s here; slack for a busy CI
+    assert warm.layers == result.layers
