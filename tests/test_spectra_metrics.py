@@ -39,15 +39,34 @@ def test_float32_close_for_large_eigenvalues_and_bf16_input():
     np.testing.assert_allclose(ev_bf16, svd_squared(w.to(torch.bfloat16).float()), rtol=1e-9, atol=1e-9 * ref.max())
 
 
-def test_auto_display_only_falls_back_to_float64_for_tiny_eigenvalues():
-    torch.manual_seed(2)
-    u, _ = torch.linalg.qr(torch.randn(100, 50, dtype=torch.float64))
-    s = torch.logspace(0, -6, 50, dtype=torch.float64)  # median / max ~ 1e-3
-    w = (u * s) @ torch.linalg.qr(torch.randn(50, 50, dtype=torch.float64))[0]
-    ev = eigenvalues(w.float(), "auto", display_only=True)
-    ref = svd_squared(w.float())
-    np.testing.assert_allclose(ev[-10:], ref[-10:], rtol=1e-6)
-    assert ev[0] == pytest.approx(ref[0], rel=1e-3)  # float32 Gram would miss this by far
+def planted(rows: int, cols: int, smallest: float, seed: int = 2) -> torch.Tensor:
+    """A float32 matrix with singular values from 1 down to `smallest`."""
+    torch.manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, dtype=torch.float64))
+    s = torch.logspace(0, np.log10(smallest), k, dtype=torch.float64)
+    return ((u * s) @ v.T).float()
+
+
+def test_auto_redoes_unresolved_spectra_in_float64():
+    w = planted(600, 300, smallest=1e-4)  # lambda_min / lambda_max = 1e-8: float32 cannot see it
+    ev = eigenvalues(w, "auto")
+    ref = svd_squared(w)
+    assert ev[0] == pytest.approx(ref[0], rel=1e-3)
+    assert abs(eigenvalues(w, "float32")[0] - ref[0]) > 0.5 * ref[0]  # the reason for the rule
+
+
+def test_auto_keeps_float32_where_resolved():
+    w = planted(600, 300, smallest=0.2)  # lambda_min / lambda_max = 0.04
+    ev = eigenvalues(w, "auto")
+    np.testing.assert_allclose(ev, svd_squared(w), rtol=1e-4)
+    np.testing.assert_array_equal(ev, eigenvalues(w, "float32"))  # float32 was kept
+
+
+def test_auto_uses_float64_for_square_matrices():
+    w = planted(300, 300, smallest=0.2)
+    np.testing.assert_array_equal(eigenvalues(w, "auto"), eigenvalues(w, "float64"))
 
 
 def test_bad_precision():
