@@ -27,9 +27,10 @@ def _progress_bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[],
     bar = tqdm(total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
 
     def update(fraction: float, message: str) -> None:
-        bar.set_postfix_str(message, refresh=False)
-        bar.n = round(100 * fraction)
-        bar.refresh()
+        step = round(100 * fraction)
+        if step > bar.n:  # tqdm's own rate limit applies to update(), not to refresh()
+            bar.set_postfix_str(message, refresh=False)
+            bar.update(step - bar.n)
 
     return update, bar.close
 
