@@ -75,15 +75,18 @@ def _gram_eigvalsh_cpu(weight: torch.Tensor, use64: bool) -> np.ndarray:
 
 
 def _eig(weight: torch.Tensor, use64: bool, dev: torch.device) -> np.ndarray:
+    """Ascending eigenvalues, clipped at 0 (rounding makes the Gram's zeros slightly negative)."""
     if dev.type == "cpu":
-        return _gram_eigvalsh_cpu(weight, use64)
-    return _gram_eigvalsh_torch(weight, torch.float64 if use64 else torch.float32, dev)
+        ev = _gram_eigvalsh_cpu(weight, use64)
+    else:
+        ev = _gram_eigvalsh_torch(weight, torch.float64 if use64 else torch.float32, dev)
+    return np.clip(ev, 0.0, None)
 
 
-def _try_float32(shape: tuple[int, ...], display_only: bool) -> bool:
-    """auto: is float32 worth trying for a matrix of this shape?"""
+def _try_float32(shape: tuple[int, ...], display_only: bool, dev: torch.device) -> bool:
+    """auto: is float32 worth trying for a matrix of this shape on this device?"""
     small, big = min(shape), max(shape)
-    if small <= _F32_MIN_SIDE:
+    if dev.type == "cuda" or small <= _F32_MIN_SIDE:  # float64 is cheap there
         return False
     return display_only or big / small >= _F32_MIN_ASPECT
 
@@ -96,13 +99,13 @@ def eigenvalues(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = resolve_device(device)
     if precision != "auto":
-        return np.clip(_eig(weight, precision == "float64", dev), 0.0, None)
-    if not _try_float32(tuple(weight.shape), display_only):
-        return np.clip(_eig(weight, True, dev), 0.0, None)
+        return _eig(weight, precision == "float64", dev)
+    if not _try_float32(tuple(weight.shape), display_only, dev):
+        return _eig(weight, True, dev)
     ev = _eig(weight, False, dev)
     # The smallest eigenvalue the fits need resolved: lambda_min, or the median for display.
     needed = ev[len(ev) // 2] if display_only else ev[0]
     ratio = _F32_DISPLAY_MEDIAN_RATIO if display_only else _F32_LAMBDA_MIN_RATIO
     if not ev[-1] > 0 or needed < ratio * ev[-1]:  # not resolved in float32
         ev = _eig(weight, True, dev)
-    return np.clip(ev, 0.0, None)
+    return ev
