@@ -3,6 +3,14 @@
     python -m alphaprune analyze                          # default model, table on stdout
     python -m alphaprune analyze --model path/to/model.gguf --out layers.csv
     python -m alphaprune analyze --no-cache --precision float64 --out analysis.json
+    python -m alphaprune allocate --sparsity 0.7 --allocation alphapruning --epsilon 0.3 --out ratios.json
+    python -m alphaprune prune --sparsity 0.7 --pruner wanda --allocation alphapruning \
+        --calib calib.txt --calib-samples 32 --seqlen 1024 --eval test.raw --eval-windows 32 --save out/
+    python -m alphaprune eval --model out/ --eval test.raw --seqlen 1024
+    python -m alphaprune sweep --pruner magnitude --epsilons 0.1,0.2,0.3 --sparsities 0.6,0.7
+    python -m alphaprune runs [--export runs.csv] [--delete 3,4]
+
+Every prune, sweep and eval run is stored in the run history (alphaprune/runs.py).
 
 Progress goes to stderr as a bar. Bad input (unknown model, missing file, a model that is
 not a causal LM ...) prints one line `alphaprune: error: ...` and exits with code 2.
@@ -53,7 +61,111 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute the spectra, bypassing the cache")
     p.add_argument("--out", type=Path, help="write FILE.json or FILE.csv (else a table on stdout)")
     p.set_defaults(func=cmd_analyze)
+    _add_allocate(sub)
+    _add_prune(sub)
+    _add_eval(sub)
+    _add_sweep(sub)
+    _add_runs(sub)
     return parser
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _epsilon(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"epsilon must be a number or 'auto', got {text!r}") from None
+
+
+def _add_allocation_args(p: argparse.ArgumentParser) -> None:
+    from alphaprune import allocation as alloc
+
+    p.add_argument("--sparsity", type=float, default=0.5, help="target (parameter-weighted) sparsity in (0, 1)")
+    p.add_argument("--allocation", default="uniform", choices=alloc.METHODS)
+    p.add_argument("--epsilon", type=_epsilon, default=alloc.DEFAULT_EPSILON, help="allocation range, or 'auto'")
+    p.add_argument("--metric", default=alloc.DEFAULT_METRIC, help="analysis column driving AlphaPruning")
+    p.add_argument("--mapping", default="block", choices=alloc.MAPPINGS)
+    p.add_argument("--block-list", type=_floats, help="allocation 'list': one sparsity per block, comma-separated")
+    p.add_argument("--owl-m", type=float, default=alloc.OWL_M, help="OWL outlier threshold M")
+    p.add_argument("--owl-lambda", type=float, default=alloc.OWL_LAMBDA, help="OWL sparsity spread lambda")
+    p.add_argument("--max-sparsity", type=float, default=alloc.DEFAULT_CEILING, help="ceiling of every ratio")
+
+
+def _add_data_args(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
+    p.add_argument("--calib", default="python-docs", help="python-docs, wikitext2 or a text file")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    if evaluation:
+        p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
+        p.add_argument("--eval-windows", type=int, help="first W windows of the evaluation text (default all)")
+        p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass when evaluating")
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    from alphaprune.pruners import PRUNERS
+
+    _add_model_args(p)
+    _add_allocation_args(p)
+    p.add_argument("--pruner", default="wanda", choices=PRUNERS)
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
+    _add_data_args(p)
+
+
+def _add_allocate(sub) -> None:
+    p = sub.add_parser("allocate", help="layer-wise sparsity ratios only (AlphaPruning needs no data)")
+    _add_model_args(p)
+    _add_allocation_args(p)
+    _add_data_args(p, evaluation=False)
+    p.add_argument("--pruner", default="wanda", help="pruner named in an exported llm-compressor recipe")
+    p.add_argument("--out", type=Path, help="ratios as FILE.json, FILE.csv or an llm-compressor FILE.yaml")
+    p.set_defaults(func=cmd_allocate)
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="prune a copy of the model and compare perplexity before and after")
+    _add_prune_args(p)
+    p.add_argument("--save", type=Path, help="write the pruned model (Hugging Face format) and its ratios here")
+    p.add_argument("--out", type=Path, help="write the result as FILE.json")
+    p.set_defaults(func=cmd_prune)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model or of a saved pruned folder")
+    _add_model_args(p)
+    p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--eval-windows", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", type=Path, help="write the result as FILE.json")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="one prune run per epsilon and/or sparsity of a grid, all stored")
+    _add_prune_args(p)
+    p.add_argument("--epsilons", type=_floats, help="comma-separated epsilons (AlphaPruning)")
+    p.add_argument("--sparsities", type=_floats, help="comma-separated target sparsities")
+    p.add_argument("--out", type=Path, help="write the sweep's runs as FILE.csv or FILE.json")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list, export or delete stored runs")
+    p.add_argument("--model", help="only runs of this model")
+    p.add_argument("--kind", choices=["prune", "eval"])
+    p.add_argument("--sweep", help="only the runs of this sweep id")
+    p.add_argument("--export", type=Path, help="write the (filtered) runs as FILE.csv or FILE.json")
+    p.add_argument("--delete", type=lambda t: [int(x) for x in t.split(",")], help="comma-separated run ids")
+    p.set_defaults(func=cmd_runs)
 
 
 def _load(args):
@@ -94,6 +206,238 @@ def cmd_analyze(args) -> int:
     else:
         write_analysis(result, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _config(args, **override):
+    from alphaprune.pipeline import PruneConfig
+
+    names = ("sparsity", "pruner", "allocation", "epsilon", "metric", "mapping", "pattern", "owl_m", "owl_lambda")
+    names += ("calib", "calib_samples", "seqlen", "seed", "eval", "eval_windows", "batch_size")
+    fields = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    fields["block_list"] = tuple(args.block_list) if args.block_list else None
+    fields["ceiling"] = args.max_sparsity
+    fields.update(override)
+    config = PruneConfig(**fields)
+    config.validate()
+    return config
+
+
+def _analysis_for(loaded, config):
+    """The cached analysis when the allocation needs it (AlphaPruning), else None."""
+    if config.allocation != "alphapruning":
+        return None
+    from alphaprune.analysis import analyze
+
+    update, close = _progress_bar("analyze")
+    try:
+        return analyze(loaded.model, loaded.name, device=loaded.device, progress=update)
+    finally:
+        close()
+
+
+def _run_one(loaded, config, analysis, sweep=None):
+    """Prune + measure + store one configuration; returns (result, run id)."""
+    from alphaprune.pipeline import run_prune
+    from alphaprune.runs import RunStore
+
+    update, close = _progress_bar(f"{config.pruner} {config.sparsity:g}")
+    try:
+        result = run_prune(loaded, config, analysis, progress=update)
+    finally:
+        close()
+    run_id = RunStore().add(result.record(sweep=sweep))
+    return result, run_id
+
+
+def _summary(result, run_id: int) -> str:
+    clipped = f", {len(result.allocation.clipped)} matrices held at a bound" if result.allocation.clipped else ""
+    eps = f" epsilon {result.config.epsilon:g}" if result.config.allocation == "alphapruning" else ""
+    return (
+        f"run {run_id}: {result.config.pruner} {result.config.allocation}{eps} {result.config.pattern}: "
+        f"perplexity {result.ppl_before:.3f} -> {result.ppl_after:.3f}, "
+        f"sparsity {result.actual_sparsity:.4f}{clipped}, {result.seconds['total']:.0f} s"
+    )
+
+
+def cmd_prune(args) -> int:
+    config = _config(args)
+    _check_out(args.out, (".json",))
+    _check_save(args.save)
+    loaded = _load(args)
+    result, run_id = _run_one(loaded, config, _analysis_for(loaded, config))
+    print(_summary(result, run_id))
+    if args.save is not None:
+        _save(result, loaded, args.save)
+    if args.out is not None:
+        _write_json(args.out, {"run_id": run_id, **result.to_dict()})
+    return 0
+
+
+def _check_save(path: Path | None) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise UserError(f"--save {path} is a file; give a folder")
+
+
+def _save(result, loaded, path: Path) -> None:
+    from alphaprune.export import save_pruned
+
+    meta = {k: v for k, v in result.to_dict().items() if k in ("model", "ppl_before", "ppl_after", "actual_sparsity")}
+    meta.update(result.config.to_dict())
+    folder = save_pruned(
+        result.model, loaded.tokenizer, path, result.allocation.ratios, result.allocation.block_ratios, meta
+    )
+    print(f"saved the pruned model to {folder}", file=sys.stderr)
+
+
+def _write_json(path: Path, doc) -> None:
+    import json
+
+    path.write_text(json.dumps(doc, indent=1, allow_nan=True))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_allocate(args) -> int:
+    from alphaprune.pipeline import make_allocation
+    from alphaprune.text import calibration_windows, token_ids
+
+    config = _config(args)
+    _check_out(args.out, (".json", ".csv", ".yaml"))
+    loaded = _load(args)
+    calib = None
+    if config.allocation == "owl":  # OWL's outlier ratios come from calibration activations
+        ids = token_ids(config.calib, loaded.tokenizer)
+        calib = calibration_windows(ids, config.calib_samples, config.seqlen, config.seed)
+    update, close = _progress_bar("allocate")
+    try:
+        allocation = make_allocation(loaded.model, config, _analysis_for(loaded, config), calib, update, loaded.name)
+    finally:
+        close()
+    _print_blocks(allocation)
+    if args.out is not None:
+        _write_allocation(allocation, args.out, args.pruner)
+    return 0
+
+
+def _print_blocks(allocation) -> None:
+    raw = allocation.raw_block_ratios
+    print(f"{allocation.method}: weighted mean {allocation.mean:.6f}, ceiling {allocation.ceiling}")
+    if allocation.clipped:
+        print(f"{len(allocation.clipped)} matrices held at a bound; the others rescaled to keep the mean")
+    print("block  sparsity  unclipped")
+    held = {blk for name, blk in zip(allocation.names, allocation.blocks, strict=True) if name in allocation.clipped}
+    for b, (s, r) in enumerate(zip(allocation.block_ratios, raw, strict=True)):
+        flag = "  (held at a bound)" if b in held else ""
+        print(f"{b:5d}  {s:8.4f}  {r:9.4f}{flag}")
+
+
+def _write_allocation(allocation, path: Path, pruner: str) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        _write_json(path, allocation.to_dict())
+    elif suffix == ".csv":
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {
+                "name": allocation.names,
+                "block": allocation.blocks,
+                "params": allocation.params,
+                "sparsity": allocation.sparsities,
+                "unclipped": allocation.raw,
+            }
+        )
+        frame.to_csv(path, index=False)
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        from alphaprune.export import llmcompressor_recipe
+
+        path.write_text(llmcompressor_recipe(allocation.ratios, pruner))
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_eval(args) -> int:
+    from alphaprune.pipeline import fingerprint, run_eval
+    from alphaprune.runs import RunRecord, RunStore, library_versions
+
+    _check_out(args.out, (".json",))
+    if args.seqlen < 2 or (args.eval_windows is not None and args.eval_windows < 1):
+        raise UserError("--seqlen must be at least 2 and --eval-windows at least 1")
+    loaded = _load(args)
+    update, close = _progress_bar("perplexity")
+    try:
+        ppl, seconds = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, update)
+    finally:
+        close()
+    settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
+    record = RunRecord(
+        kind="eval",
+        model=loaded.name,
+        fingerprint=fingerprint(loaded.model),
+        settings=settings,
+        ppl_after=ppl,
+        seconds={"total": seconds},
+        versions=library_versions(),
+    )
+    run_id = RunStore().add(record)
+    print(f"run {run_id}: perplexity {ppl:.4f} ({args.eval}, seqlen {args.seqlen}, {seconds:.0f} s)")
+    if args.out is not None:
+        _write_json(args.out, {"run_id": run_id, "model": loaded.name, "perplexity": ppl, **settings})
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import uuid
+
+    epsilons = args.epsilons or [args.epsilon]
+    sparsities = args.sparsities or [args.sparsity]
+    configs = [_config(args, epsilon=e, sparsity=s) for s in sparsities for e in epsilons]  # all checked first
+    _check_out(args.out, (".json", ".csv"))
+    loaded = _load(args)
+    analysis = _analysis_for(loaded, configs[0])
+    sweep = uuid.uuid4().hex[:12]
+    for config in configs:
+        result, run_id = _run_one(loaded, config, analysis, sweep=sweep)
+        print(_summary(result, run_id), flush=True)
+    print(f"sweep {sweep}: {len(configs)} runs stored (alphaprune runs --sweep {sweep})")
+    if args.out is not None:
+        from alphaprune.runs import RunStore
+
+        RunStore().export(args.out, sweep=sweep)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from alphaprune.runs import RunStore
+
+    store = RunStore()
+    if args.delete:
+        print(f"deleted {store.delete(args.delete)} run(s)")
+        return 0
+    if args.export is not None:
+        store.export(args.export, model=args.model, kind=args.kind, sweep=args.sweep)
+        print(f"wrote {args.export}", file=sys.stderr)
+        return 0
+    frame = store.frame(model=args.model, kind=args.kind, sweep=args.sweep)
+    if frame.empty:
+        print("no runs stored yet (alphaprune prune ... stores one)")
+        return 0
+    wanted = [
+        "id",
+        "created",
+        "kind",
+        "model",
+        "pruner",
+        "allocation",
+        "epsilon",
+        "sparsity",
+        "pattern",
+        "ppl_before",
+        "ppl_after",
+        "actual_sparsity",
+        "seconds_total",
+    ]
+    print(frame[[c for c in wanted if c in frame.columns]].to_string(index=False))
     return 0
 
 

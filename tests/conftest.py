@@ -35,6 +35,26 @@ def tiny_llama(layers: int = 2, hidden: int = 64, tie: bool = True, seed: int = 
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_tokenizer():
+    """A character-level tokenizer (ids < 100) for the tiny models: no files, no network."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(i): i - 32 for i in range(32, 127)}
+    vocab.update({"[UNK]": 95, "\n": 96})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+def tiny_loaded(layers: int = 2, hidden: int = 64, seed: int = 0):
+    """A tiny LLaMA with its tokenizer, wrapped like alphaprune.models.load_model's result."""
+    from alphaprune.models import LoadedModel
+
+    model = tiny_llama(layers=layers, hidden=hidden, seed=seed)
+    return LoadedModel("tiny-llama", "test", "memory", model, tiny_tokenizer(), "float32", "cpu", 0.0, False)
+
+
 @pytest.fixture(scope="session")
 def real_model():
     """The bundled SmolLM2-135M-Instruct, loaded once per session (dequantized once)."""

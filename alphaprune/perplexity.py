@@ -1,0 +1,50 @@
+"""Perplexity of a causal LM over token windows (method.md section 6).
+
+Perplexity = exp(mean negative log-likelihood of every predicted token), each window of
+seqlen tokens scored on its own (seqlen - 1 predictions, no context carried over), as the
+Wanda / SparseGPT evaluation code does. With equal windows this is exactly their
+exp(sum_w seqlen * mean_loss_w / (W * seqlen)).
+
+    ppl = perplexity(model, windows, batch_size=4, progress=cb)   # windows: (W, seqlen)
+
+The log-softmax over the vocabulary is taken in float32 whatever the model's dtype, and in
+slices of the sequence so that (batch, seqlen, vocab) logits never sit in memory twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Progress = Callable[[float, str], None]
+
+
+def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
+    """(sum of token NLLs, number of predicted tokens) for a (b, seqlen) batch."""
+    logits = model(input_ids=batch, use_cache=False).logits  # (b, seqlen, vocab)
+    targets = batch[:, 1:]  # (b, seqlen - 1)
+    total = 0.0
+    for start in range(0, logits.shape[1] - 1, 256):  # slices keep the float32 copy small
+        stop = min(start + 256, logits.shape[1] - 1)
+        chunk = logits[:, start:stop].float()  # (b, s, vocab)
+        total += float(F.cross_entropy(chunk.flatten(0, 1), targets[:, start:stop].flatten(), reduction="sum"))
+    return total, targets.numel()
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: Progress | None = None) -> float:
+    """exp(mean token NLL) over (W, seqlen) windows, batch_size windows per forward pass."""
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        batch_nll, batch_count = _window_nll(model, batch)
+        nll, count = nll + batch_nll, count + batch_count
+        if progress is not None:
+            done = min(start + batch_size, len(windows))
+            progress(done / len(windows), f"perplexity {done}/{len(windows)} windows")
+    return math.exp(nll / count)

@@ -1,0 +1,330 @@
+"""One pruning run end to end: texts -> allocation -> prune a copy -> perplexity before/after.
+
+    config = PruneConfig(sparsity=0.7, pruner="wanda", allocation="alphapruning", epsilon=0.3)
+    result = run_prune(loaded, config, progress=cb)      # loaded: alphaprune.models.LoadedModel
+    result.ppl_before, result.ppl_after, result.actual_sparsity, result.allocation.block_ratios
+    result.model                                        # the pruned copy; loaded.model stays dense
+
+The user's dense model is never modified: the pruner works on a deep copy. The dense
+perplexity is cached on disk (keyed by the weights' fingerprint and the evaluation text,
+seqlen and windows), so runs against the same text do not pay for it twice.
+`epsilon=None` ("auto") tries a grid of epsilons and keeps the one with the lowest
+perplexity on held-out calibration text (the tail of the calibration source), never on the
+evaluation text.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from alphaprune import allocation as alloc
+from alphaprune import cache, text
+from alphaprune.arch import all_matrices, prunable_matrices
+from alphaprune.errors import UserError
+from alphaprune.paths import cache_dir
+from alphaprune.perplexity import perplexity
+from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
+from alphaprune.pruners import PRUNERS, parse_pattern
+
+Progress = Callable[[float, str], None]
+EPSILON_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+HELDOUT_WINDOWS = 8
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every setting of a pruning run (the CLI flags and the app's widgets map onto it)."""
+
+    sparsity: float = 0.5
+    pruner: str = "wanda"
+    allocation: str = "uniform"
+    epsilon: float | None = alloc.DEFAULT_EPSILON  # None: chosen on held-out calibration text
+    metric: str = alloc.DEFAULT_METRIC
+    mapping: str = "block"
+    pattern: str = "unstructured"
+    block_list: tuple[float, ...] | None = None
+    owl_m: float = alloc.OWL_M
+    owl_lambda: float = alloc.OWL_LAMBDA
+    ceiling: float = alloc.DEFAULT_CEILING
+    calib: str = "python-docs"
+    calib_samples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    eval: str = "python-docs"
+    eval_windows: int | None = None
+    batch_size: int = 1
+
+    def validate(self) -> None:
+        """UserError with what to change, before any work starts."""
+        if self.pruner not in PRUNERS:
+            raise UserError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if self.allocation not in alloc.METHODS:
+            raise UserError(f"allocation must be one of {', '.join(alloc.METHODS)}, got {self.allocation!r}")
+        nm = parse_pattern(self.pattern)
+        if nm is not None and self.allocation != "uniform":
+            raise UserError("layer-wise allocation does not apply to N:M patterns; use --allocation uniform")
+        if nm is not None and abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
+            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; pass --sparsity {nm[0] / nm[1]}")
+        if self.allocation == "list" and not self.block_list:
+            raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
+        if self.allocation != "list":
+            alloc.check_target(self.sparsity, self.ceiling)
+        if self.epsilon is not None and self.epsilon < 0:
+            raise UserError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.mapping not in alloc.MAPPINGS:
+            raise UserError(f"mapping must be one of {', '.join(alloc.MAPPINGS)}, got {self.mapping!r}")
+        for name, value in (("calibration samples", self.calib_samples), ("seqlen", self.seqlen)):
+            if value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if self.eval_windows is not None and self.eval_windows < 1:
+            raise UserError(f"eval windows must be at least 1, got {self.eval_windows}")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    @property
+    def auto_epsilon(self) -> bool:
+        return self.epsilon is None and self.allocation == "alphapruning"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.pruner != "magnitude" or self.allocation == "owl" or self.auto_epsilon
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["block_list"] = list(self.block_list) if self.block_list else None
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class PruneResult:
+    """What a run measured. `model` is the pruned copy (not serialised)."""
+
+    model_name: str
+    fingerprint: str
+    config: PruneConfig
+    allocation: alloc.Allocation
+    ppl_before: float
+    ppl_after: float
+    actual_sparsity: float
+    matrix_sparsity: dict[str, float]
+    seconds: dict[str, float]
+    epsilon_search: tuple[tuple[float, float], ...] = ()  # (epsilon, held-out perplexity)
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def record(self, sweep: str | None = None):
+        """The run-history record of this run (alphaprune/runs.py)."""
+        from alphaprune.runs import RunRecord, library_versions
+
+        settings = self.config.to_dict()
+        settings["clipped"] = list(self.allocation.clipped)
+        if self.epsilon_search:
+            settings["epsilon_search"] = [list(pair) for pair in self.epsilon_search]
+        return RunRecord(
+            kind="prune",
+            model=self.model_name,
+            fingerprint=self.fingerprint,
+            settings=settings,
+            ratios=self.allocation.ratios,
+            block_ratios=self.allocation.block_ratios,
+            ppl_before=self.ppl_before,
+            ppl_after=self.ppl_after,
+            actual_sparsity=self.actual_sparsity,
+            seconds=self.seconds,
+            versions=library_versions(),
+            sweep=sweep,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name,
+            "fingerprint": self.fingerprint,
+            "settings": self.config.to_dict(),
+            "ppl_before": self.ppl_before,
+            "ppl_after": self.ppl_after,
+            "actual_sparsity": self.actual_sparsity,
+            "ratios": self.allocation.ratios,
+            "block_ratios": self.allocation.block_ratios,
+            "clipped": list(self.allocation.clipped),
+            "allocation": {k: v for k, v in self.allocation.to_dict().items() if k not in ("ratios", "block_ratios")},
+            "matrix_sparsity": self.matrix_sparsity,
+            "epsilon_search": [list(pair) for pair in self.epsilon_search],
+            "seconds": self.seconds,
+        }
+
+
+def _stage(progress: Progress | None, start: float, end: float, label: str) -> Progress | None:
+    """A callback reporting a stage's own [0, 1] as [start, end] of the whole run."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress(start + (end - start) * f, f"{label}: {msg}")
+
+
+def fingerprint(model: nn.Module) -> str:
+    return cache.weights_fingerprint(all_matrices(model))
+
+
+def _ppl_cache_key(fp: str, source: text.Text, seqlen: int, windows: int) -> str:
+    return f"{fp[:32]}|{source.digest}|{seqlen}|{windows}"
+
+
+def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torch.Tensor, batch_size: int, progress):
+    """Perplexity of the unpruned model, from the cache when measured before."""
+    key = _ppl_cache_key(fp, source, windows.shape[1], windows.shape[0])
+    return float(_json_cache("perplexity.json", key, lambda: perplexity(model, windows, batch_size, progress)))
+
+
+def _json_cache(name: str, key: str, compute: Callable[[], object]):
+    """A value from cache_dir()/name (a JSON object), computed and stored when missing."""
+    path = cache_dir() / name
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(path)  # atomic: a crash leaves the old file
+    return known[key]
+
+
+def _cached_outliers(model: nn.Module, calib: torch.Tensor, m: float, progress) -> list[float]:
+    """OWL's outlier ratios (a dense calibration pass), cached: they depend on no sparsity."""
+    digest = hashlib.sha1(calib.numpy().tobytes()).hexdigest()[:16]
+    key = f"{fingerprint(model)[:32]}|{digest}|{tuple(calib.shape)}|{m}"
+    return _json_cache("owl.json", key, lambda: owl_outlier_ratios(model, calib, m, progress))
+
+
+def _analysis_layers(model: nn.Module, name: str, analysis):
+    if analysis is None:
+        from alphaprune.analysis import analyze
+
+        analysis = analyze(model, name)
+    return analysis.prunable
+
+
+def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progress=None, name="model"):
+    """The allocation a config asks for (OWL runs a dense calibration pass over `calib`)."""
+    matrices = prunable_matrices(model)
+    target = config.sparsity
+    if config.allocation == "uniform":
+        return alloc.uniform(matrices, target, config.ceiling)
+    if config.allocation == "list":
+        return alloc.from_list(matrices, config.block_list, config.ceiling)
+    if config.allocation == "owl":
+        outliers = _cached_outliers(model, calib, config.owl_m, progress)
+        return alloc.owl(matrices, target, outliers, config.owl_lambda, config.owl_m, config.ceiling)
+    layers = _analysis_layers(model, name, analysis)
+    return alloc.alphapruning(layers, target, config.epsilon, config.metric, config.mapping, config.ceiling)
+
+
+def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConfig, calib, progress=None):
+    """A pruned deep copy; `model` stays as it was."""
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, allocation.ratios, config.pruner, config.nm, calib, progress)
+    return pruned
+
+
+def _search_epsilon(model, config, analysis, calib_ids, progress) -> tuple[float, tuple]:
+    """The epsilon of EPSILON_GRID with the lowest perplexity on held-out calibration text."""
+    train_ids, heldout_ids = text.split_heldout(calib_ids)
+    calib = text.calibration_windows(train_ids, config.calib_samples, config.seqlen, config.seed)
+    heldout = text.evaluation_windows(heldout_ids, config.seqlen, HELDOUT_WINDOWS)
+    scores = []
+    for i, eps in enumerate(EPSILON_GRID):
+        trial = dataclasses.replace(config, epsilon=eps)
+        allocation = make_allocation(model, trial, analysis)
+        pruned = prune_copy(model, allocation, trial, calib)
+        scores.append((eps, perplexity(pruned, heldout, config.batch_size)))
+        del pruned
+        if progress is not None:
+            progress((i + 1) / len(EPSILON_GRID), f"epsilon {eps}: held-out perplexity {scores[-1][1]:.2f}")
+    best = min(scores, key=lambda pair: pair[1])[0]
+    return best, tuple(scores)
+
+
+def _check_resources(model: nn.Module, config: PruneConfig) -> None:
+    """A seqlen the model cannot take, or no memory for the pruned copy: say so up front."""
+    from alphaprune.models import available_memory_bytes
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and config.seqlen > limit:
+        raise UserError(f"seqlen {config.seqlen} exceeds the model's context of {limit} tokens; lower --seqlen")
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    have = available_memory_bytes()
+    if have is not None and need > 0.8 * have:
+        raise UserError(
+            f"pruning needs a copy of the model ({need / 2**30:.1f} GiB) but {have / 2**30:.1f} GiB is free; "
+            "close other runs or use a smaller model"
+        )
+
+
+def _texts(loaded, config: PruneConfig):
+    """(evaluation text, its windows, calibration token ids or None): every text error first."""
+    eval_text = text.read_text(config.eval)
+    eval_ids = text.tokenize(eval_text, loaded.tokenizer)
+    eval_windows = text.evaluation_windows(eval_ids, config.seqlen, config.eval_windows)
+    calib_ids = None
+    if config.needs_calibration:
+        calib_ids = text.token_ids(config.calib, loaded.tokenizer)
+        text.calibration_windows(calib_ids[: config.seqlen + 1], 1, config.seqlen)  # long enough?
+    return eval_text, eval_windows, calib_ids
+
+
+def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | None = None) -> PruneResult:
+    """Prune a copy of `loaded.model` as configured and measure it (see the module docstring)."""
+    config.validate()
+    model, clock, seconds = loaded.model, time.perf_counter(), {}
+    _check_resources(model, config)
+    eval_text, eval_windows, calib_ids = _texts(loaded, config)
+    calib = None
+    if calib_ids is not None:
+        calib = text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)
+    fp = analysis.fingerprint if analysis is not None and analysis.fingerprint else fingerprint(model)
+    seconds["texts"] = time.perf_counter() - clock
+    t = time.perf_counter()
+    ppl_before = dense_perplexity(
+        model, fp, eval_text, eval_windows, config.batch_size, _stage(progress, 0.0, 0.25, "dense perplexity")
+    )
+    seconds["eval_before"] = time.perf_counter() - t
+    search: tuple = ()
+    if config.auto_epsilon:
+        t = time.perf_counter()
+        best, search = _search_epsilon(model, config, analysis, calib_ids, _stage(progress, 0.25, 0.5, "epsilon"))
+        config = dataclasses.replace(config, epsilon=best)
+        seconds["epsilon_search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    allocation = make_allocation(model, config, analysis, calib, _stage(progress, 0.5, 0.55, "OWL"), loaded.name)
+    seconds["allocation"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pruned = prune_copy(model, allocation, config, calib, _stage(progress, 0.55, 0.8, config.pruner))
+    seconds["prune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ppl_after = perplexity(pruned, eval_windows, config.batch_size, _stage(progress, 0.8, 1.0, "perplexity"))
+    seconds["eval_after"] = time.perf_counter() - t
+    actual, per_matrix = measured_sparsity(pruned)
+    seconds["total"] = time.perf_counter() - clock
+    return PruneResult(
+        loaded.name, fp, config, allocation, ppl_before, ppl_after, actual, per_matrix, seconds, search, pruned
+    )
+
+
+def run_eval(loaded, source: str, seqlen: int, windows: int | None, batch_size: int = 1, progress=None):
+    """(perplexity, seconds) of a model as it is, on the first `windows` windows of a text."""
+    start = time.perf_counter()
+    eval_text = text.read_text(source)
+    eval_windows = text.evaluation_windows(text.tokenize(eval_text, loaded.tokenizer), seqlen, windows)
+    ppl = dense_perplexity(loaded.model, fingerprint(loaded.model), eval_text, eval_windows, batch_size, progress)
+    return ppl, time.perf_counter() - start

@@ -1,0 +1,147 @@
+"""Pruning one weight matrix W (out, in) to a sparsity (method.md section 5).
+
+- magnitude: remove the round(s * numel) weights of smallest |W| in the matrix.
+- Wanda: score |W_ij| * ||X_j||_2 (X: calibration inputs of the layer), remove the
+  int(s * in) lowest scores of every output row (as the reference, stable sort).
+- SparseGPT: H = X^T X (+1% of its mean diagonal), upper Cholesky factor of H^-1; columns
+  in blocks of 128; in each block remove the round(s * numel) weights of least
+  w^2 / [H^-1]_jj^2 and spread each removed weight's error over the later columns.
+- N:M (`pattern` "2:4", "4:8"): in every group of M consecutive inputs of a row remove the
+  N lowest-scored weights; the ratio does not apply.
+
+Masks are True where a weight is removed. Everything is computed in float32 (whatever
+the model's dtype) and written back in the model's dtype.
+
+    mask = magnitude_mask(w, 0.7)                     # w: (out, in)
+    mask = wanda_mask(w, stats.col_sq, 0.7, nm=(2, 4))
+    new_w = sparsegpt(w, stats.hessian(), 0.7)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alphaprune.errors import UserError
+
+PRUNERS = ("magnitude", "wanda", "sparsegpt")
+PATTERNS = ("unstructured", "2:4", "4:8")
+NM = tuple[int, int]
+
+
+def parse_pattern(pattern: str) -> NM | None:
+    """'unstructured' -> None; 'N:M' -> (N, M) with 0 < N < M."""
+    if pattern == "unstructured":
+        return None
+    try:
+        n, m = (int(x) for x in pattern.split(":"))
+    except ValueError:
+        raise UserError(f"pattern must be 'unstructured' or N:M such as 2:4, got {pattern!r}") from None
+    if not 0 < n < m:
+        raise UserError(f"in an N:M pattern 0 < N < M must hold, got {pattern!r}")
+    return n, m
+
+
+def check_pattern(nm: NM | None, columns: int, name: str = "a matrix") -> None:
+    if nm is not None and columns % nm[1]:
+        raise UserError(f"N:M pattern {nm[0]}:{nm[1]} does not divide the rows of {name} ({columns} inputs)")
+
+
+def _nm_mask(score: torch.Tensor, nm: NM) -> torch.Tensor:
+    """Per group of M consecutive columns, True at the N lowest scores. score: (out, in)."""
+    n, m = nm
+    rows, cols = score.shape
+    groups = score.reshape(rows, cols // m, m)  # (out, in/M, M)
+    lowest = torch.topk(groups, n, dim=-1, largest=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
+    return mask.reshape(rows, cols)
+
+
+def _lowest_mask(score: torch.Tensor, count: int) -> torch.Tensor:
+    """True at the `count` lowest entries (ties broken by position, as a stable sort).
+
+    kthvalue + comparisons: linear time, ~10x faster than sorting on a CPU.
+    """
+    flat = score.flatten()
+    if count <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if count >= flat.numel():
+        return torch.ones_like(score, dtype=torch.bool)
+    threshold = torch.kthvalue(flat, count).values
+    mask = flat < threshold
+    missing = count - int(mask.sum())  # entries equal to the threshold, first ones first
+    mask[torch.nonzero(flat == threshold).flatten()[:missing]] = True
+    return mask.reshape(score.shape)
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float, nm: NM | None = None) -> torch.Tensor:
+    score = w.float().abs()
+    if nm is not None:
+        return _nm_mask(score, nm)
+    return _lowest_mask(score, round(sparsity * score.numel()))
+
+
+def wanda_mask(w: torch.Tensor, col_sq: torch.Tensor, sparsity: float, nm: NM | None = None) -> torch.Tensor:
+    """col_sq: (in,) sum over calibration tokens of x_j^2 (any positive scale)."""
+    score = w.float().abs() * col_sq.float().sqrt()[None, :]  # (out, in)
+    if nm is not None:
+        return _nm_mask(score, nm)
+    per_row = int(score.shape[1] * sparsity)
+    order = torch.argsort(score, dim=1, stable=True)[:, :per_row]  # lowest of each row
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+
+
+def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1; more damping if H is not positive definite."""
+    h = hessian.float().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0  # inputs never active: any value, their weights are zeroed
+    damp = percdamp * torch.mean(torch.diag(h))
+    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
+    for _ in range(6):
+        factor, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if info == 0:
+            inverse = torch.cholesky_inverse(factor)
+            return torch.linalg.cholesky(inverse, upper=True)
+        damp = damp * 10.0
+    raise RuntimeError("SparseGPT: the Hessian stays singular even with strong damping")
+
+
+def _sparsegpt_block(w1: torch.Tensor, hinv1: torch.Tensor, sparsity: float, nm: NM | None) -> torch.Tensor:
+    """Prune one block of columns in place; returns its errors. w1: (b, out) = columns as rows.
+
+    Column-major (b, out) makes each column contiguous and each update a rank-1 `addr_`.
+    """
+    d = torch.diag(hinv1)  # (b,)
+    if nm is None:  # the block's mask is chosen once, from the weights entering the block
+        drop = _lowest_mask(w1**2 / d[:, None] ** 2, round(sparsity * w1.numel()))
+    else:
+        drop = torch.zeros_like(w1, dtype=torch.bool)
+    errors = torch.empty_like(w1)
+    for i in range(len(w1)):
+        if nm is not None and i % nm[1] == 0:  # this group's N, from the updated weights
+            group = w1[i : i + nm[1]] ** 2 / d[i : i + nm[1], None] ** 2  # (M, out)
+            drop[i : i + nm[1]] = _nm_mask(group.T, nm).T
+        err = w1[i] * drop[i] / d[i]  # (out,): the removed weights, scaled
+        w1[i:].addr_(hinv1[i, i:], err, alpha=-1.0)  # spreads the error; zeroes the removed ones
+        errors[i] = err
+    w1.masked_fill_(drop, 0.0)  # exact zeros (the update leaves rounding residue)
+    return errors
+
+
+def sparsegpt(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: NM | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> torch.Tensor:
+    """The pruned and error-compensated weight (out, in), float32, zeros where removed."""
+    wt = w.float().T.contiguous()  # (in, out): one row per input column
+    wt[torch.diag(hessian) == 0] = 0.0
+    hinv = _inverse_cholesky(hessian, percdamp)  # (in, in), upper triangular
+    for i1 in range(0, len(wt), blocksize):
+        i2 = min(i1 + blocksize, len(wt))
+        errors = _sparsegpt_block(wt[i1:i2], hinv[i1:i2, i1:i2], sparsity, nm)  # (b, out)
+        wt[i2:] -= hinv[i1:i2, i2:].T @ errors  # the block's error onto the later columns
+    return wt.T

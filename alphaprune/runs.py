@@ -1,0 +1,387 @@
+"""The run history: every pruning / evaluation run, its settings and results, in SQLite.
+
+    from alphaprune.runs import RunRecord, RunStore, library_versions
+    store = RunStore()                   # data_dir()/runs.sqlite; or RunStore("my/runs.sqlite")
+    run_id = store.add(RunRecord(kind="prune", model="smollm2-135m", settings={"sparsity": 0.5},
+                                 ppl_before=18.2, ppl_after=31.4, versions=library_versions()))
+    store.get(run_id).ppl_after          # 31.4
+    store.list(model="smollm2-135m")     # oldest first; also kind=, sweep=
+    store.export("runs.csv")             # or runs.json; store.frame() -> pandas DataFrame
+    store.delete([run_id])
+
+One table `runs`: scalar columns for what people filter and sort on, JSON text for the rest
+(settings, ratios, block_ratios, seconds, versions); `PRAGMA user_version` holds the schema
+version so a later alphaprune can migrate old files. Every operation opens its own
+connection (the app calls in from several threads) and writes in one transaction, so an
+interrupted write leaves no half record.
+
+Non-finite floats: JSON has no NaN/inf, so they are stored as the strings "nan", "inf" and
+"-inf" (strict JSON: sqlite's json functions and any JSON reader accept the columns). The
+typed float fields (ppl_*, actual_sparsity, ratios, block_ratios, seconds) come back as
+floats; a non-finite float inside `settings` comes back as its string. In the scalar
+columns NaN is stored as the text 'nan' (SQLite would turn a NaN into NULL, i.e. "not
+measured"); it sorts after every number.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import alphaprune
+from alphaprune.errors import UserError
+from alphaprune.paths import data_dir
+
+SCHEMA_VERSION = 1  # bump with a migration step in `_ensure_schema`
+KINDS = ("prune", "eval")
+BUSY_TIMEOUT_S = 30.0  # writers wait this long for another thread's / process's lock
+
+_SCALARS = ("created", "kind", "model", "fingerprint", "sweep", "ppl_before", "ppl_after", "actual_sparsity", "notes")
+_JSONS = ("settings", "ratios", "block_ratios", "seconds", "versions")
+_COLUMNS = ("id", *_SCALARS, *_JSONS)
+_FLOATS = ("ppl_before", "ppl_after", "actual_sparsity")
+_UNUSABLE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_CANTOPEN)
+
+_CREATE = (
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        created TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        fingerprint TEXT,
+        sweep TEXT,
+        ppl_before REAL,
+        ppl_after REAL,
+        actual_sparsity REAL,
+        notes TEXT NOT NULL DEFAULT '',
+        settings TEXT NOT NULL,
+        ratios TEXT NOT NULL,
+        block_ratios TEXT NOT NULL,
+        seconds TEXT NOT NULL,
+        versions TEXT NOT NULL
+    )""",
+    "CREATE INDEX runs_model ON runs (model, created)",
+    "CREATE INDEX runs_sweep ON runs (sweep)",
+)
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC timestamp, e.g. 2026-11-29T10:15:02+00:00."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _jsonable(value):
+    """`value` with non-finite floats as strings and tuples as lists; TypeError for anything JSON can't hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # "nan", "inf", "-inf"
+    if value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars, 0-d tensors
+        return _jsonable(value.item())
+    raise TypeError(f"cannot store a {type(value).__name__} ({value!r}) in the run history: use str, int, float, ...")
+
+
+def _dumps(value) -> str:
+    return json.dumps(_jsonable(value), allow_nan=False)
+
+
+def _float(value) -> float | None:
+    """Back from storage: None stays None, "nan"/"inf"/"-inf" and numbers become floats."""
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One pruning or evaluation run. `settings` holds every setting (pruner, allocation,
+    sparsity, epsilon, metric, mapping, pattern, calibration source, samples, seqlen, seed,
+    eval source, windows, ...); `ratios` maps matrix name -> sparsity."""
+
+    id: int | None = None  # set by the store
+    created: str = field(default_factory=utc_now)
+    kind: str
+    model: str
+    fingerprint: str | None = None
+    settings: dict = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    block_ratios: list[float] = field(default_factory=list)
+    ppl_before: float | None = None
+    ppl_after: float | None = None
+    actual_sparsity: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    versions: dict[str, str] = field(default_factory=dict)  # library_versions()
+    sweep: str | None = None  # groups the runs of one sweep
+    notes: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"run kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (non-finite floats as "nan"/"inf"/"-inf")."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        """The inverse of `to_dict` (also accepts real floats); unknown keys are ignored."""
+        return cls(
+            id=data.get("id"),
+            created=data["created"],
+            kind=data["kind"],
+            model=data["model"],
+            fingerprint=data.get("fingerprint"),
+            settings=dict(data.get("settings") or {}),
+            ratios={str(k): float(v) for k, v in (data.get("ratios") or {}).items()},
+            block_ratios=[float(v) for v in data.get("block_ratios") or []],
+            ppl_before=_float(data.get("ppl_before")),
+            ppl_after=_float(data.get("ppl_after")),
+            actual_sparsity=_float(data.get("actual_sparsity")),
+            seconds={str(k): float(v) for k, v in (data.get("seconds") or {}).items()},
+            versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
+            sweep=data.get("sweep"),
+            notes=data.get("notes") or "",
+        )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a run's numbers depend on ("not installed" if absent)."""
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "numpy", "scipy"):
+        try:  # package metadata, not an import: importing transformers alone takes seconds
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["alphaprune"] = getattr(alphaprune, "__version__", None) or "unknown"
+    return out
+
+
+def _sql_float(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    value = float(value)
+    return "nan" if math.isnan(value) else value  # SQLite stores a NaN as NULL; ±inf stay REAL
+
+
+def _row(record: RunRecord) -> tuple:
+    """The INSERT values for `_SCALARS + _JSONS`; raises before anything is written if a value can't be stored."""
+    scalars = [getattr(record, name) for name in _SCALARS]
+    scalars = [_sql_float(v) if name in _FLOATS else v for name, v in zip(_SCALARS, scalars, strict=True)]
+    ratios = {str(k): float(v) for k, v in record.ratios.items()}
+    blocks = [float(v) for v in record.block_ratios]
+    seconds = {str(k): float(v) for k, v in record.seconds.items()}
+    jsons = [_dumps(record.settings), _dumps(ratios), _dumps(blocks), _dumps(seconds), _dumps(record.versions)]
+    return (*scalars, *jsons)
+
+
+def _record(row: tuple) -> RunRecord:
+    data = dict(zip(_COLUMNS, row, strict=True))
+    data.update({name: json.loads(data[name]) for name in _JSONS})
+    return RunRecord.from_dict(data)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read lock.
+    conn.execute("BEGIN IMMEDIATE")
+    with conn:  # commit on success, roll back on any exception
+        yield conn
+
+
+def _unusable(path: Path, err: sqlite3.Error) -> UserError:
+    return UserError(
+        f"cannot use {path} as the run history ({err}): move that file away or set ALPHAPRUNE_DATA to another folder"
+    )
+
+
+class RunStore:
+    """The run history in one SQLite file (default: `data_dir() / "runs.sqlite"`)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path).expanduser() if path is not None else data_dir() / "runs.sqlite"
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    # --- connection and schema ---
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = self._open()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            msg = f"cannot create the folder {self.path.parent} ({e.strerror}): set ALPHAPRUNE_DATA elsewhere"
+            raise UserError(msg) from None
+        try:
+            # autocommit mode: transactions are explicit (`_transaction`), never opened behind our back
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise _unusable(self.path, e) from None
+        try:
+            self._ensure_schema(conn)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if getattr(e, "sqlite_errorcode", None) not in _UNUSABLE:
+                raise  # e.g. locked for longer than the busy timeout: not the file's fault
+            raise _unusable(self.path, e) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # a non-SQLite file fails here
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} was written by a newer alphaprune (schema {version}, this one reads "
+                f"{SCHEMA_VERSION}): upgrade alphaprune or set ALPHAPRUNE_DATA to another folder"
+            )
+        with _transaction(conn):
+            # Re-read under the write lock: another thread may have created the table meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._create(conn)
+            # later: `if version == 1: migrate to 2` ...
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if tables:  # somebody else's database: leave it alone
+            raise UserError(
+                f"{self.path} is an SQLite database of another program (tables: {', '.join(tables[:5])}): "
+                "move it away or set ALPHAPRUNE_DATA to another folder"
+            )
+        for statement in _CREATE:
+            conn.execute(statement)
+
+    # --- records ---
+
+    def add(self, record: RunRecord) -> int:
+        """Store `record` (its id is ignored) and return the new run's id."""
+        with self._connect() as conn, _transaction(conn):
+            cur = conn.execute(
+                f"INSERT INTO runs ({', '.join(_SCALARS + _JSONS)}) VALUES ({', '.join('?' * len(_SCALARS + _JSONS))})",
+                _row(record),
+            )
+            return cur.lastrowid
+
+    def get(self, run_id: int) -> RunRecord:
+        with self._connect() as conn:
+            row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise UserError(f"no run with id {run_id} in {self.path}")
+        return _record(row)
+
+    def list(self, model: str | None = None, kind: str | None = None, sweep: str | None = None) -> list[RunRecord]:
+        """The runs matching every given filter, oldest first."""
+        filters = {"model": model, "kind": kind, "sweep": sweep}
+        filters = {k: v for k, v in filters.items() if v is not None}
+        where = " AND ".join(f"{k} = ?" for k in filters) or "1"
+        query = f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE {where} ORDER BY created, id"
+        with self._connect() as conn:
+            rows = conn.execute(query, tuple(filters.values())).fetchall()
+        return [_record(row) for row in rows]
+
+    def delete(self, run_ids: int | Iterable[int]) -> int:
+        """Delete these runs (unknown ids are skipped); returns how many were deleted."""
+        ids = [run_ids] if isinstance(run_ids, int) else list(run_ids)
+        if not ids:
+            return 0
+        with self._connect() as conn, _transaction(conn):
+            cur = conn.executemany("DELETE FROM runs WHERE id = ?", [(int(i),) for i in ids])
+            return cur.rowcount
+
+    # --- tables and files ---
+
+    def frame(self, model: str | None = None, kind: str | None = None, sweep: str | None = None):
+        """The runs as a pandas DataFrame of flat rows (the columns of `flat_rows`)."""
+        import pandas as pd  # only the app needs it; keep `import alphaprune.runs` light
+
+        columns, rows = flat_rows(self.list(model, kind, sweep))
+        return pd.DataFrame(rows, columns=columns)
+
+    def export(
+        self, path: str | os.PathLike, model: str | None = None, kind: str | None = None, sweep: str | None = None
+    ) -> Path:
+        """Write the runs to `path`: .csv (flat rows) or .json (a list of `to_dict()`s)."""
+        path = Path(path).expanduser()
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise UserError(f"export file must end with .csv or .json, not {path.name!r}")
+        if not path.parent.is_dir():
+            raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
+        records = self.list(model, kind, sweep)
+        tmp = path.with_name(path.name + ".tmp")  # written then renamed: never half a file at `path`
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if suffix == ".json":
+                json.dump([r.to_dict() for r in records], f, indent=1, allow_nan=False)
+            else:
+                columns, rows = flat_rows(records)
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(tmp, path)
+        return path
+
+
+_FIXED_COLUMNS = ("id", "created", "kind", "model", "fingerprint", "sweep", *_FLOATS)
+_TAIL_COLUMNS = ("seconds_total", "ratios", "block_ratios", "versions", "notes")
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))  # first-seen order
+
+
+def _flat_value(value):
+    """A table cell: scalars as they are, lists and dicts as JSON text."""
+    if isinstance(value, dict | list | tuple):
+        return _dumps(value)
+    return value
+
+
+def flat_rows(records: Iterable[RunRecord]) -> tuple[list[str], list[dict]]:
+    """(columns, one dict per run) for CSV and DataFrames: the fixed columns, then every
+    settings key as its own column (prefixed "setting_" only if it clashes), seconds_<stage>
+    and seconds_total, then ratios, block_ratios and versions as JSON text, and notes."""
+    records = list(records)
+    stages = _unique(s for r in records for s in r.seconds if s != "total")
+    stage_columns = {s: f"seconds_{s}" for s in stages}
+    taken = set(_FIXED_COLUMNS) | set(_TAIL_COLUMNS) | set(stage_columns.values())
+    settings = _unique(k for r in records for k in r.settings)
+    setting_columns = {k: f"setting_{k}" if k in taken else k for k in settings}
+    columns = [*_FIXED_COLUMNS, *setting_columns.values(), *stage_columns.values(), *_TAIL_COLUMNS]
+    rows = []
+    for r in records:
+        row = {name: getattr(r, name) for name in _FIXED_COLUMNS}
+        row.update({col: _flat_value(r.settings.get(k)) for k, col in setting_columns.items()})
+        row.update({col: r.seconds.get(s) for s, col in stage_columns.items()})
+        # A stage named "total" is the measured total; otherwise the stages add up to it.
+        row["seconds_total"] = r.seconds.get("total", sum(r.seconds.values())) if r.seconds else None
+        row.update(ratios=_dumps(r.ratios), block_ratios=_dumps(r.block_ratios), versions=_dumps(r.versions))
+        row["notes"] = r.notes
+        rows.append(row)
+    return columns, rows

@@ -1,0 +1,135 @@
+"""Text sources for calibration and evaluation, and how they are cut into token windows.
+
+The one place that knows how a text source is read (method.md sections 5-6):
+
+- `python-docs`: CPython's own documentation topics (`pydoc_data.topics`), always present
+  offline; the default for calibration and evaluation.
+- `wikitext2`: WikiText-2 (raw) test split through the `datasets` package (needs the
+  network), documents joined by "\\n\\n" as in the Wanda / SparseGPT evaluation code.
+- a path to a UTF-8 text file (CRLF and CR line ends are normalised to LF).
+
+A text is tokenised once (no special tokens added). Calibration takes N random windows
+(`random.seed(seed)`, start = randint(0, len - seqlen - 1), as the reference code);
+evaluation takes the first W non-overlapping windows (all by default).
+
+    ids = token_ids("python-docs", tokenizer)             # 1-D LongTensor
+    calib = calibration_windows(ids, n=32, seqlen=1024, seed=0)   # (32, 1024)
+    test = evaluation_windows(ids, seqlen=1024, windows=32)       # (32, 1024)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alphaprune.errors import UserError
+
+SOURCES = ("python-docs", "wikitext2")  # named sources; anything else is a file path
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text source read into one string, with a short digest for cache keys and records."""
+
+    source: str
+    text: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(self.text.encode("utf-8")).hexdigest()[:16]
+
+
+def _python_docs() -> str:
+    from pydoc_data.topics import topics  # stdlib: a dict topic -> help text
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def _wikitext2() -> str:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            "wikitext2 needs the `datasets` package and the network; "
+            "pass a local copy instead, e.g. --eval path/to/wikitext2_test.raw"
+        ) from None
+    try:
+        data = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as exc:  # offline: connection errors of many kinds
+        raise UserError(
+            f"cannot download wikitext2 ({type(exc).__name__}); pass a local copy, e.g. --eval wikitext2_test.raw"
+        ) from None
+    return "\n\n".join(data["text"])
+
+
+def _read_file(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"text source {path} is neither {' nor '.join(SOURCES)} nor an existing file")
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    return raw.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(source: str) -> Text:
+    """The whole text of a source (see the module docstring); UserError if unusable."""
+    if source == "python-docs":
+        text = _python_docs()
+    elif source == "wikitext2":
+        text = _wikitext2()
+    else:
+        text = _read_file(Path(source).expanduser())
+    if not text.strip():
+        raise UserError(f"text source {source} is empty; give a file with some text in it")
+    return Text(source, text)
+
+
+def tokenize(text: Text, tokenizer) -> torch.Tensor:
+    """The token ids of the whole text, 1-D int64, without special tokens."""
+    ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_ids(source: str, tokenizer) -> torch.Tensor:
+    return tokenize(read_text(source), tokenizer)
+
+
+def _check_length(ids: torch.Tensor, seqlen: int, need: int, what: str) -> None:
+    if seqlen < 2:
+        raise UserError(f"sequence length must be at least 2 tokens, got {seqlen}")
+    if len(ids) < need:
+        raise UserError(
+            f"the {what} text has {len(ids)} tokens, too short for a window of {seqlen}; "
+            "use a longer text or a smaller --seqlen"
+        )
+
+
+def calibration_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """(n, seqlen) random windows, drawn as the reference code draws them."""
+    if n < 1:
+        raise UserError(f"the number of calibration samples must be at least 1, got {n}")
+    _check_length(ids, seqlen, seqlen + 1, "calibration")
+    rng = random.Random(seed)  # same draws as random.seed(seed) + random.randint
+    starts = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(n)]
+    return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def evaluation_windows(ids: torch.Tensor, seqlen: int, windows: int | None = None) -> torch.Tensor:
+    """(W, seqlen) consecutive non-overlapping windows from the start; W = all by default."""
+    _check_length(ids, seqlen, seqlen, "evaluation")
+    available = len(ids) // seqlen
+    count = available if windows is None else min(windows, available)
+    if count < 1:
+        raise UserError(f"the number of evaluation windows must be at least 1, got {windows}")
+    return ids[: count * seqlen].reshape(count, seqlen)
+
+
+def split_heldout(ids: torch.Tensor, fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration part, held-out tail): for tuning on calibration text only."""
+    cut = int(len(ids) * (1.0 - fraction))
+    return ids[:cut], ids[cut:]

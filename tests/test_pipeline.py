@@ -1,0 +1,169 @@
+"""Calibration passes, whole-model pruning and the run pipeline, on tiny models and the real one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from alphaprune.arch import find_blocks, prunable_matrices
+from alphaprune.calibrate import collect, sequential
+from alphaprune.errors import UserError
+from alphaprune.pipeline import PruneConfig, run_prune
+from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
+from alphaprune.pruners import magnitude_mask
+from tests.conftest import tiny_llama, tiny_loaded
+
+CORPUS = "The quick brown fox jumps over the lazy dog. " * 40 + "Pack my box with five dozen liquor jugs.\n" * 40
+
+
+def _windows(n=6, seqlen=32, seed=0):
+    return torch.randint(0, 300, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _block_outputs(model, windows, index):
+    """Outputs of block `index` in an ordinary forward pass."""
+    seen = []
+    block = find_blocks(model).modules[index]
+    handle = block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        for w in windows:
+            model(w[None], use_cache=False)
+    handle.remove()
+    return seen
+
+
+def test_sequential_pass_reproduces_the_forward_pass():
+    model = tiny_llama(layers=3)
+    windows = _windows()
+    last = []
+
+    def visit(index, block, run):
+        if index == 2:
+            handle = block.register_forward_hook(lambda m, a, out: last.append(out))
+            run()
+            handle.remove()
+
+    sequential(model, windows, visit)
+    expected = _block_outputs(model, windows, 2)
+    for got, want in zip(last, expected, strict=True):
+        torch.testing.assert_close(got[0] if isinstance(got, tuple) else got, want)
+
+
+def test_later_blocks_are_calibrated_on_pruned_earlier_blocks():
+    model = tiny_llama(layers=2)
+    windows = _windows()
+    refs = prunable_matrices(model)
+    q1 = next(r for r in refs if r.block == 1 and r.kind.endswith("q_proj"))
+    seen = {}
+
+    def visit(index, block, run):
+        block_refs = [r for r in refs if r.block == index]
+        stats = collect(block_refs, run)
+        if index == 0:  # prune block 0 by magnitude before its outputs move on
+            for r in block_refs:
+                r.weight()[magnitude_mask(r.weight(), 0.8)] = 0
+        else:
+            seen["q1"] = stats[q1.name].col_sq.clone()
+
+    dense = copy.deepcopy(model)
+    sequential(model, windows, visit)
+    # The same statistic from an ordinary forward pass of the block-0-pruned model ...
+    pruned_stats = collect([q1], lambda: [model(w[None], use_cache=False) for w in windows])
+    torch.testing.assert_close(seen["q1"], pruned_stats[q1.name].col_sq)
+    # ... and not the dense model's.
+    dense_q1 = next(r for r in prunable_matrices(dense) if r.name == q1.name)
+    dense_stats = collect([dense_q1], lambda: [dense(w[None], use_cache=False) for w in windows])
+    assert not torch.allclose(seen["q1"], dense_stats[q1.name].col_sq)
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+def test_prune_model_reaches_every_ratio(pruner):
+    model = tiny_llama(layers=2)
+    refs = prunable_matrices(model)
+    ratios = {r.name: 0.3 + 0.1 * (i % 5) for i, r in enumerate(refs)}
+    prune_model(model, ratios, pruner, windows=_windows())
+    _, per_matrix = measured_sparsity(model)
+    for name, target in ratios.items():  # wanda rounds per row, the others per matrix / block
+        assert per_matrix[name] == pytest.approx(target, abs=0.02), name
+
+
+def test_owl_outlier_ratios_one_per_block():
+    ratios = owl_outlier_ratios(tiny_llama(layers=3), _windows(), m=3.0)
+    assert len(ratios) == 3 and all(0.0 <= r <= 100.0 for r in ratios)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS)
+    return str(path)
+
+
+def _config(corpus, **kw):
+    base = dict(calib=corpus, eval=corpus, calib_samples=4, seqlen=32, eval_windows=4, sparsity=0.5)
+    return PruneConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("allocation", ["uniform", "alphapruning", "owl"])
+def test_run_prune_tiny(corpus, pruner, allocation):
+    loaded = tiny_loaded(layers=2)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    result = run_prune(loaded, _config(corpus, pruner=pruner, allocation=allocation, epsilon=0.2))
+    assert result.actual_sparsity == pytest.approx(0.5, abs=0.01)
+    assert result.allocation.mean == pytest.approx(0.5, abs=1e-9)
+    assert result.ppl_after > 0 and result.ppl_before > 0
+    for k, v in loaded.model.state_dict().items():  # the user's dense model is untouched
+        assert torch.equal(v, before[k]), k
+    doc = result.to_dict()
+    assert set(doc) >= {"ppl_before", "ppl_after", "actual_sparsity", "ratios", "block_ratios", "seconds"}
+
+
+def test_run_prune_nm_and_auto_epsilon(corpus):
+    loaded = tiny_loaded(layers=2)
+    nm = run_prune(loaded, _config(corpus, pruner="wanda", pattern="2:4"))
+    assert nm.actual_sparsity == pytest.approx(0.5, abs=1e-9)
+    auto = run_prune(loaded, _config(corpus, pruner="magnitude", allocation="alphapruning", epsilon=None))
+    assert len(auto.epsilon_search) == 5 and auto.config.epsilon in [e for e, _ in auto.epsilon_search]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(sparsity=1.0), "inside"),
+        (dict(epsilon=-0.1), "epsilon"),
+        (dict(pattern="2:4", allocation="alphapruning"), "N:M"),
+        (dict(pattern="2:4", sparsity=0.7), "2:4 means sparsity 0.5"),
+        (dict(pattern="3:7", sparsity=3 / 7), "does not divide"),
+        (dict(seqlen=4096), "context"),
+        (dict(calib="no-such-source"), "neither"),
+        (dict(pruner="obs"), "pruner"),
+    ],
+)
+def test_bad_settings_are_user_errors(corpus, kw, match):
+    with pytest.raises(UserError, match=match):
+        run_prune(tiny_loaded(layers=1), _config(corpus, **kw))
+
+
+def test_short_or_empty_text_is_a_user_error(corpus, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words")
+    with pytest.raises(UserError, match="too short"):
+        run_prune(tiny_loaded(layers=1), _config(corpus, calib=str(short), pruner="wanda"))
+    with pytest.raises(UserError, match="too short"):
+        run_prune(tiny_loaded(layers=1), _config(corpus, eval=str(short)))
+
+
+def test_real_model_small_prune(real_model, real_analysis):
+    """The default model: Wanda + AlphaPruning at 50% on a little python-docs text."""
+    config = PruneConfig(
+        sparsity=0.5, pruner="wanda", allocation="alphapruning", calib_samples=4, seqlen=128, eval_windows=4
+    )
+    before = real_model.model.model.layers[3].mlp.up_proj.weight.clone()
+    result = run_prune(real_model, config, analysis=real_analysis)
+    assert result.actual_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert 1.0 < result.ppl_before < result.ppl_after < 10 * result.ppl_before
+    assert torch.equal(real_model.model.model.layers[3].mlp.up_proj.weight, before)
+    assert len(result.allocation.block_ratios) == 30
