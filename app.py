@@ -1,13 +1,36 @@
 """alphaprune web app: `make run`, then open http://127.0.0.1:8501.
 
-Entry point: page navigation and the state shared by all pages.
+Entry point: page navigation, the session defaults and a sidebar showing what is loaded.
+Pages (in pages/) stay thin: widgets, then calls into the alphaprune library.
 """
 
 import streamlit as st
 
-from alphaprune.ui.session import init_state
+from alphaprune.ui.session import ANALYSIS, MODEL, RESULT, init_state
 
-st.set_page_config(page_title="alphaprune", layout="wide")
+st.set_page_config(page_title="alphaprune", page_icon=":material/insights:", layout="wide")
 init_state()
-pages = [st.Page("pages/spectra.py", title="Model & spectra", default=True)]
-st.navigation(pages).run()
+
+pages = {
+    "Analyse": [
+        st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
+        st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
+    ],
+    "Prune": [
+        st.Page("pages/allocation.py", title="Allocation", icon=":material/tune:"),
+        st.Page("pages/prune.py", title="Prune & evaluate", icon=":material/content_cut:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    ],
+    "Learn": [st.Page("pages/about.py", title="About", icon=":material/school:")],
+}
+page = st.navigation(pages)
+
+with st.sidebar:
+    loaded, analysis, result = (st.session_state.get(k) for k in (MODEL, ANALYSIS, RESULT))
+    st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
+    if analysis is not None:
+        st.caption(f"Analysed: {len(analysis.prunable)} prunable matrices")
+    if result is not None:
+        st.caption(f"Last prune: {result.ppl_before:.2f} -> {result.ppl_after:.2f} perplexity")
+
+page.run()

@@ -200,7 +200,7 @@ def _json_cache(name: str, key: str, compute: Callable[[], object]):
     return known[key]
 
 
-def _cached_outliers(model: nn.Module, calib: torch.Tensor, m: float, progress) -> list[float]:
+def cached_outliers(model: nn.Module, calib: torch.Tensor, m: float, progress=None) -> list[float]:
     """OWL's outlier ratios (a dense calibration pass), cached: they depend on no sparsity."""
     digest = hashlib.sha1(calib.numpy().tobytes()).hexdigest()[:16]
     key = f"{fingerprint(model)[:32]}|{digest}|{tuple(calib.shape)}|{m}"
@@ -215,8 +215,9 @@ def _analysis_layers(model: nn.Module, name: str, analysis):
     return analysis.prunable
 
 
-def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progress=None, name="model"):
-    """The allocation a config asks for (OWL runs a dense calibration pass over `calib`)."""
+def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progress=None, name="model", outliers=None):
+    """The allocation a config asks for. OWL uses `outliers` (one ratio per block) when
+    given, else runs a dense calibration pass over `calib` (cached on disk)."""
     matrices = prunable_matrices(model)
     target = config.sparsity
     if config.allocation == "uniform":
@@ -224,7 +225,8 @@ def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progr
     if config.allocation == "list":
         return alloc.from_list(matrices, config.block_list, config.ceiling)
     if config.allocation == "owl":
-        outliers = _cached_outliers(model, calib, config.owl_m, progress)
+        if outliers is None:
+            outliers = cached_outliers(model, calib, config.owl_m, progress)
         return alloc.owl(matrices, target, outliers, config.owl_lambda, config.owl_m, config.ceiling)
     layers = _analysis_layers(model, name, analysis)
     return alloc.alphapruning(layers, target, config.epsilon, config.metric, config.mapping, config.ceiling)

@@ -1,16 +1,219 @@
-"""Plotly figures of an analysis (no Streamlit here: the app and notebooks share them).
+"""Plotly figures of analyses, allocations and runs (no Streamlit here: app and notebooks share them).
 
-fig = alpha_depth_figure(result, metric="alpha_peak")   # metric against block, per kind
-fig = esd_figure(evals, layer)                          # log-log ESD + power-law fit
+Spectra of one matrix (`evals` ascending, `layer` its LayerMetrics, `rule` an xmin rule of fits.XMIN_RULES):
+
+    esd_figure(evals, layer, rule="peak", bins=60, random_evals=None)   # log-log ESD, power law, xmin, MP
+    esd_linear_figure(evals, layer, rule="peak", bins=80)              # linear histogram + xmin
+    xmin_scan_figure(evals, layer, rule="peak")                        # D(xmin) and alpha(xmin), window
+
+A whole model (`result` an Analysis):
+
+    alpha_depth_figure(result, metric="alpha_peak")          # metric against block, one line per kind
+    heatmap_figure(result, metric="alpha_peak")              # block x kind heatmap
+    before_after_figure(before, after, metric="alpha_peak")  # metric after pruning against before
+
+Allocation, run history and teaching:
+
+    allocation_figure(allocation, uniform_target=None)  # per-block sparsity, clipping, target, ceiling
+    runs_figure(frame, x="sparsity")                    # ppl_after against sparsity/epsilon (RunStore.frame())
+    heavy_tail_demo_figure(seed=0, n=400, m=800)        # Gaussian (MP) vs heavy-tailed random matrix
+
+Log axes: a shape (add_vline / add_hline / add_vrect) takes data values, but an annotation or an
+axis range takes log10 values (streamlit-notes.md 5.1), so labels are placed at log10(x) or go
+into the legend.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from threadpoolctl import threadpool_limits
 
+from alphaprune.allocation import Allocation
 from alphaprune.analysis import Analysis, LayerMetrics
-from alphaprune.metrics import mp_density
+from alphaprune.fits import fit_all, ks_scan, peak_window
+from alphaprune.metrics import mp_density, mp_fit
+
+_LOG_AXIS = {"type": "log", "dtick": 1, "exponentformat": "power"}
+_HEIGHT = 420
+
+
+# --- spectra of one matrix ---------------------------------------------------------------------------------------
+
+
+def _fit_of(layer: LayerMetrics, rule: str) -> tuple[float, float, float, int]:
+    """(alpha, xmin, D, n_tail) of `rule` as stored on the layer."""
+    return tuple(getattr(layer, f"{field}_{rule}") for field in ("alpha", "xmin", "D", "n_tail"))
+
+
+def _log_edges(bins: int, *spectra: np.ndarray) -> np.ndarray:
+    """`bins` + 1 geometric bin edges spanning the positive eigenvalues of all `spectra`."""
+    positive = np.concatenate([s[s > 0] for s in spectra])
+    if len(positive) == 0:
+        return np.array([1.0, 10.0])
+    lo, hi = positive.min(), positive.max()
+    return np.geomspace(lo, hi if hi > lo else lo * 10, bins + 1)
+
+
+def _density_bars(evals: np.ndarray, edges: np.ndarray, name: str, **style) -> go.Bar:
+    """Log-binned density (normalised over ALL eigenvalues, zeros included) as bars; empty bins dropped.
+
+    Arithmetic centres with width = bin width span exactly [edge_i, edge_i+1] on a log axis.
+    """
+    counts, _ = np.histogram(evals, bins=edges)
+    density = counts / (max(len(evals), 1) * np.diff(edges))
+    keep = density > 0
+    return go.Bar(
+        x=((edges[:-1] + edges[1:]) / 2)[keep],
+        y=density[keep],
+        width=np.diff(edges)[keep],
+        name=name,
+        marker_line_width=0,
+        hovertemplate="λ %{x:.3g}<br>density %{y:.3g}<extra>" + name + "</extra>",
+        **style,
+    )
+
+
+def _power_law(alpha: float, xmin: float, n_tail: int, n_total: int, lam_max: float, name: str) -> go.Scatter | None:
+    """The tail's power-law pdf, share * (alpha-1)/xmin * (x/xmin)^-alpha on [xmin, lam_max], dashed."""
+    if not (np.isfinite(alpha) and alpha > 1 and xmin > 0 and lam_max > xmin and n_tail > 1):
+        return None
+    x = np.geomspace(xmin, lam_max, 50)
+    share = n_tail / n_total  # the fit describes this share of the eigenvalues
+    y = share * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
+    return go.Scatter(x=x, y=y, mode="lines", name=name, line_dash="dash")
+
+
+def _mp_curve(shape: tuple[int, int], sigma2: float, lo: float, hi: float, name: str, **style) -> go.Scatter | None:
+    """Marchenko-Pastur density of a random matrix of `shape` and entry variance `sigma2`, dotted."""
+    if not sigma2 > 0:
+        return None
+    x = np.geomspace(max(lo, 1e-300), hi, 300)
+    y = mp_density(x, shape, sigma2)
+    keep = y > 0  # log y cannot show the zeros outside the bulk
+    if not keep.any():
+        return None
+    return go.Scatter(x=x[keep], y=y[keep], mode="lines", name=name, line_dash="dot", **style)
+
+
+def _xmin_marker(fig: go.Figure, xmin: float, log_x: bool, label: str = "xmin") -> None:
+    """Vertical line at xmin (data units, right on both axis types) and its label above the plot
+    (annotation x in log10 units on a log axis: add_vline(annotation_text=...) would misplace it)."""
+    if not (np.isfinite(xmin) and xmin > 0):
+        return
+    fig.add_vline(x=xmin, line_dash="dash", line_color="grey", line_width=1)
+    fig.add_annotation(
+        x=math.log10(xmin) if log_x else xmin,
+        y=1,
+        yref="paper",
+        yanchor="bottom",
+        text=label,
+        showarrow=False,
+    )
+
+
+def esd_figure(
+    evals: np.ndarray, layer: LayerMetrics, rule: str = "peak", bins: int = 60, random_evals: np.ndarray | None = None
+) -> go.Figure:
+    """Log-log ESD: log-binned density bars, the power-law fit over the tail (dashed), xmin
+    marked, the Marchenko-Pastur density of a random matrix of the same shape (dotted) and,
+    with `random_evals`, the ESD of an element-shuffled copy as faint bars ("randomised W")."""
+    evals = np.asarray(evals, dtype=np.float64)
+    alpha, xmin, D, n_tail = _fit_of(layer, rule)
+    spectra = (evals,) if random_evals is None else (evals, np.asarray(random_evals, dtype=np.float64))
+    edges = _log_edges(bins, *spectra)
+    fig = go.Figure(_density_bars(evals, edges, "ESD", opacity=0.8))
+    if random_evals is not None:
+        fig.add_trace(_density_bars(spectra[1], edges, "randomised W", opacity=0.35, marker_color="grey"))
+    lam_max = float(evals.max()) if len(evals) else 0.0
+    optional = (
+        _power_law(alpha, xmin, n_tail, len(evals), lam_max, f"power law, α={alpha:.2f}"),
+        _mp_curve(layer.shape, layer.mp_sigma2, max(layer.mp_edge_low, edges[0]), layer.mp_edge_high, "MP (random)"),
+    )
+    fig.add_traces([trace for trace in optional if trace is not None])
+    _xmin_marker(fig, xmin, log_x=True)
+    fig.update_xaxes(title="eigenvalue λ", **_LOG_AXIS)
+    fig.update_yaxes(title="density", **_LOG_AXIS)
+    title = f"{layer.name}: α={alpha:.2f}, D={D:.3f}, xmin={xmin:.3g}, n_tail={n_tail} ({rule})"
+    fig.update_layout(title=title, barmode="overlay", bargap=0, height=_HEIGHT)
+    return fig
+
+
+def esd_linear_figure(evals: np.ndarray, layer: LayerMetrics, rule: str = "peak", bins: int = 80) -> go.Figure:
+    """Histogram (counts) of the eigenvalues on linear axes, with the xmin of `rule` marked."""
+    evals = np.asarray(evals, dtype=np.float64)
+    counts, edges = np.histogram(evals, bins=bins)
+    fig = go.Figure(
+        go.Bar(
+            x=(edges[:-1] + edges[1:]) / 2,
+            y=counts,
+            width=np.diff(edges),
+            name="eigenvalues",
+            marker_line_width=0,
+            hovertemplate="λ %{x:.3g}<br>%{y} eigenvalues<extra></extra>",
+        )
+    )
+    _xmin_marker(fig, _fit_of(layer, rule)[1], log_x=False)
+    fig.update_xaxes(title="eigenvalue λ")
+    fig.update_yaxes(title="count")
+    fig.update_layout(title=f"{layer.name}: eigenvalues ({rule})", bargap=0, height=_HEIGHT)
+    return fig
+
+
+def _allowed_window(evals: np.ndarray, rule: str, xmins: np.ndarray) -> tuple[float, float] | None:
+    """The x range of candidates the rule may pick, clipped to the candidates; None if none.
+
+    For "peak" the lower bound is log10(0.95 peak) compared with linear eigenvalues (the
+    reference's quirk, fits.py), usually far below the peak: this shades what is allowed."""
+    if rule not in ("peak", "peak_fixed") or len(xmins) == 0:
+        return None
+    lower, upper = peak_window(evals, corrected=rule == "peak_fixed")
+    inside = xmins[(xmins >= lower) & (xmins <= upper) & (xmins > 0)]
+    return (float(inside.min()), float(inside.max())) if len(inside) else None
+
+
+def xmin_scan_figure(evals: np.ndarray, layer: LayerMetrics, rule: str = "peak") -> go.Figure:
+    """Two rows on one log x axis: KS distance D and alpha for every candidate xmin (fits.ks_scan),
+    the xmin chosen by `rule` marked in both, and for the peak rules the allowed window shaded."""
+    evals = np.sort(np.asarray(evals, dtype=np.float64))
+    scan = ks_scan(evals)
+    keep = scan.xmins > 0
+    xs = scan.xmins[keep]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    for row, values, name in ((1, scan.Ds[keep], "D (KS distance)"), (2, scan.alphas[keep], "α")):
+        hover = "xmin %{x:.3g}<br>" + name + " %{y:.3g}<extra></extra>"
+        fig.add_trace(go.Scatter(x=xs, y=values, mode="lines", name=name, hovertemplate=hover), row=row, col=1)
+    alpha, xmin, D, _ = _fit_of(layer, rule)
+    window = _allowed_window(evals, rule, xs)
+    if window is not None:
+        for row in (1, 2):
+            fig.add_vrect(
+                x0=window[0], x1=window[1], row=row, col=1, fillcolor="orange", opacity=0.15, line_width=0,
+                name=f"allowed xmin ({rule})", showlegend=row == 1,
+            )  # fmt: skip
+    if np.isfinite(xmin) and xmin > 0:
+        for row, y in ((1, D), (2, alpha)):
+            fig.add_vline(x=xmin, row=row, col=1, line_dash="dash", line_color="grey", line_width=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=[xmin], y=[y], mode="markers", marker=dict(size=10, symbol="x", color="crimson"),
+                    name=f"chosen xmin ({rule})", legendgroup="chosen", showlegend=row == 1,
+                ),
+                row=row, col=1,
+            )  # fmt: skip
+    fig.update_xaxes(**_LOG_AXIS)
+    fig.update_xaxes(title="candidate xmin", row=2, col=1)
+    fig.update_yaxes(title="D", row=1, col=1)
+    top = max(8.0, 2 * alpha) if np.isfinite(alpha) else 8.0  # the last few candidates have huge alphas
+    fig.update_yaxes(title="α", row=2, col=1, range=[0, min(top, float(np.max(scan.alphas[keep], initial=1.0)) * 1.05)])
+    fig.update_layout(title=f"{layer.name}: xmin scan, {rule} picks {xmin:.3g} (α={alpha:.2f})", height=520)
+    return fig
+
+
+# --- a whole model -----------------------------------------------------------------------------------------------
 
 
 def alpha_depth_figure(result: Analysis, metric: str = "alpha_peak") -> go.Figure:
@@ -28,37 +231,224 @@ def alpha_depth_figure(result: Analysis, metric: str = "alpha_peak") -> go.Figur
                 hovertext=[r.name for r in rows],
             )
         )
-    fig.update_layout(xaxis_title="block", yaxis_title=metric, legend_title="matrix", height=420)
+    fig.update_layout(xaxis_title="block", yaxis_title=metric, legend_title="matrix", height=_HEIGHT)
     return fig
 
 
-def _log_bins(evals: np.ndarray, bins: int) -> np.ndarray:
-    positive = evals[evals > 0]
-    return np.logspace(np.log10(positive.min()), np.log10(positive.max()), bins + 1)
+def heatmap_figure(result: Analysis, metric: str = "alpha_peak") -> go.Figure:
+    """Heatmap of `metric`: one row per block (block 0 at the top), one column per matrix kind."""
+    layers = result.prunable
+    kinds = list(dict.fromkeys(layer.kind for layer in layers))
+    blocks = sorted({layer.block for layer in layers})
+    z = np.full((len(blocks), len(kinds)), np.nan)
+    for layer in layers:
+        z[blocks.index(layer.block), kinds.index(layer.kind)] = float(getattr(layer, metric))
+    text = [[f"{v:.2f}" if np.isfinite(v) else "" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=kinds,
+            y=blocks,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar_title=metric,
+            hovertemplate="block %{y}<br>%{x}: " + metric + "=%{z:.3g}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(title="block", autorange="reversed", dtick=1)
+    fig.update_xaxes(title="matrix", side="top")
+    fig.update_layout(height=max(300, 24 * len(blocks) + 140))
+    return fig
 
 
-def esd_figure(evals: np.ndarray, layer: LayerMetrics, rule: str = "peak", bins: int = 60) -> go.Figure:
-    """ESD as a log-binned density on log-log axes, the power-law fit over the tail, xmin
-    marked, and the Marchenko-Pastur density of a random matrix of the same shape."""
-    edges = _log_bins(evals, bins)
-    counts, _ = np.histogram(evals, bins=edges)
-    density = counts / (len(evals) * np.diff(edges))  # (bins,) probability density
-    centers = np.sqrt(edges[:-1] * edges[1:])
-    keep = density > 0
-    fig = go.Figure(go.Scatter(x=centers[keep], y=density[keep], mode="markers", name="ESD"))
-    alpha, xmin = getattr(layer, f"alpha_{rule}"), getattr(layer, f"xmin_{rule}")
-    tail = evals[evals >= xmin]
-    if len(tail) > 1 and alpha > 1:
-        x = np.logspace(np.log10(xmin), np.log10(tail.max()), 50)
-        share = len(tail) / len(evals)  # the fit describes this share of the eigenvalues
-        y = share * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"power law, alpha={alpha:.2f}"))
-        fig.add_vline(x=xmin, line_dash="dash", annotation_text="xmin")
-    mp_x = np.linspace(max(layer.mp_edge_low, edges[0]), layer.mp_edge_high, 200)[1:-1]
-    mp_y = mp_density(mp_x, layer.shape, layer.mp_sigma2)
-    if np.any(mp_y > 0):
-        fig.add_trace(go.Scatter(x=mp_x, y=mp_y, mode="lines", name="Marchenko-Pastur bulk", line_dash="dot"))
-    fig.update_xaxes(type="log", title="eigenvalue")
-    fig.update_yaxes(type="log", title="density")
-    fig.update_layout(title=layer.name, height=420)
+def before_after_figure(before: Analysis, after: Analysis, metric: str = "alpha_peak") -> go.Figure:
+    """`metric` after pruning against before, one marker trace per matrix kind, for the prunable
+    matrices in both analyses; the diagonal (no change) dashed."""
+    after_by_name = {layer.name: layer for layer in after.prunable}
+    pairs = [(b, after_by_name[b.name]) for b in before.prunable if b.name in after_by_name]
+    fig = go.Figure()
+    for kind in dict.fromkeys(b.kind for b, _ in pairs):
+        rows = [(b, a) for b, a in pairs if b.kind == kind]
+        fig.add_trace(
+            go.Scatter(
+                x=[float(getattr(b, metric)) for b, _ in rows],
+                y=[float(getattr(a, metric)) for _, a in rows],
+                mode="markers",
+                name=kind,
+                text=[b.name for b, _ in rows],
+                hovertemplate="%{text}<br>before %{x:.3g}<br>after %{y:.3g}<extra></extra>",
+            )
+        )
+    values = [float(getattr(layer, metric)) for pair in pairs for layer in pair]
+    values = [v for v in values if np.isfinite(v)]
+    if values:
+        lo, hi = min(values), max(values)
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="no change", line=dict(dash="dash")))
+    fig.update_layout(
+        title=f"{metric} before and after pruning",
+        xaxis_title=f"{metric} before pruning",
+        yaxis_title=f"{metric} after pruning",
+        legend_title="matrix",
+        height=_HEIGHT,
+    )
+    return fig
+
+
+# --- allocation, run history ---------------------------------------------------------------------------------------
+
+
+def _clipped_blocks(allocation: Allocation) -> dict[int, str]:
+    """block -> "held at ceiling" / "held at 0" for the blocks holding a clipped matrix."""
+    clipped = set(allocation.clipped)
+    out: dict[int, str] = {}
+    for name, block, s in zip(allocation.names, allocation.blocks, allocation.sparsities, strict=True):
+        if name in clipped and out.get(block) != "held at ceiling":
+            out[block] = "held at ceiling" if s == allocation.ceiling else "held at 0"
+    return out
+
+
+def allocation_figure(allocation: Allocation, uniform_target: float | None = None) -> go.Figure:
+    """Per-block sparsity bars (blocks holding a clipped matrix in another colour), the unclipped
+    (reference) values as markers where they differ, the target dashed and the ceiling dotted.
+
+    Cheap (a few ms for 30 blocks): it is redrawn on every slider move."""
+    blocks = sorted(set(allocation.blocks))
+    final, raw = allocation.block_ratios, allocation.raw_block_ratios
+    flags = _clipped_blocks(allocation)
+    groups = {"sparsity": "#636efa", "held at ceiling": "#ef553b", "held at 0": "#00a0a0"}
+    traces = []
+    for label, color in groups.items():
+        idx = [i for i, b in enumerate(blocks) if flags.get(b, "sparsity") == label]
+        if idx:
+            traces.append(
+                go.Bar(
+                    x=[blocks[i] for i in idx], y=[final[i] for i in idx], name=label, marker_color=color,
+                    hovertemplate="block %{x}<br>sparsity %{y:.3f}<extra>" + label + "</extra>",
+                )
+            )  # fmt: skip
+    differs = [i for i in range(len(blocks)) if abs(raw[i] - final[i]) > 1e-9]
+    if differs:
+        traces.append(
+            go.Scatter(
+                x=[blocks[i] for i in differs], y=[raw[i] for i in differs], mode="markers", name="unclipped",
+                marker=dict(symbol="diamond-open", size=9, color="black"),
+                hovertemplate="block %{x}<br>unclipped %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+    target = allocation.target if uniform_target is None else uniform_target
+    top = max(1.0, max(raw, default=0.0) + 0.03)  # 0..1, stretched only to show an unclipped value above 1
+    bottom = min(0.0, min(raw, default=0.0) - 0.03)
+    layout = dict(
+        xaxis=dict(title="block", dtick=1 if len(blocks) <= 40 else None),
+        yaxis=dict(title="sparsity", range=[bottom, top]),
+        barmode="overlay",  # the groups' bars sit at disjoint blocks: no side-by-side offsets
+        bargap=0.15,
+        height=_HEIGHT,
+        title=f"{allocation.method}: mean sparsity {allocation.mean:.3f}",
+        shapes=[_hline(target, "dash", f"uniform {target:.2f}"), _hline(allocation.ceiling, "dot", "ceiling")],
+    )
+    return go.Figure(data=traces, layout=layout)
+
+
+def _hline(y: float, dash: str, name: str) -> dict:
+    """A full-width horizontal line with a legend entry, as a layout shape dict (cheaper than add_hline)."""
+    return dict(
+        type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
+        line=dict(dash=dash, color="grey", width=1.5), name=name, showlegend=True,
+    )  # fmt: skip
+
+
+def _empty(title: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, height=_HEIGHT)
+    return fig
+
+
+def runs_figure(frame, x: str = "sparsity") -> go.Figure:
+    """Perplexity after pruning (log y) against `x` for the prune runs of RunStore.frame(), one
+    line per (pruner, allocation) sorted by x, run ids in the hover; the dense perplexity
+    (median ppl_before) dashed."""
+    import pandas as pd
+
+    needed = {"kind", "ppl_after", x, "pruner", "allocation"}
+    if frame is None or len(frame) == 0 or not needed <= set(frame.columns):
+        return _empty("No pruning runs yet")
+    runs = frame[frame["kind"] == "prune"].copy()
+    for column in ("ppl_after", "ppl_before", x):
+        if column in runs:
+            runs[column] = pd.to_numeric(runs[column], errors="coerce")
+    runs = runs[np.isfinite(runs["ppl_after"]) & np.isfinite(runs[x]) & (runs["ppl_after"] > 0)]
+    if runs.empty:
+        return _empty(f"No pruning runs with a perplexity and {x}")
+    fig = go.Figure()
+    for (pruner, allocation), group in runs.groupby(["pruner", "allocation"], sort=True, dropna=False):
+        group = group.sort_values(x)
+        fig.add_trace(
+            go.Scatter(
+                x=group[x], y=group["ppl_after"], customdata=group["id"], mode="lines+markers",
+                name=f"{pruner} / {allocation}",
+                hovertemplate="run %{customdata}<br>" + x + " %{x:.3g}<br>ppl %{y:.4g}<extra>%{fullData.name}</extra>",
+            )
+        )  # fmt: skip
+    dense = runs["ppl_before"].dropna() if "ppl_before" in runs else pd.Series(dtype=float)
+    dense = dense[np.isfinite(dense) & (dense > 0)]
+    if len(dense):
+        level = float(dense.median())
+        fig.add_hline(y=level, line_dash="dash", line_color="grey", name=f"dense, ppl {level:.4g}", showlegend=True)
+    fig.update_xaxes(title=x)
+    fig.update_yaxes(title="perplexity after pruning", type="log")
+    fig.update_layout(title=f"Perplexity against {x}", legend_title="pruner / allocation", height=_HEIGHT)
+    return fig
+
+
+# --- teaching ------------------------------------------------------------------------------------------------------
+
+_DEMO_DOF = 2.0  # Student-t degrees of freedom of the heavy-tailed demo matrix (infinite variance)
+_DEMO_RULE = "ks"  # the textbook (Clauset) xmin rule: separates the two matrices best
+
+
+def _demo_spectrum(W: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of W W^T. One BLAS thread: small matrices, and multi-threaded
+    OpenBLAS took seconds instead of milliseconds on a busy 2-core machine."""
+    with threadpool_limits(1, user_api="blas"):
+        return np.sort(np.clip(np.linalg.eigvalsh(W @ W.T), 0.0, None))
+
+
+def _demo_traces(label: str, evals: np.ndarray, shape: tuple[int, int]) -> list:
+    """One demo panel: log-binned ESD, its power-law fit (alpha in the name) and the fitted MP bulk."""
+    fit = fit_all(evals)[_DEMO_RULE]
+    edges = _log_edges(40, evals)
+    mp = mp_fit(evals, shape)
+    traces = [
+        _density_bars(evals, edges, f"{label} ESD", opacity=0.75),
+        _power_law(fit.alpha, fit.xmin, fit.n_tail, len(evals), evals[-1], f"{label}: power law, α={fit.alpha:.2f}"),
+        _mp_curve(shape, mp.sigma2, max(mp.edge_low, edges[0]), mp.edge_high, f"{label}: MP", line_color="black"),
+    ]
+    return [trace for trace in traces if trace is not None]
+
+
+def heavy_tail_demo_figure(seed: int = 0, n: int = 400, m: int = 800) -> go.Figure:
+    """Side by side, log-log ESDs of an n x m Gaussian random matrix (its Marchenko-Pastur curve
+    overlaid) and of one with Student-t entries (2 degrees of freedom), each with its power-law
+    fit; the fitted alphas are in the legend."""
+    rng = np.random.default_rng(seed)
+    gauss = rng.standard_normal((n, m)) / np.sqrt(m)
+    heavy = rng.standard_t(_DEMO_DOF, (n, m))
+    heavy /= np.sqrt(m) * np.median(np.abs(heavy)) / 0.6745  # same bulk scale as the Gaussian (robust sd)
+    panels = {"Gaussian": _demo_spectrum(gauss), "heavy-tailed": _demo_spectrum(heavy)}
+    titles = ["Gaussian entries", f"Student-t entries (ν={_DEMO_DOF:g})"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
+    for col, (label, evals) in enumerate(panels.items(), start=1):
+        for trace in _demo_traces(label, evals, (n, m)):
+            fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title="eigenvalue λ", **_LOG_AXIS)
+    fig.update_yaxes(**_LOG_AXIS)
+    fig.update_yaxes(title="density", row=1, col=1)
+    fig.update_layout(
+        title=f"Random vs heavy-tailed {n}x{m} matrix (xmin by {_DEMO_RULE.upper()})",
+        barmode="overlay",
+        bargap=0,
+        height=_HEIGHT,
+    )
     return fig

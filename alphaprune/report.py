@@ -39,3 +39,37 @@ def write_analysis(result: Analysis, path: Path) -> None:
         path.write_text(json.dumps(_json_safe(result.to_dict()), indent=1))
     else:
         analysis_frame(result).to_csv(path, index=False)
+
+
+def model_summary(loaded) -> dict:
+    """Architecture, block layout, parameter counts and memory of a loaded model (for display)."""
+    from alphaprune.arch import find_blocks, prunable_matrices
+
+    model = loaded.model
+    config = getattr(model, "config", None)
+    blocks = find_blocks(model)
+    refs = prunable_matrices(model)
+    rows: dict[str, dict] = {}
+    for ref in refs:  # one row per matrix kind
+        row = rows.setdefault(ref.kind, {"kind": ref.kind, "shape (out x in)": f"{ref.shape[0]}x{ref.shape[1]}"})
+        row["matrices"] = row.get("matrices", 0) + 1
+        row["params"] = row.get("params", 0) + ref.params
+    params = list(model.parameters())
+
+    def cfg(*names):
+        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), "?")
+
+    return {
+        "architecture": type(model).__name__,
+        "model_type": cfg("model_type"),
+        "blocks": len(blocks.modules),
+        "blocks_path": blocks.path,
+        "hidden_size": cfg("hidden_size", "n_embd", "d_model"),
+        "heads": cfg("num_attention_heads", "n_head"),
+        "vocab_size": cfg("vocab_size"),
+        "context": cfg("max_position_embeddings", "n_positions"),
+        "params": sum(p.numel() for p in params),
+        "prunable_params": sum(ref.params for ref in refs),
+        "memory_bytes": sum(p.numel() * p.element_size() for p in params),
+        "kinds": pd.DataFrame(list(rows.values())),
+    }

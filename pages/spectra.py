@@ -1,63 +1,77 @@
-"""Model & spectra page: load a model, analyse every weight matrix, explore the alphas."""
+"""Spectra page: every matrix's ESD and power-law fit, how xmin was chosen, metrics by depth."""
 
+import numpy as np
 import streamlit as st
+import torch
 
-from alphaprune.errors import UserError
-from alphaprune.plots import alpha_depth_figure, esd_figure
+from alphaprune.analysis import METRIC_NAMES
+from alphaprune.arch import all_matrices
+from alphaprune.fits import XMIN_RULES
+from alphaprune.plots import (
+    alpha_depth_figure,
+    esd_figure,
+    esd_linear_figure,
+    heatmap_figure,
+    xmin_scan_figure,
+)
 from alphaprune.report import analysis_frame
-from alphaprune.ui.session import ANALYSIS, MODEL, MODEL_SPEC, cached_model, run_analysis
+from alphaprune.spectra import eigenvalues
+from alphaprune.ui.session import ANALYSIS, MODEL, require
 
-st.title("Layer spectra")
-st.caption("Empirical spectral density of every weight matrix and its heavy-tailed power-law fit (alpha).")
-
-spec = st.text_input("Model", key=MODEL_SPEC, help="smollm2-135m, a .gguf file, a model folder or a hub id")
-if st.button("Load and analyse", key="analyse", type="primary"):
-    with st.status("Loading model ...", expanded=True) as status:
-        try:
-            loaded = cached_model(spec)
-            status.update(label=f"Loaded in {loaded.seconds_load:.1f} s; computing spectra ...")
-            bar = st.progress(0.0, text="spectra")
-            result = run_analysis(loaded, lambda f, msg: bar.progress(min(1.0, f), text=msg))
-            st.session_state[MODEL], st.session_state[ANALYSIS] = loaded, result
-            status.update(
-                label=f"Analysed {len(result.layers)} matrices in {result.seconds_analysis:.2f} s", state="complete"
-            )
-        except UserError as exc:
-            status.update(label="Failed", state="error")
-            st.error(str(exc))
-
-result = st.session_state.get(ANALYSIS)
-if result is None:
-    st.info("Press **Load and analyse** to start (the bundled SmolLM2-135M takes about half a minute the first time).")
-    st.stop()
-
+st.title("Spectra")
+analysis = require(ANALYSIS, "Load and analyse a model first.")
 loaded = st.session_state[MODEL]
-cols = st.columns(4)
-cols[0].metric("Model", result.model)
-cols[1].metric("Parameters", f"{loaded.num_params / 1e6:.1f} M")
-cols[2].metric("Prunable matrices", len(result.prunable))
-cols[3].metric("Analysis time", f"{result.seconds_analysis:.2f} s" + (" (cache)" if result.from_cache else ""))
 
-metrics = [
-    "alpha_peak",
-    "alpha_peak_fixed",
-    "alpha_mid",
-    "alpha_ks",
-    "alpha_hat",
-    "stable_rank",
-    "entropy",
-    "log_norm",
-    "log_spectral_norm",
-    "mp_softrank",
-]
-metric = st.selectbox("Metric against depth", metrics, key="depth_metric")
-st.plotly_chart(alpha_depth_figure(result, metric), key="depth_chart", width="stretch")
 
-names = [layer.name for layer in result.layers]
-name = st.selectbox("Matrix", names, index=1 if len(names) > 1 else 0, key="esd_matrix")
-rule = st.radio("xmin rule", ["peak", "peak_fixed", "mid", "ks"], horizontal=True, key="esd_rule")
-st.plotly_chart(esd_figure(result.eigenvalues[name], result.layer(name), rule), key="esd_chart", width="stretch")
+@st.cache_data(show_spinner="Spectrum of a shuffled copy ...", max_entries=64)
+def randomised_eigenvalues(fingerprint: str, name: str, _weight) -> np.ndarray:
+    """Eigenvalues of the matrix with its entries shuffled: what 'no learned structure' looks like."""
+    flat = _weight.detach().flatten()
+    order = torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))
+    shuffled = flat[order].reshape(_weight.shape)
+    return eigenvalues(shuffled, "float64", "cpu")
 
-frame = analysis_frame(result)
+
+names = [layer.name for layer in analysis.layers]
+left, right = st.columns([3, 1])
+name = left.selectbox("Matrix", names, index=min(1, len(names) - 1), key="esd_matrix")
+rule = right.radio("xmin rule", XMIN_RULES, horizontal=True, key="esd_rule", help="how the tail start is chosen")
+layer, evals = analysis.layer(name), analysis.eigenvalues[name]
+show_random = st.toggle("Compare with a randomised copy (entries shuffled)", key="esd_random")
+random_evals = None
+if show_random:
+    ref = next(r for r in all_matrices(loaded.model) if r.name == name)
+    random_evals = randomised_eigenvalues(analysis.fingerprint or loaded.name, name, ref.weight())
+
+alpha, xmin = getattr(layer, f"alpha_{rule}"), getattr(layer, f"xmin_{rule}")
+cols = st.columns(5)
+cols[0].metric("alpha", f"{alpha:.3f}")
+cols[1].metric("xmin", f"{xmin:.4g}")
+cols[2].metric("KS distance D", f"{getattr(layer, f'D_{rule}'):.4f}")
+cols[3].metric("tail size", getattr(layer, f"n_tail_{rule}"))
+cols[4].metric("spikes beyond MP edge", layer.mp_num_spikes)
+if alpha > 8:
+    st.warning("alpha > 8: such fits are usually spurious (a near-random spectrum).")
+elif 0 < alpha < 2:
+    st.warning("alpha < 2: a very heavy tail, often a sign of over-training.")
+
+tab_log, tab_lin, tab_scan = st.tabs(["ESD (log-log)", "ESD (linear)", "KS distance and alpha vs xmin"])
+with tab_log:
+    st.plotly_chart(esd_figure(evals, layer, rule, random_evals=random_evals), key="esd_chart", width="stretch")
+with tab_lin:
+    st.plotly_chart(esd_linear_figure(evals, layer, rule), key="esd_linear_chart", width="stretch")
+with tab_scan:
+    st.plotly_chart(xmin_scan_figure(evals, layer, rule), key="xmin_chart", width="stretch")
+
+st.subheader("Across the model")
+metrics = [m for m in METRIC_NAMES if not m.startswith(("xmin", "D_", "mp_edge", "mp_sigma"))]
+metric = st.selectbox("Metric", metrics, index=metrics.index("alpha_peak"), key="depth_metric")
+left, right = st.columns(2)
+left.plotly_chart(alpha_depth_figure(analysis, metric), key="depth_chart", width="stretch")
+right.plotly_chart(heatmap_figure(analysis, metric), key="heatmap_chart", width="stretch")
+
+frame = analysis_frame(analysis)
 st.dataframe(frame, hide_index=True, key="metrics_table")
-st.download_button("Download metrics (CSV)", frame.to_csv(index=False), "alphaprune-metrics.csv", "text/csv")
+st.download_button(
+    "Download metrics (CSV)", frame.to_csv(index=False), "alphaprune-metrics.csv", "text/csv", key="metrics_csv"
+)

@@ -1,5 +1,5 @@
-"""The Streamlit app (AppTest): the landing page renders and the analysis runs on a tiny
-local model folder.
+"""The Streamlit app with AppTest: every page on a tiny model, bad input, the main path on the
+default model (load, analyse, move a slider, prune, see perplexity).
 
     .venv/bin/python -m pytest tests/test_app.py -q
 """
@@ -9,7 +9,11 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_llama, tiny_tokenizer
+
+PAGES = ("pages/model.py", "pages/spectra.py", "pages/allocation.py", "pages/prune.py", "pages/runs.py")
+PAGES += ("pages/about.py",)
+FOLDER_SOURCE = "Hub id, folder or .gguf path"
 
 
 @pytest.fixture(autouse=True)
@@ -22,40 +26,88 @@ def clear_streamlit_caches():
 
 @pytest.fixture
 def tiny_folder(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    model = tiny_llama(layers=2)
-    model.save_pretrained(tmp_path)
-    vocab = {f"w{i}": i for i in range(300)}
-    vocab["[UNK]"] = 0
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
+    tiny_llama(layers=2).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
     return tmp_path
 
 
-def test_landing_page_renders():
-    at = AppTest.from_file("../app.py", default_timeout=60).run()
-    assert not at.exception
-    assert at.title[0].value == "Layer spectra"
+def _app(timeout: int = 120) -> AppTest:
+    return AppTest.from_file("../app.py", default_timeout=timeout).run()
 
 
-def test_load_and_analyse_tiny_model(tiny_folder):
-    at = AppTest.from_file("../app.py", default_timeout=120).run()
-    at.text_input(key="model_spec").set_value(str(tiny_folder)).run()
-    at.button(key="analyse").click().run()
-    assert not at.exception and not at.error
+def _load(at: AppTest, spec: str | None) -> AppTest:
+    if spec is not None:
+        at.radio(key="model_source").set_value(FOLDER_SOURCE).run()
+        at.text_input(key="model_spec").set_value(spec).run()
+    at.button(key="load").click().run()
+    return at
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_before_anything_is_loaded(page):
+    at = _app()
+    at.switch_page(page).run()
+    _no_errors(at)
+
+
+def test_every_page_on_a_tiny_model(tiny_folder):
+    at = _load(_app(), str(tiny_folder))
+    _no_errors(at)
     assert at.status[0].label.startswith("Analysed 15 matrices")
-    assert at.selectbox(key="esd_matrix").value == "model.layers.0.self_attn.q_proj"
-    at.selectbox(key="depth_metric").set_value("alpha_ks").run()
+    at.switch_page("pages/spectra.py").run()
+    at.selectbox(key="esd_matrix").set_value("model.layers.1.mlp.down_proj").run()
     at.radio(key="esd_rule").set_value("ks").run()
-    assert not at.exception
+    at.toggle(key="esd_random").set_value(True).run()
+    at.selectbox(key="depth_metric").set_value("stable_rank").run()
+    _no_errors(at)
+    at.switch_page("pages/allocation.py").run()
+    at.slider(key="alloc_sparsity").set_value(0.8).run()
+    at.slider(key="alloc_epsilon").set_value(0.5).run()
+    _no_errors(at)
+    at.selectbox(key="alloc_method").set_value("owl").run()
+    at.button(key="owl_compute").click().run()
+    _no_errors(at)
+    assert at.get("plotly_chart")  # the OWL allocation is drawn
+    at.switch_page("pages/prune.py").run()
+    for key, value in (("prune_samples", 2), ("prune_seqlen", 32), ("prune_windows", 2)):
+        at.number_input(key=key).set_value(value)
+    at.button[0].click().run()  # the form's submit button
+    _no_errors(at)
+    assert [m.label for m in at.metric][:3] == ["Perplexity, dense", "Perplexity, pruned", "Actual sparsity"]
+    at.button(key="gen_button").click().run()
+    _no_errors(at)
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    assert len(at.dataframe[0].value) >= 1
+    at.switch_page("pages/about.py").run()
+    _no_errors(at)
 
 
-def test_bad_model_shows_error_not_traceback():
-    at = AppTest.from_file("../app.py", default_timeout=60).run()
-    at.text_input(key="model_spec").set_value("no-such-model").run()
-    at.button(key="analyse").click().run()
+def test_bad_model_shows_an_error_not_a_traceback():
+    at = _load(_app(), "no-such-model")
     assert not at.exception
     assert "unknown model" in at.error[0].value
+
+
+def test_main_path_on_the_default_model():
+    """Load the bundled SmolLM2, analyse, move the allocation slider, prune, see perplexity."""
+    at = _load(_app(timeout=300), None)
+    _no_errors(at)
+    assert at.metric[0].value == "smollm2-135m"
+    at.switch_page("pages/allocation.py").run()
+    at.slider(key="alloc_sparsity").set_value(0.5).run()
+    _no_errors(at)
+    assert at.metric[0].value == "0.5000"  # weighted mean follows the slider
+    at.switch_page("pages/prune.py").run()
+    for key, value in (("prune_samples", 4), ("prune_seqlen", 128), ("prune_windows", 2)):
+        at.number_input(key=key).set_value(value)
+    at.button[0].click().run(timeout=600)
+    _no_errors(at)
+    dense, pruned = float(at.metric[0].value), float(at.metric[1].value)
+    assert 1.0 < dense < pruned
+    assert float(at.metric[2].value) == pytest.approx(0.5, abs=1e-3)
