@@ -135,6 +135,7 @@ def _add_prune(sub) -> None:
     _add_prune_args(p)
     p.add_argument("--save", type=Path, help="write the pruned model (Hugging Face format) and its ratios here")
     p.add_argument("--out", type=Path, help="write the result as FILE.json")
+    p.add_argument("--prompt", help="also print the dense and the pruned model's greedy continuation of this text")
     p.set_defaults(func=cmd_prune)
 
 
@@ -267,6 +268,11 @@ def cmd_prune(args) -> int:
     loaded = _load(args)
     result, run_id = _run_one(loaded, config, _analysis_for(loaded, config))
     print(_summary(result, run_id))
+    if args.prompt is not None:
+        from alphaprune.generate import generate
+
+        print(f"dense : {args.prompt}{generate(loaded.model, loaded.tokenizer, args.prompt)}")
+        print(f"pruned: {args.prompt}{generate(result.model, loaded.tokenizer, args.prompt)}")
     if args.save is not None:
         _save(result, loaded, args.save)
     if args.out is not None:

@@ -53,7 +53,9 @@ def test_allocate_writes_json_csv_and_recipe(tiny_folder, tmp_path, capsys):
 def test_prune_eval_runs_roundtrip(tiny_folder, corpus, tmp_path, store, capsys):
     out, saved = tmp_path / "result.json", tmp_path / "pruned"
     args = ["prune", "--model", tiny_folder, "--pruner", "wanda", "--allocation", "alphapruning", "--sparsity", "0.5"]
-    assert main(args + _data(corpus) + ["--out", str(out), "--save", str(saved)]) == 0
+    assert main(args + _data(corpus) + ["--out", str(out), "--save", str(saved), "--prompt", "It was"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense : It was" in printed and "pruned: It was" in printed
     doc = json.loads(out.read_text())
     for field in ("ppl_before", "ppl_after", "actual_sparsity", "ratios", "block_ratios", "seconds"):
         assert field in doc
