@@ -45,8 +45,13 @@ if method == "owl" and (outliers is None or outliers[0] != owl_m):
     st.info("OWL needs the outlier ratios of every block, from calibration text (python-docs, 16 x 512 tokens).")
     if st.button("Compute outlier ratios", key="owl_compute"):
         bar = st.progress(0.0, text="calibration")
-        windows = calibration_windows(token_ids("python-docs", loaded.tokenizer), 16, 512, 0)
-        ratios = cached_outliers(loaded.model, windows, owl_m, progress_callback(bar))
+        try:
+            seqlen = min(512, getattr(loaded.model.config, "max_position_embeddings", 512))
+            windows = calibration_windows(token_ids("python-docs", loaded.tokenizer), 16, seqlen, 0)
+            ratios = cached_outliers(loaded.model, windows, owl_m, progress_callback(bar))
+        except UserError as exc:
+            st.error(str(exc))
+            st.stop()
         st.session_state[OUTLIERS] = outliers = (owl_m, ratios)
         st.rerun()
     st.stop()

@@ -17,9 +17,9 @@ from alphaprune.ui.session import (
     MODEL,
     PRUNED_ANALYSIS,
     RESULT,
-    progress_callback,
     require,
     save_upload,
+    staged_progress,
 )
 
 st.title("Prune & evaluate")
@@ -86,10 +86,10 @@ def _run() -> None:
         st.error("Choose or upload both texts first.")
         return
     with st.status("Pruning ...", expanded=True) as status:
-        bar = st.progress(0.0, text="starting")
+        progress = staged_progress()
         try:
-            result = run_prune(loaded, _config(), analysis, progress_callback(bar))
-            bar.progress(1.0, text="spectra of the pruned model")
+            result = run_prune(loaded, _config(), analysis, progress)
+            progress(1.0, "spectra of the pruned model: analysing")
             pruned_analysis = analyze(result.model, f"{loaded.name} (pruned)", use_cache=False)
             run_id = RunStore().add(result.record())
         except UserError as exc:
@@ -129,10 +129,13 @@ st.subheader("Dense and pruned, same prompt")
 prompt = st.text_input("Prompt", "The capital of France is", key="gen_prompt")
 if st.button("Generate", key="gen_button"):
     with st.spinner("Generating ..."):
-        st.session_state[GENERATIONS] = (
-            generate(loaded.model, loaded.tokenizer, prompt),
-            generate(result.model, loaded.tokenizer, prompt),
-        )
+        try:
+            st.session_state[GENERATIONS] = (
+                generate(loaded.model, loaded.tokenizer, prompt),
+                generate(result.model, loaded.tokenizer, prompt),
+            )
+        except UserError as exc:
+            st.error(str(exc))
 if st.session_state.get(GENERATIONS):
     left, right = st.columns(2)
     left.markdown("**Dense**")

@@ -69,6 +69,25 @@ def progress_callback(bar) -> Callable[[float, str], None]:
     return lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)), text=message)
 
 
+def staged_progress() -> Callable[[float, str], None]:
+    """A progress callback drawing one st.progress bar per stage.
+
+    The pipeline's messages read "stage: detail" (alphaprune/pipeline.py); each new stage
+    opens its own bar, and the previous one is filled.
+    """
+    bars: dict[str, object] = {}
+
+    def update(fraction: float, message: str) -> None:
+        stage, _, detail = message.partition(": ")
+        if stage not in bars:
+            for bar in bars.values():
+                bar.progress(1.0)
+            bars[stage] = st.progress(0.0, text=stage)
+        bars[stage].progress(min(1.0, max(0.0, fraction)), text=f"{stage}: {detail}" if detail else stage)
+
+    return update
+
+
 def save_upload(upload, folder: str) -> Path:
     """An uploaded file written under the cache folder (content-addressed), its path."""
     data = upload.getvalue()
