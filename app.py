@@ -25,12 +25,20 @@ pages = {
 }
 page = st.navigation(pages)
 
-with st.sidebar:
-    loaded, analysis, result = (st.session_state.get(k) for k in (MODEL, ANALYSIS, RESULT))
-    st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
-    if analysis is not None:
-        st.caption(f"Analysed: {len(analysis.prunable)} prunable matrices")
-    if result is not None:
-        st.caption(f"Last prune: {result.ppl_before:.2f} -> {result.ppl_after:.2f} perplexity")
+status = st.sidebar.container()  # filled after the page ran, so it shows this run's results
 
-page.run()
+
+def _sidebar_status() -> None:
+    loaded, analysis, result = (st.session_state.get(k) for k in (MODEL, ANALYSIS, RESULT))
+    with status:
+        st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
+        if analysis is not None:
+            st.caption(f"Analysed: {len(analysis.prunable)} prunable matrices")
+        if result is not None:
+            st.caption(f"Last prune: {result.ppl_before:.2f} -> {result.ppl_after:.2f} perplexity")
+
+
+try:
+    page.run()
+finally:  # also when a page stops early (st.stop)
+    _sidebar_status()

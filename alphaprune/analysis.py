@@ -158,8 +158,16 @@ _POOL_JOB: tuple[list[MatrixRef], str] | None = None
 
 
 def _pool_init() -> None:
+    import signal
+
     import torch
     from threadpoolctl import threadpool_limits
+
+    # A forked worker inherits the parent's signal handlers: under `streamlit run` its
+    # SIGTERM handler only prints "Stopping...", so the pool's terminate() at the end
+    # would wait forever for an idle worker. Workers die on SIGTERM / SIGINT as usual.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     torch.set_num_threads(1)
     threadpool_limits(1)  # one BLAS thread per worker process

@@ -17,6 +17,7 @@ input feature (Wanda, OWL) and optionally X^T X (SparseGPT).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -81,23 +82,33 @@ def sequential(model: nn.Module, windows: torch.Tensor, on_block: BlockVisitor, 
 
 
 class InputStats:
-    """Running sums over the calibration tokens entering one matrix (in features)."""
+    """Running statistics of the calibration inputs entering one matrix (in features).
+
+    Kept exactly as the reference code keeps them (float32 running means over samples),
+    because at high sparsity rounding-level differences in these statistics flip masks
+    and move perplexity by several percent (bench/reference_check.py measures it):
+    col_sq = mean over samples of ||x_j||^2 (Wanda: scaler_row), and
+    xtx = (2 / samples) sum_t x_t x_t^T (SparseGPT: H).
+    """
 
     def __init__(self, columns: int, hessian: bool, device: torch.device):
-        self.tokens = 0
-        self.col_sq = torch.zeros(columns, dtype=torch.float64, device=device)  # sum_t x_tj^2
-        self.xtx = torch.zeros(columns, columns, device=device) if hessian else None  # sum_t x_t x_t^T
+        self.samples = 0
+        self.col_sq = torch.zeros(columns, device=device)  # (in,)
+        self.xtx = torch.zeros(columns, columns, device=device) if hessian else None  # (in, in)
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
-        self.tokens += x.shape[0]
-        self.col_sq += (x * x).sum(0, dtype=torch.float64)
+        batch = x.shape[0] if x.dim() == 3 else 1
+        inp = x.reshape(-1, x.shape[-1]).t().float()  # (in, tokens)
+        before, self.samples = self.samples, self.samples + batch
+        self.col_sq *= before / self.samples
+        self.col_sq += torch.norm(inp, p=2, dim=1) ** 2 / self.samples
         if self.xtx is not None:
-            self.xtx.addmm_(x.T, x)
+            self.xtx *= before / self.samples
+            inp = math.sqrt(2 / self.samples) * inp
+            self.xtx += inp.matmul(inp.t())
 
     def hessian(self) -> torch.Tensor:
-        """X^T X / tokens (SparseGPT is invariant to the scale)."""
-        return self.xtx / max(self.tokens, 1)
+        return self.xtx
 
 
 def collect(refs: Sequence[MatrixRef], run: Callable[[], None], hessian: bool = False) -> dict[str, InputStats]:

@@ -4,8 +4,9 @@
 - Wanda: score |W_ij| * ||X_j||_2 (X: calibration inputs of the layer), remove the
   int(s * in) lowest scores of every output row (as the reference, stable sort).
 - SparseGPT: H = X^T X (+1% of its mean diagonal), upper Cholesky factor of H^-1; columns
-  in blocks of 128; in each block remove the round(s * numel) weights of least
-  w^2 / [H^-1]_jj^2 and spread each removed weight's error over the later columns.
+  in blocks of 128; in each block remove the weights of least w^2 / [H^-1]_jj^2 (those
+  <= the int(s * numel)-th smallest, as the reference) and spread each removed weight's
+  error over the later columns.
 - N:M (`pattern` "2:4", "4:8"): in every group of M consecutive inputs of a row remove the
   N lowest-scored weights; the ratio does not apply.
 
@@ -106,25 +107,36 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise RuntimeError("SparseGPT: the Hessian stays singular even with strong damping")
 
 
-def _sparsegpt_block(w1: torch.Tensor, hinv1: torch.Tensor, sparsity: float, nm: NM | None) -> torch.Tensor:
-    """Prune one block of columns in place; returns its errors. w1: (b, out) = columns as rows.
+def _threshold_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """SparseGPT's rule: True at scores <= the int(s * numel)-th smallest (as the reference)."""
+    flat = score.flatten()
+    index = min(int(flat.numel() * sparsity), flat.numel() - 1)
+    return score <= torch.kthvalue(flat, index + 1).values
 
-    Column-major (b, out) makes each column contiguous and each update a rank-1 `addr_`.
+
+def _sparsegpt_block(w1: torch.Tensor, hinv1: torch.Tensor, sparsity: float, nm: NM | None) -> torch.Tensor:
+    """Prune one block of columns in place; returns its errors. w1: (out, b).
+
+    Laid out and ordered as the reference code (column updates on (out, b), the block's
+    error as Err1 @ Hinv): SparseGPT at high sparsity amplifies rounding differences.
     """
     d = torch.diag(hinv1)  # (b,)
     if nm is None:  # the block's mask is chosen once, from the weights entering the block
-        drop = _lowest_mask(w1**2 / d[:, None] ** 2, round(sparsity * w1.numel()))
+        drop = _threshold_mask(w1**2 / d[None, :] ** 2, sparsity)
     else:
         drop = torch.zeros_like(w1, dtype=torch.bool)
-    errors = torch.empty_like(w1)
-    for i in range(len(w1)):
+    errors = torch.zeros_like(w1)
+    for i in range(w1.shape[1]):
         if nm is not None and i % nm[1] == 0:  # this group's N, from the updated weights
-            group = w1[i : i + nm[1]] ** 2 / d[i : i + nm[1], None] ** 2  # (M, out)
-            drop[i : i + nm[1]] = _nm_mask(group.T, nm).T
-        err = w1[i] * drop[i] / d[i]  # (out,): the removed weights, scaled
-        w1[i:].addr_(hinv1[i, i:], err, alpha=-1.0)  # spreads the error; zeroes the removed ones
-        errors[i] = err
-    w1.masked_fill_(drop, 0.0)  # exact zeros (the update leaves rounding residue)
+            group = w1[:, i : i + nm[1]] ** 2 / d[None, i : i + nm[1]] ** 2  # (out, M)
+            drop[:, i : i + nm[1]] = _nm_mask(group, nm)
+        col = w1[:, i]
+        q = col.clone()
+        q[drop[:, i]] = 0
+        err = (col - q) / d[i]  # (out,): the removed weights, scaled
+        w1[:, i:] -= err.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))  # spread onto later columns
+        w1[:, i] = q
+        errors[:, i] = err
     return errors
 
 
@@ -137,11 +149,13 @@ def sparsegpt(
     percdamp: float = 0.01,
 ) -> torch.Tensor:
     """The pruned and error-compensated weight (out, in), float32, zeros where removed."""
-    wt = w.float().T.contiguous()  # (in, out): one row per input column
-    wt[torch.diag(hessian) == 0] = 0.0
+    w = w.float().clone()  # (out, in)
+    w[:, torch.diag(hessian) == 0] = 0.0
     hinv = _inverse_cholesky(hessian, percdamp)  # (in, in), upper triangular
-    for i1 in range(0, len(wt), blocksize):
-        i2 = min(i1 + blocksize, len(wt))
-        errors = _sparsegpt_block(wt[i1:i2], hinv[i1:i2, i1:i2], sparsity, nm)  # (b, out)
-        wt[i2:] -= hinv[i1:i2, i2:].T @ errors  # the block's error onto the later columns
-    return wt.T
+    for i1 in range(0, w.shape[1], blocksize):
+        i2 = min(i1 + blocksize, w.shape[1])
+        w1 = w[:, i1:i2].clone()  # (out, b)
+        errors = _sparsegpt_block(w1, hinv[i1:i2, i1:i2], sparsity, nm)
+        w[:, i1:i2] = w1
+        w[:, i2:] -= errors.matmul(hinv[i1:i2, i2:])  # the block's error onto the later columns
+    return w

@@ -80,7 +80,8 @@ def test_pattern_errors():
 
 
 def _sparsegpt_plain(w, hessian, sparsity, blocksize=128, percdamp=0.01):
-    """SparseGPT column by column, written plainly from the paper's algorithm (unstructured)."""
+    """SparseGPT column by column, written plainly from the paper's algorithm (unstructured),
+    with the reference code's mask rule (scores <= the int(s * numel)-th smallest)."""
     w = w.clone()
     h = hessian.clone() + percdamp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian))
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -88,10 +89,8 @@ def _sparsegpt_plain(w, hessian, sparsity, blocksize=128, percdamp=0.01):
         i2 = min(i1 + blocksize, w.shape[1])
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         q1, e1 = torch.zeros_like(w1), torch.zeros_like(w1)
-        score = (w1**2 / torch.diag(h1)[None, :] ** 2).flatten()
-        drop = torch.zeros_like(score, dtype=torch.bool)
-        drop[torch.argsort(score, stable=True)[: round(sparsity * score.numel())]] = True
-        drop = drop.reshape(w1.shape)
+        score = w1**2 / torch.diag(h1)[None, :] ** 2
+        drop = score <= torch.sort(score.flatten())[0][int(score.numel() * sparsity)]
         for i in range(i2 - i1):
             col = w1[:, i]
             q = torch.where(drop[:, i], torch.zeros_like(col), col)
