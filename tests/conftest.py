@@ -17,6 +17,15 @@ os.environ["ALPHAPRUNE_CACHE"] = os.path.join(_SESSION_ROOT, "cache")
 os.environ["ALPHAPRUNE_DATA"] = os.path.join(_SESSION_ROOT, "data")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_folders():
+    """The session's cache (with a ~0.5 GB dequantized model) goes when the session ends."""
+    yield
+    import shutil
+
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
+
 def tiny_llama(layers: int = 2, hidden: int = 64, tie: bool = True, seed: int = 0):
     """A random LLaMA-architecture causal LM small enough for unit tests."""
     from transformers import LlamaConfig, LlamaForCausalLM
