@@ -1,0 +1,431 @@
+"""Side-by-side check of our pruning pipeline against a reference-style reimplementation.
+
+What it does
+------------
+It reimplements, independently and on purpose in the *reference code's* own structure
+and conventions, the pruning and evaluation of the AlphaPruning code (haiquanlu/
+AlphaPruning: main.py, lib/prune.py, lib/data.py, lib/eval.py, which take their Wanda and
+SparseGPT parts from locuslab/wanda and IST-DASLab/sparsegpt), and runs it next to
+`alphaprune.pipeline.run_prune` on the same model, texts and windows:
+
+- texts: a text file read with CRLF -> LF, tokenised once with the tokenizer's defaults
+  (`tokenizer(text, return_tensors="pt")`, as lib/data.py does);
+- calibration: `random.seed(seed)`, then per sample `i = random.randint(0, len - seqlen - 1)`
+  and the window `ids[:, i:i + seqlen]` (get_wikitext2's loop);
+- block inputs captured by a `Catcher` put in place of block 0 (prepare_calibration_input);
+  the block keyword arguments are those the model passes (attention mask, position ids and,
+  since transformers 4.4x, the rotary `position_embeddings`, which a decoder block of
+  transformers 5 cannot do without);
+- per block: hooks on every nn.Linear, one sample at a time through the dense block
+  (`layer(inps[j].unsqueeze(0), ...)`), all matrices pruned from that pass, then the
+  outputs recomputed with the pruned block and swapped in as the next inputs;
+- magnitude: `thresh = sort(|W|)[int(numel * ratio)]`, prune `|W| <= thresh`;
+- Wanda: running-mean `scaler_row` (WrappedGPT), score |W| * sqrt(scaler_row), stable sort
+  per row, the first `int(in * ratio)` of each row;
+- SparseGPT: running `H = 2/n sum x x^T` (float32), dead inputs, 1% damping, Cholesky of the
+  inverse, blocks of 128 columns, per block `thresh = sort(tmp)[int(numel * s)]`, mask
+  `tmp <= thresh`, the column loop and the lazy block update;
+- AlphaPruning ratios: ww_sparsity's formula (block-wise mean of the metric over the
+  block's matrices, linear map to [1 - eps, 1 + eps], one scaler so the parameter-weighted
+  mean is the target), *no clipping*; the metric is alpha_peak from
+  `alphaprune.analysis.analyze(model)` (verified against the reference elsewhere);
+- perplexity: eval_ppl_wikitext: the first W non-overlapping windows, per window the mean
+  cross-entropy of its seqlen - 1 predictions times seqlen, exp(sum / (W * seqlen)).
+
+Ours is `run_prune` with the same settings (calib / eval files, samples, seqlen, windows,
+seed). The table gives, per configuration, the reference-style perplexity, ours, their
+relative difference and the measured sparsity of both pruned models.
+
+Configurations: dense; uniform magnitude / Wanda / SparseGPT at the target sparsity;
+AlphaPruning (alpha_peak, block-wise, eps 0.2 by default, which keeps every reference ratio
+below 1 on SmolLM2-135M, so our clipping never applies) with each pruner.
+
+How to run
+----------
+    nice -n 10 .venv/bin/python bench/reference_check.py                 # 8 x 256 calib, 8 x 256 eval
+    nice -n 10 .venv/bin/python bench/reference_check.py --samples 32 --seqlen 1024 --windows 32
+    nice -n 10 .venv/bin/python bench/reference_check.py --only wanda     # configurations whose name has "wanda"
+    nice -n 10 .venv/bin/python bench/reference_check.py --noise-floor    # + reference with float64 statistics
+
+`--noise-floor` reruns the reference Wanda / SparseGPT with the calibration statistics
+(scaler_row, H) accumulated in float64 instead of float32: the same mathematics, other
+rounding. At 70% sparsity a near-tie flipped by rounding changes a block's outputs, which
+changes the next blocks' statistics, and the masks drift apart from there (SparseGPT also
+within a matrix, through its error updates), so the difference between the two reference
+runs is the noise floor below which "ours vs reference" cannot be read as a real difference.
+
+Model: `alphaprune.models.load_model(--model)` (default smollm2-135m, float32 on CPU).
+Texts: /work/shared/data/{calib_python_docs.txt, wikitext2_test.raw} by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alphaprune.analysis import analyze  # noqa: E402
+from alphaprune.models import load_model  # noqa: E402
+from alphaprune.pipeline import PruneConfig, run_eval, run_prune  # noqa: E402
+
+DATA = Path("/work/shared/data")
+
+
+# ----------------------------------------------------------------------------- texts
+def read_raw(path: Path) -> str:
+    return path.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """(1, L) ids, with whatever special tokens the tokenizer adds by default (as lib/data.py)."""
+    return tokenizer(text, return_tensors="pt").input_ids
+
+
+def calibration_loader(enc: torch.Tensor, nsamples: int, seed: int, seqlen: int) -> list[torch.Tensor]:
+    random.seed(seed)
+    loader = []
+    for _ in range(nsamples):
+        i = random.randint(0, enc.shape[1] - seqlen - 1)
+        loader.append(enc[:, i : i + seqlen])
+    return loader
+
+
+# ----------------------------------------------------------------------------- model helpers
+def find_layers(module: nn.Module, name: str = "") -> dict[str, nn.Linear]:
+    """Every nn.Linear under `module`, in named_children recursion order (find_layers)."""
+    if type(module) is nn.Linear:
+        return {name: module}
+    found: dict[str, nn.Linear] = {}
+    for child_name, child in module.named_children():
+        found.update(find_layers(child, f"{name}.{child_name}" if name else child_name))
+    return found
+
+
+def block_output(result) -> torch.Tensor:
+    """A decoder block returns a tuple (transformers 4) or the hidden states (transformers 5)."""
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+class Catcher(nn.Module):
+    def __init__(self, module: nn.Module, store: dict):
+        super().__init__()
+        self.module = module
+        self.store = store
+
+    def forward(self, inp, **kwargs):
+        self.store["inps"].append(inp.detach())
+        self.store["kwargs"] = kwargs  # the last sample's, as the reference keeps them
+        raise ValueError
+
+
+@torch.no_grad()
+def prepare_calibration_input(model, loader):
+    layers = model.model.layers
+    store: dict = {"inps": [], "kwargs": None}
+    layers[0] = Catcher(layers[0], store)
+    for batch in loader:
+        try:
+            model(batch)
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    inps = torch.cat(store["inps"], dim=0)  # (nsamples, seqlen, hidden)
+    kw = {k: v for k, v in store["kwargs"].items() if k in ("attention_mask", "position_ids", "position_embeddings")}
+    return inps, torch.zeros_like(inps), kw
+
+
+# Accumulation dtype of the calibration statistics: float32 as the reference; --noise-floor
+# reruns the reference with float64 (the same mathematics, other rounding).
+ACC_DTYPE = torch.float32
+
+
+class WrappedGPT:
+    """Wanda's running mean of squared input-feature norms."""
+
+    def __init__(self, layer: nn.Linear):
+        self.layer = layer
+        self.scaler_row = torch.zeros(layer.weight.shape[1], dtype=ACC_DTYPE)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        if inp.dim() == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        inp = inp.reshape(-1, inp.shape[-1]).t().to(ACC_DTYPE)  # (in, tokens)
+        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+
+
+class SparseGPT:
+    """SparseGPT's Hessian accumulation and fasterprune (unstructured), reference conventions."""
+
+    def __init__(self, layer: nn.Linear):
+        self.layer = layer
+        self.columns = layer.weight.shape[1]
+        self.H = torch.zeros(self.columns, self.columns, dtype=ACC_DTYPE)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        if inp.dim() == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        inp = inp.reshape(-1, inp.shape[-1]).t()
+        self.H *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = math.sqrt(2 / self.nsamples) * inp.to(ACC_DTYPE)
+        self.H += inp.matmul(inp.t())
+
+    def fasterprune(self, sparsity: float, blocksize: int = 128, percdamp: float = 0.01) -> None:
+        W = self.layer.weight.data.clone().float()
+        H = self.H.float()
+        self.H = None
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        damp = percdamp * torch.mean(torch.diag(H))
+        idx = torch.arange(self.columns)
+        H[idx, idx] += damp
+        H = torch.linalg.cholesky(H)
+        H = torch.cholesky_inverse(H)
+        Hinv = torch.linalg.cholesky(H, upper=True)
+        for i1 in range(0, self.columns, blocksize):
+            i2 = min(i1 + blocksize, self.columns)
+            W1 = W[:, i1:i2].clone()
+            Q1 = torch.zeros_like(W1)
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            tmp = W1**2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+            mask1 = tmp <= thresh
+            for i in range(i2 - i1):
+                w = W1[:, i]
+                d = Hinv1[i, i]
+                q = w.clone()
+                q[mask1[:, i]] = 0
+                Q1[:, i] = q
+                err1 = (w - q) / d
+                W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+                Err1[:, i] = err1
+            W[:, i1:i2] = Q1
+            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+        self.layer.weight.data = W.reshape(self.layer.weight.shape).to(self.layer.weight.data.dtype)
+
+
+# ----------------------------------------------------------------------------- pruning
+@torch.no_grad()
+def prune_magnitude(model, ratios: list[float]) -> None:
+    k = 0
+    for layer in model.model.layers:
+        for _, module in find_layers(layer).items():
+            W = module.weight.data
+            metric = torch.abs(W)
+            thresh = torch.sort(metric.flatten())[0][int(W.numel() * ratios[k])]
+            W[metric <= thresh] = 0
+            k += 1
+
+
+@torch.no_grad()
+def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
+    """prune_wanda / prune_sparsegpt: block by block, one sample at a time."""
+    use_cache = model.config.use_cache
+    model.config.use_cache = False
+    inps, outs, kw = prepare_calibration_input(model, loader)
+    nsamples = inps.shape[0]
+    k = 0
+    for layer in model.model.layers:
+        subset = find_layers(layer)
+        wrapped = {name: (WrappedGPT if method == "wanda" else SparseGPT)(mod) for name, mod in subset.items()}
+        handles = [
+            subset[name].register_forward_hook(lambda _m, inp, _out, w=wrapped[name]: w.add_batch(inp[0].data))
+            for name in wrapped
+        ]
+        for j in range(nsamples):
+            outs[j] = block_output(layer(inps[j].unsqueeze(0), **kw))[0]
+        for h in handles:
+            h.remove()
+        for name, mod in subset.items():
+            if method == "wanda":
+                W_metric = torch.abs(mod.weight.data) * torch.sqrt(wrapped[name].scaler_row.float().reshape(1, -1))
+                W_mask = torch.zeros_like(W_metric) == 1
+                sort_res = torch.sort(W_metric, dim=-1, stable=True)
+                indices = sort_res[1][:, : int(W_metric.shape[1] * ratios[k])]
+                W_mask.scatter_(1, indices, True)
+                mod.weight.data[W_mask] = 0
+            else:
+                wrapped[name].fasterprune(ratios[k], blocksize=128, percdamp=0.01)
+            k += 1
+        for j in range(nsamples):
+            outs[j] = block_output(layer(inps[j].unsqueeze(0), **kw))[0]
+        inps, outs = outs, inps
+    model.config.use_cache = use_cache
+
+
+def ww_sparsity(model, alpha_by_name: dict[str, float], sparsity: float, epsilon: float) -> list[float]:
+    """lib/prune.py ww_sparsity with mapping_type block_wise; metric order = find_layers(blocks)."""
+    blocks = model.model.layers
+    layers = find_layers(blocks)
+    prunables = [m.weight.numel() for m in layers.values()]
+    names = [f"model.layers.{n}" for n in layers]
+    metrics = [alpha_by_name[n] for n in names]
+    per_block = len(prunables) // len(blocks)
+    block_metrics = [np.mean(metrics[i : i + per_block]) for i in range(0, len(metrics), per_block)]
+    metrics = [b for b in block_metrics for _ in range(per_block)]
+    s1, s2 = 1.0 - epsilon, 1.0 + epsilon
+    scores = torch.tensor(metrics)
+    prunables_t = torch.tensor(prunables)
+    hi, lo = torch.max(scores), torch.min(scores)
+    ratios = ((scores - lo) / (hi - lo)) * (s2 - s1) + s1
+    scaler = torch.sum(prunables_t) * sparsity / torch.sum(prunables_t * ratios)
+    return (ratios * scaler).cpu().numpy().tolist()
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def eval_ppl(model, testenc: torch.Tensor, seqlen: int, windows: int) -> float:
+    nsamples = min(windows, testenc.numel() // seqlen)
+    nlls = []
+    for i in range(nsamples):
+        inputs = testenc[:, i * seqlen : (i + 1) * seqlen].reshape(1, seqlen)
+        logits = model(inputs).logits
+        shift_logits = logits[:, :-1, :].contiguous()
+        shift_labels = inputs[:, 1:]
+        loss = nn.CrossEntropyLoss()(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1))
+        nlls.append(loss.float() * seqlen)
+    return torch.exp(torch.stack(nlls).sum() / (nsamples * seqlen)).item()
+
+
+def zero_share(model) -> float:
+    zeros = total = 0
+    for layer in model.model.layers:
+        for mod in find_layers(layer).values():
+            zeros += int((mod.weight.data == 0).sum())
+            total += mod.weight.numel()
+    return zeros / total
+
+
+# ----------------------------------------------------------------------------- driver
+def reference_ppl(dense, pruner: str, ratios: list[float], loader, test_enc, args) -> tuple[float, float]:
+    """(perplexity, share of zeros) of a reference-style pruned copy of `dense`."""
+    model = copy.deepcopy(dense)
+    if pruner == "magnitude":
+        prune_magnitude(model, ratios)
+    else:
+        prune_sequential(model, loader, ratios, pruner)
+    return eval_ppl(model, test_enc, args.seqlen, args.windows), zero_share(model)
+
+
+def main() -> None:
+    global ACC_DTYPE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--calib", default=str(DATA / "calib_python_docs.txt"))
+    ap.add_argument("--eval", default=str(DATA / "wikitext2_test.raw"))
+    ap.add_argument("--samples", type=int, default=8, help="calibration windows")
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--windows", type=int, default=8, help="evaluation windows")
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--epsilon", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    ap.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="also run the reference with float64 calibration statistics (same mathematics, other rounding)",
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model)
+    dense = loaded.model
+    tok = loaded.tokenizer
+    calib_enc = encode(tok, read_raw(Path(args.calib)))
+    test_enc = encode(tok, read_raw(Path(args.eval)))
+    loader = calibration_loader(calib_enc, args.samples, args.seed, args.seqlen)
+    analysis = analyze(dense, loaded.name)
+    alpha_by_name = {layer.name: layer.alpha_peak for layer in analysis.prunable}
+
+    ww = ww_sparsity(dense, alpha_by_name, args.sparsity, args.epsilon)
+    ww03 = ww_sparsity(dense, alpha_by_name, args.sparsity, 0.3)
+    print(f"reference ww ratios eps {args.epsilon}: min {min(ww):.4f} max {max(ww):.4f}; eps 0.3: max {max(ww03):.4f}")
+
+    common = dict(
+        sparsity=args.sparsity,
+        calib=args.calib,
+        calib_samples=args.samples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        eval=args.eval,
+        eval_windows=args.windows,
+        mapping="block",
+        metric="alpha_peak",
+    )
+    configs = [("dense", None, None)]
+    configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt")]
+    configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
+    if args.only:
+        configs = [c for c in configs if args.only in c[0]]
+
+    rows = []
+    dense_ours = None
+    names = [f"model.layers.{n}" for n in find_layers(dense.model.layers)]
+    for label, pruner, allocation in configs:
+        t = time.perf_counter()
+        ref64 = float("nan")
+        if pruner is None:
+            ref = ref64 = eval_ppl(dense, test_enc, args.seqlen, args.windows)
+            ours, _ = run_eval(loaded, args.eval, args.seqlen, args.windows)  # run_prune's dense ppl
+            ref_sp = our_sp = zero_share(dense)
+            ratio_diff = 0.0
+            dense_ours = ours
+        else:
+            ratios = ww if allocation == "alphapruning" else [args.sparsity] * len(names)
+            ACC_DTYPE = torch.float32
+            ref, ref_sp = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
+            if args.noise_floor and pruner != "magnitude":
+                ACC_DTYPE = torch.float64
+                ref64, _ = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
+                ACC_DTYPE = torch.float32
+            cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
+            result = run_prune(loaded, cfg, analysis=analysis)
+            ours, our_sp = result.ppl_after, result.actual_sparsity
+            ratio_diff = max(abs(result.allocation.ratios[n] - r) for n, r in zip(names, ratios, strict=True))
+            del result
+        rel = (ours - ref) / ref
+        rows.append((label, ref, ours, rel, ref64, ref_sp, our_sp, ratio_diff, time.perf_counter() - t))
+        print(
+            f"  {label}: ref {ref:.4f} ours {ours:.4f} ({rel:+.3%}) ref64 {ref64:.4f} [{rows[-1][-1]:.0f}s]", flush=True
+        )
+
+    print()
+    print(
+        f"model {loaded.name}; calib {args.samples} x {args.seqlen}; eval {args.windows} x {args.seqlen}; "
+        f"seed {args.seed}; dense ours {dense_ours}"
+    )
+    head = "| configuration | reference-style ppl | ours | rel. diff |"
+    rule = "|---|---:|---:|---:|"
+    if args.noise_floor:
+        head += " ref, float64 stats | its rel. diff |"
+        rule += "---:|---:|"
+    print(head + " sparsity ref | sparsity ours | max ratio diff |")
+    print(rule + "---:|---:|---:|")
+    for label, ref, ours, rel, ref64, rs, os_, rd, _ in rows:
+        extra = ""
+        if args.noise_floor:  # magnitude has no statistics: nothing to rerun
+            extra = f" {ref64:.4f} | {(ref64 - ref) / ref:+.3%} |" if ref64 == ref64 else " n/a | n/a |"
+        print(f"| {label} | {ref:.4f} | {ours:.4f} | {rel:+.3%} |{extra} {rs:.6f} | {os_:.6f} | {rd:.2e} |")
+
+
+if __name__ == "__main__":
+    main()
