@@ -36,7 +36,9 @@ if chosen:
 left, right = st.columns(2)
 left.plotly_chart(runs_figure(view, "sparsity"), key="runs_sparsity_chart", width="stretch")
 if "epsilon" in view and view["epsilon"].notna().any():
-    right.plotly_chart(runs_figure(view[view["allocation"] == "alphapruning"], "epsilon"), key="runs_eps_chart")
+    right.plotly_chart(
+        runs_figure(view[view["allocation"] == "alphapruning"], "epsilon"), key="runs_eps_chart", width="stretch"
+    )
 wanted = ["id", "created", "kind", "model", "pruner", "allocation", "epsilon", "sparsity", "pattern"]
 wanted += ["ppl_before", "ppl_after", "actual_sparsity", "seconds_total"]
 st.dataframe(view[[c for c in wanted if c in view.columns]], hide_index=True, key="runs_table")
