@@ -11,6 +11,7 @@ never changes what another tab sees.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -52,16 +53,30 @@ def init_state() -> None:
     st.session_state.setdefault(ALLOC, dict(DEFAULT_ALLOC))
 
 
+def _freeze_heap() -> None:
+    """Move what exists now (model, spectra) out of the garbage collector's full scans.
+
+    A full collection over a loaded model's objects takes ~0.2 s here and would land on
+    random slider moves; these objects live as long as the session anyway.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Loaded once per process and shared by every session: read-only by convention."""
-    return load_model(spec, dtype=dtype, device=device)
+    loaded = load_model(spec, dtype=dtype, device=device)
+    _freeze_heap()
+    return loaded
 
 
 def run_analysis(loaded: LoadedModel, progress: Callable[[float, str], None]) -> Analysis:
     """Uncached at the Streamlit level (the library has its own disk cache), so the
     progress callback is safe (streamlit-notes 2.6)."""
-    return analyze(loaded.model, loaded.name, device=loaded.device, progress=progress)
+    result = analyze(loaded.model, loaded.name, device=loaded.device, progress=progress)
+    _freeze_heap()
+    return result
 
 
 def progress_callback(bar) -> Callable[[float, str], None]:
