@@ -69,8 +69,9 @@ if loaded is None:
     st.stop()
 
 summary = model_summary(loaded)
+st.subheader(loaded.name)
 cols = st.columns(5)
-cols[0].metric("Model", loaded.name)
+cols[0].metric("Blocks", summary["blocks"])
 cols[1].metric("Parameters", f"{summary['params'] / 1e6:.1f} M")
 cols[2].metric("Prunable", f"{summary['prunable_params'] / 1e6:.1f} M")
 cols[3].metric("Weights in memory", f"{summary['memory_bytes'] / 2**20:.0f} MiB")

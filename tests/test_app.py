@@ -98,7 +98,7 @@ def test_main_path_on_the_default_model():
     """Load the bundled SmolLM2, analyse, move the allocation slider, prune, see perplexity."""
     at = _load(_app(timeout=300), None)
     _no_errors(at)
-    assert at.metric[0].value == "smollm2-135m"
+    assert at.subheader[0].value == "smollm2-135m" and at.metric[0].value == "30"
     at.switch_page("pages/allocation.py").run()
     at.slider(key="alloc_sparsity").set_value(0.5).run()
     _no_errors(at)
