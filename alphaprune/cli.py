@@ -99,11 +99,12 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sparsity", type=float, default=alloc.DEFAULT_CEILING, help="ceiling of every ratio")
 
 
-def _add_data_args(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
-    p.add_argument("--calib", default="python-docs", help="python-docs, wikitext2 or a text file")
-    p.add_argument("--calib-samples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
+def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluation: bool = True) -> None:
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration / evaluation window")
+    if calibration:
+        p.add_argument("--calib", default="python-docs", help="python-docs, wikitext2 or a text file")
+        p.add_argument("--calib-samples", type=int, default=128)
+        p.add_argument("--seed", type=int, default=0)
     if evaluation:
         p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
         p.add_argument("--eval-windows", type=int, help="first W windows of the evaluation text (default all)")
@@ -142,10 +143,7 @@ def _add_prune(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity of a model or of a saved pruned folder")
     _add_model_args(p)
-    p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--eval-windows", type=int)
-    p.add_argument("--batch-size", type=int, default=1)
+    _add_data_args(p, calibration=False)
     p.add_argument("--out", type=Path, help="write the result as FILE.json")
     p.set_defaults(func=cmd_eval)
 
