@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from alphaprune.errors import UserError
+from alphaprune.pruners import parse_pattern
 
 RATIOS_FILE = "alphaprune_ratios.json"
 RECIPE_FILE = "recipe.yaml"
@@ -145,15 +146,8 @@ def _label_sparsities(lines: list[str], names: list[str]) -> list[str]:
 
 def _mask_structure(pattern: str) -> str:
     """alphaprune's pattern -> llm-compressor's mask_structure (both mean: prune N of every M)."""
-    if pattern == "unstructured":
-        return "0:0"
-    try:
-        n, m = (int(part) for part in pattern.split(":"))
-    except ValueError:
-        raise UserError(f"pattern must be 'unstructured' or N:M such as 2:4, got {pattern!r}") from None
-    if not 0 < n < m:
-        raise UserError(f"in an N:M pattern 0 < N < M must hold, got {pattern!r}")
-    return f"{n}:{m}"
+    nm = parse_pattern(pattern)
+    return "0:0" if nm is None else f"{nm[0]}:{nm[1]}"
 
 
 def _check_ratios(ratios: dict[str, float]) -> tuple[list[str], list[float]]:
