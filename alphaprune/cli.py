@@ -361,7 +361,7 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from alphaprune.pipeline import fingerprint, run_eval
+    from alphaprune.pipeline import run_eval
     from alphaprune.runs import RunRecord, RunStore, library_versions
 
     _check_out(args.out, (".json",))
@@ -370,14 +370,14 @@ def cmd_eval(args) -> int:
     loaded = _load(args)
     update, close = _progress_bar("perplexity")
     try:
-        ppl, seconds = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, update)
+        ppl, seconds, fp = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, update)
     finally:
         close()
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
     record = RunRecord(
         kind="eval",
         model=loaded.name,
-        fingerprint=fingerprint(loaded.model),
+        fingerprint=fp,
         settings=settings,
         ppl_after=ppl,
         seconds={"total": seconds},

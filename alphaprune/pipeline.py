@@ -324,9 +324,11 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
 
 
 def run_eval(loaded, source: str, seqlen: int, windows: int | None, batch_size: int = 1, progress=None):
-    """(perplexity, seconds) of a model as it is, on the first `windows` windows of a text."""
+    """(perplexity, seconds, weights fingerprint) of a model as it is, on the first `windows`
+    windows of a text."""
     start = time.perf_counter()
     eval_text = text.read_text(source)
     eval_windows = text.evaluation_windows(text.tokenize(eval_text, loaded.tokenizer), seqlen, windows)
-    ppl = dense_perplexity(loaded.model, fingerprint(loaded.model), eval_text, eval_windows, batch_size, progress)
-    return ppl, time.perf_counter() - start
+    fp = fingerprint(loaded.model)
+    ppl = dense_perplexity(loaded.model, fp, eval_text, eval_windows, batch_size, progress)
+    return ppl, time.perf_counter() - start, fp

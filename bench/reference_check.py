@@ -385,7 +385,7 @@ def main() -> None:
         ref64 = float("nan")
         if pruner is None:
             ref = ref64 = eval_ppl(dense, test_enc, args.seqlen, args.windows)
-            ours, _ = run_eval(loaded, args.eval, args.seqlen, args.windows)  # run_prune's dense ppl
+            ours, _, _ = run_eval(loaded, args.eval, args.seqlen, args.windows)  # run_prune's dense ppl
             ref_sp = our_sp = zero_share(dense)
             ratio_diff = 0.0
             dense_ours = ours
