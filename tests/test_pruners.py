@@ -124,6 +124,15 @@ def test_sparsegpt_reconstructs_better_than_masking():
     assert err["sgpt"] < err["wanda"] < err["mag"]
 
 
+def test_sparsity_one_removes_every_weight():
+    """A ratio of 1 (the ceiling at its top, a block pruned whole) is defined for every pruner."""
+    w, x = _data()
+    col_sq = (x.double() ** 2).sum(0)
+    assert pruners.magnitude_mask(w, 1.0).all()
+    assert pruners.wanda_mask(w, col_sq, 1.0).all()
+    assert (pruners.sparsegpt(w, x.T @ x / len(x), 1.0) == 0).all()
+
+
 def test_sparsegpt_dead_inputs_and_singular_hessian():
     w, x = _data(cols=32)
     x[:, 5] = 0.0  # an input that never fires
