@@ -168,12 +168,24 @@ def uniform(matrices: Sequence[Matrix], target: float, ceiling: float = DEFAULT_
     return _allocation("uniform", matrices, target, [target] * len(matrices), ceiling, "scale", {})
 
 
+_UNKNOWN_METRIC = "unknown metric {!r}; use a numeric column of `alphaprune analyze`, e.g. alpha_peak"
+
+
+def check_metric(metric: str) -> None:
+    """UserError unless `metric` is one of the analysis' numeric columns."""
+    from alphaprune.analysis import METRIC_NAMES
+
+    if metric not in METRIC_NAMES:
+        raise UserError(_UNKNOWN_METRIC.format(metric))
+
+
 def _metric_values(matrices: Sequence, metric: str, mapping: str) -> np.ndarray:
     if mapping not in MAPPINGS:
         raise UserError(f"mapping must be one of {', '.join(MAPPINGS)}, got {mapping!r}")
-    if not all(hasattr(m, metric) for m in matrices):
-        raise UserError(f"unknown metric {metric!r}; use a numeric column of `alphaprune analyze`, e.g. alpha_peak")
-    values = np.asarray([float(getattr(m, metric)) for m in matrices])
+    try:
+        values = np.asarray([float(getattr(m, metric)) for m in matrices])
+    except (AttributeError, TypeError, ValueError):  # missing, or not a number (name, shape ...)
+        raise UserError(_UNKNOWN_METRIC.format(metric)) from None
     bad = [m.name for m, v in zip(matrices, values, strict=True) if not np.isfinite(v)]
     if bad:
         raise UserError(f"metric {metric} is not finite for {len(bad)} matrices (e.g. {bad[0]}); choose another metric")
@@ -193,8 +205,8 @@ def alphapruning(
     ceiling: float = DEFAULT_CEILING,
 ) -> Allocation:
     """AlphaPruning's allocation over analysed layers (LayerMetrics of prunable matrices)."""
-    if not epsilon >= 0.0:
-        raise UserError(f"epsilon must be >= 0, got {epsilon}")
+    if epsilon is None or not 0.0 <= epsilon < np.inf:
+        raise UserError(f"epsilon must be a number >= 0, got {epsilon}")
     check_target(target, ceiling)
     values = _metric_values(layers, metric, mapping)
     spread = values.max() - values.min()

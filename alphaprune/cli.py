@@ -7,7 +7,7 @@
     python -m alphaprune prune --sparsity 0.7 --pruner wanda --allocation alphapruning \
         --calib calib.txt --calib-samples 32 --seqlen 1024 --eval test.raw --eval-windows 32 --save out/
     python -m alphaprune eval --model out/ --eval test.raw --seqlen 1024
-    python -m alphaprune sweep --pruner magnitude --epsilons 0.1,0.2,0.3 --sparsities 0.6,0.7
+    python -m alphaprune sweep --pruner magnitude --allocation alphapruning --epsilons 0.1,0.2,0.3 --sparsities 0.6,0.7
     python -m alphaprune runs [--export runs.csv] [--delete 3,4]
 
 Every prune, sweep and eval run is stored in the run history (alphaprune/runs.py).
@@ -279,8 +279,11 @@ def cmd_prune(args) -> int:
 
 
 def _check_save(path: Path | None) -> None:
-    if path is not None and path.exists() and not path.is_dir():
-        raise UserError(f"--save {path} is a file; give a folder")
+    """Before any work: a run that cannot be saved where asked is refused, not stored."""
+    from alphaprune.export import check_save_folder
+
+    if path is not None:
+        check_save_folder(path.expanduser())
 
 
 def _save(result, loaded, path: Path) -> None:
@@ -306,6 +309,8 @@ def cmd_allocate(args) -> int:
     from alphaprune.text import calibration_windows, token_ids
 
     config = _config(args)
+    if config.auto_epsilon:
+        raise UserError("--epsilon auto needs pruning runs to choose; use it with `prune`, or give a number here")
     _check_out(args.out, (".json", ".csv", ".yaml"))
     loaded = _load(args)
     calib = None
@@ -365,8 +370,8 @@ def cmd_eval(args) -> int:
     from alphaprune.runs import RunRecord, RunStore, library_versions
 
     _check_out(args.out, (".json",))
-    if args.seqlen < 2 or (args.eval_windows is not None and args.eval_windows < 1):
-        raise UserError("--seqlen must be at least 2 and --eval-windows at least 1")
+    if args.seqlen < 2 or (args.eval_windows is not None and args.eval_windows < 1) or args.batch_size < 1:
+        raise UserError("--seqlen must be at least 2, --eval-windows and --batch-size at least 1")
     loaded = _load(args)
     update, close = _progress_bar("perplexity")
     try:
@@ -393,6 +398,8 @@ def cmd_eval(args) -> int:
 def cmd_sweep(args) -> int:
     import uuid
 
+    if args.epsilons and args.allocation != "alphapruning":
+        raise UserError("--epsilons applies to --allocation alphapruning only")
     epsilons = args.epsilons or [args.epsilon]
     sparsities = args.sparsities or [args.sparsity]
     configs = [_config(args, epsilon=e, sparsity=s) for s in sparsities for e in epsilons]  # all checked first

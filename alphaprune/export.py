@@ -216,7 +216,7 @@ def save_pruned(
     or when writing fails for lack of space or permission (nothing is left behind).
     """
     target = Path(directory).expanduser().resolve()
-    _check_target(target)
+    check_save_folder(target)
     ordered = _in_module_order(model, ratios)
     recipe = llmcompressor_recipe(
         ordered, str(metadata.get("pruner", "magnitude")), str(metadata.get("pattern", "unstructured"))
@@ -265,7 +265,8 @@ def load_ratios(directory: str | os.PathLike) -> ExportedRatios:
     )
 
 
-def _check_target(target: Path) -> None:
+def check_save_folder(target: Path) -> None:
+    """UserError unless `target` is new, empty, or a folder this module wrote before."""
     if target.is_file() or (target.exists() and not target.is_dir()):
         raise UserError(f"{target} is a file: give a folder path for the pruned model")
     if target.is_dir() and any(target.iterdir()) and not (target / RATIOS_FILE).is_file():

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import hashlib
 import json
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from alphaprune.errors import UserError
 from alphaprune.paths import cache_dir
 from alphaprune.perplexity import perplexity
 from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
-from alphaprune.pruners import PRUNERS, parse_pattern
+from alphaprune.pruners import PRUNERS, check_pattern, parse_pattern
 
 Progress = Callable[[float, str], None]
 EPSILON_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -78,11 +81,14 @@ class PruneConfig:
             raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
         if self.allocation != "list":
             alloc.check_target(self.sparsity, self.ceiling)
-        if self.epsilon is not None and self.epsilon < 0:
-            raise UserError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.epsilon is not None and not 0 <= self.epsilon < math.inf:
+            raise UserError(f"epsilon must be a number >= 0, got {self.epsilon}")
+        if self.allocation == "alphapruning":
+            alloc.check_metric(self.metric)
         if self.mapping not in alloc.MAPPINGS:
             raise UserError(f"mapping must be one of {', '.join(alloc.MAPPINGS)}, got {self.mapping!r}")
-        for name, value in (("calibration samples", self.calib_samples), ("seqlen", self.seqlen)):
+        counts = {"calibration samples": self.calib_samples, "seqlen": self.seqlen, "batch size": self.batch_size}
+        for name, value in counts.items():
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
         if self.eval_windows is not None and self.eval_windows < 1:
@@ -174,30 +180,42 @@ def fingerprint(model: nn.Module) -> str:
     return cache.weights_fingerprint(all_matrices(model))
 
 
-def _ppl_cache_key(fp: str, source: text.Text, seqlen: int, windows: int) -> str:
-    return f"{fp[:32]}|{source.digest}|{seqlen}|{windows}"
+def _ppl_cache_key(fp: str, source: text.Text, seqlen: int, windows: int, device: str = "cpu") -> str:
+    where = "" if device == "cpu" else f"|{device}"  # CPU keys as before; a GPU rounds differently
+    return f"{fp[:32]}|{source.digest}|{seqlen}|{windows}{where}"
 
 
 def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torch.Tensor, batch_size: int, progress):
     """Perplexity of the unpruned model, from the cache when measured before."""
-    key = _ppl_cache_key(fp, source, windows.shape[1], windows.shape[0])
+    device = next(model.parameters()).device.type
+    key = _ppl_cache_key(fp, source, windows.shape[1], windows.shape[0], device)
     return float(_json_cache("perplexity.json", key, lambda: perplexity(model, windows, batch_size, progress)))
 
 
 def _json_cache(name: str, key: str, compute: Callable[[], object]):
-    """A value from cache_dir()/name (a JSON object), computed and stored when missing."""
+    """A value from cache_dir()/name (a JSON object), computed and stored when missing.
+    Writers merge under a file lock, so runs in parallel (CLI, app, bench) lose no entry."""
     path = cache_dir() / name
+    known = _read_json(path)
+    if key in known:
+        return known[key]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = {**_read_json(path), key: value}
+        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(path)  # atomic: a crash leaves the old file
+    return value
+
+
+def _read_json(path) -> dict:
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(path)  # atomic: a crash leaves the old file
-    return known[key]
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def cached_outliers(model: nn.Module, calib: torch.Tensor, m: float, progress=None) -> list[float]:
@@ -241,9 +259,9 @@ def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConf
 
 def _search_epsilon(model, config, analysis, calib_ids, progress) -> tuple[float, tuple]:
     """The epsilon of EPSILON_GRID with the lowest perplexity on held-out calibration text."""
-    train_ids, heldout_ids = text.split_heldout(calib_ids)
+    train_ids = text.split_heldout(calib_ids)[0]
     calib = text.calibration_windows(train_ids, config.calib_samples, config.seqlen, config.seed)
-    heldout = text.evaluation_windows(heldout_ids, config.seqlen, HELDOUT_WINDOWS)
+    heldout = text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
     scores = []
     for i, eps in enumerate(EPSILON_GRID):
         trial = dataclasses.replace(config, epsilon=eps)
@@ -264,6 +282,8 @@ def _check_resources(model: nn.Module, config: PruneConfig) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and config.seqlen > limit:
         raise UserError(f"seqlen {config.seqlen} exceeds the model's context of {limit} tokens; lower --seqlen")
+    for mat in prunable_matrices(model):  # before any minutes are spent on the dense perplexity
+        check_pattern(config.nm, mat.shape[1], mat.name)
     need = sum(p.numel() * p.element_size() for p in model.parameters())
     have = available_memory_bytes()
     if have is not None and need > 0.8 * have:
@@ -279,10 +299,29 @@ def _texts(loaded, config: PruneConfig):
     eval_ids = text.tokenize(eval_text, loaded.tokenizer)
     eval_windows = text.evaluation_windows(eval_ids, config.seqlen, config.eval_windows)
     calib_ids = None
-    if config.needs_calibration:
-        calib_ids = text.token_ids(config.calib, loaded.tokenizer)
-        text.calibration_windows(calib_ids[: config.seqlen + 1], 1, config.seqlen)  # long enough?
+    if not config.needs_calibration:
+        text.read_text(config.calib)  # a bad source is an error even when this run does not read it
+        return eval_text, eval_windows, calib_ids
+    calib_text = text.read_text(config.calib)
+    calib_ids = text.tokenize(calib_text, loaded.tokenizer)
+    text.calibration_windows(calib_ids[: config.seqlen + 1], 1, config.seqlen)  # long enough?
+    if config.auto_epsilon:
+        text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
+        _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows)
     return eval_text, eval_windows, calib_ids
+
+
+def _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows) -> None:
+    """--epsilon auto must never score epsilons on text the evaluation also reads."""
+    if calib_text.digest != eval_text.digest:
+        return
+    cut = len(text.split_heldout(calib_ids)[0])
+    if eval_windows.numel() > cut:  # the evaluation's windows reach into the held-out tail
+        room = cut // eval_windows.shape[1]
+        raise UserError(
+            "--epsilon auto scores epsilons on the end of the calibration text, which the evaluation also reads "
+            f"(same text); evaluate on another text or pass --eval-windows {room} or fewer"
+        )
 
 
 def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | None = None) -> PruneResult:
@@ -291,6 +330,8 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     model, clock, seconds = loaded.model, time.perf_counter(), {}
     _check_resources(model, config)
     eval_text, eval_windows, calib_ids = _texts(loaded, config)
+    if config.eval_windows is not None and len(eval_windows) < config.eval_windows:  # record what was measured
+        config = dataclasses.replace(config, eval_windows=len(eval_windows))
     calib = None
     if calib_ids is not None:
         calib = text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)

@@ -26,6 +26,7 @@ from alphaprune.errors import UserError
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
+BLOCKSIZE = 128  # SparseGPT's columns per block (the reference's default)
 NM = tuple[int, int]
 
 
@@ -39,6 +40,8 @@ def parse_pattern(pattern: str) -> NM | None:
         raise UserError(f"pattern must be 'unstructured' or N:M such as 2:4, got {pattern!r}") from None
     if not 0 < n < m:
         raise UserError(f"in an N:M pattern 0 < N < M must hold, got {pattern!r}")
+    if BLOCKSIZE % m:  # SparseGPT picks N:M groups inside its column blocks
+        raise UserError(f"in an N:M pattern M must divide {BLOCKSIZE} (e.g. 2:4, 4:8), got {pattern!r}")
     return n, m
 
 
@@ -145,7 +148,7 @@ def sparsegpt(
     hessian: torch.Tensor,
     sparsity: float,
     nm: NM | None = None,
-    blocksize: int = 128,
+    blocksize: int = BLOCKSIZE,
     percdamp: float = 0.01,
 ) -> torch.Tensor:
     """The pruned and error-compensated weight (out, in), float32, zeros where removed."""

@@ -129,7 +129,21 @@ def evaluation_windows(ids: torch.Tensor, seqlen: int, windows: int | None = Non
     return ids[: count * seqlen].reshape(count, seqlen)
 
 
-def split_heldout(ids: torch.Tensor, fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+HELDOUT_FRACTION = 0.1
+
+
+def split_heldout(ids: torch.Tensor, fraction: float = HELDOUT_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration part, held-out tail): for tuning on calibration text only."""
     cut = int(len(ids) * (1.0 - fraction))
     return ids[:cut], ids[cut:]
+
+
+def heldout_windows(ids: torch.Tensor, seqlen: int, windows: int) -> torch.Tensor:
+    """(W, seqlen) windows of the held-out tail of calibration ids, or a UserError saying why not."""
+    tail = split_heldout(ids)[1]
+    if len(tail) < seqlen:
+        raise UserError(
+            f"--epsilon auto scores epsilons on the last {HELDOUT_FRACTION:.0%} of the calibration text "
+            f"({len(tail)} tokens), too short for a window of {seqlen}; use a longer --calib text or a smaller --seqlen"
+        )
+    return evaluation_windows(tail, seqlen, windows)

@@ -92,8 +92,12 @@ def test_sweep_stores_one_run_per_point(tiny_folder, corpus, tmp_path, store, ca
     [
         (["--sparsity", "1.5"], "sparsity must be inside (0, 1)"),
         (["--sparsity", "0"], "sparsity must be inside (0, 1)"),
-        (["--epsilon", "-0.2", "--allocation", "alphapruning"], "epsilon must be >= 0"),
-        (["--pattern", "3:7", "--sparsity", "0.42857142857142855"], "does not divide"),
+        (["--epsilon", "-0.2", "--allocation", "alphapruning"], "epsilon must be a number >= 0"),
+        (["--pattern", "32:64", "--sparsity", "0.5"], "does not divide"),
+        (["--pattern", "1:3", "--sparsity", "0.3333333333333333"], "must divide 128"),
+        (["--batch-size", "0"], "batch size"),
+        (["--allocation", "alphapruning", "--metric", "shape"], "unknown metric"),
+        (["--allocation", "alphapruning", "--epsilon", "inf"], "epsilon must be a number"),
         (["--calib", "/no/such/file.txt"], "neither python-docs"),
         (["--seqlen", "100000"], "context"),
         (["--eval", "wikitext2"], "wikitext2"),
@@ -106,6 +110,32 @@ def test_bad_input_one_line_exit_2_nothing_stored(tiny_folder, corpus, store, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("alphaprune: error:") and match in err
     assert len(store.list()) == 1  # what was stored before is untouched
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["allocate", "--allocation", "alphapruning", "--epsilon", "auto"], "use it with `prune`"),
+        (["sweep", "--epsilons", "0.1,0.2"], "alphapruning only"),
+        (["eval", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_command_input_one_line_exit_2(tiny_folder, corpus, store, capsys, args, match):
+    store.add(_a_record())
+    assert main(args[:1] + ["--model", tiny_folder] + args[1:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("alphaprune: error:") and match in err
+    assert len(store.list()) == 1
+
+
+def test_save_into_a_foreign_folder_is_refused_before_the_run(tiny_folder, corpus, store, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    args = ["prune", "--model", tiny_folder, "--pruner", "magnitude", "--save", str(foreign)] + _data(corpus)
+    assert main(args) == 2
+    assert "not written by alphaprune" in capsys.readouterr().err
+    assert store.list() == [] and (foreign / "notes.txt").read_text() == "keep me"
 
 
 def _a_record():

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from alphaprune import pipeline
 from alphaprune.arch import find_blocks, prunable_matrices
 from alphaprune.calibrate import collect, sequential
 from alphaprune.errors import UserError
@@ -136,15 +137,39 @@ def test_run_prune_nm_and_auto_epsilon(corpus):
         (dict(epsilon=-0.1), "epsilon"),
         (dict(pattern="2:4", allocation="alphapruning"), "N:M"),
         (dict(pattern="2:4", sparsity=0.7), "2:4 means sparsity 0.5"),
-        (dict(pattern="3:7", sparsity=3 / 7), "does not divide"),
+        (dict(pattern="32:64", sparsity=0.5), "does not divide"),  # the MLP's 160 inputs
+        (dict(pattern="1:3", sparsity=1 / 3), "must divide 128"),
+        (dict(epsilon=float("inf"), allocation="alphapruning"), "epsilon must be a number"),
+        (dict(metric="name", allocation="alphapruning"), "unknown metric"),
+        (dict(batch_size=0), "batch size"),
         (dict(seqlen=4096), "context"),
         (dict(calib="no-such-source"), "neither"),
         (dict(pruner="obs"), "pruner"),
     ],
 )
-def test_bad_settings_are_user_errors(corpus, kw, match):
+def test_bad_settings_are_user_errors(corpus, kw, match, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the dense perplexity ran before the settings were checked")
+
+    monkeypatch.setattr(pipeline, "dense_perplexity", no_work)  # every check comes first
     with pytest.raises(UserError, match=match):
         run_prune(tiny_loaded(layers=1), _config(corpus, **kw))
+
+
+def test_auto_epsilon_never_scores_on_evaluated_text(corpus, tmp_path):
+    auto = dict(pruner="magnitude", allocation="alphapruning", epsilon=None)
+    with pytest.raises(UserError, match="--eval-windows 96 or fewer"):  # 3440 tokens: held-out tail from 3096
+        run_prune(tiny_loaded(layers=1), _config(corpus, eval_windows=None, **auto))
+    short = tmp_path / "short.txt"
+    short.write_text(CORPUS[:1000])  # a held-out tail of 100 tokens
+    with pytest.raises(UserError, match="last 10% of the calibration text"):
+        run_prune(tiny_loaded(layers=1), _config(corpus, calib=str(short), seqlen=128, **auto))
+
+
+def test_more_windows_than_the_text_holds_are_recorded_as_measured(corpus):
+    result = run_prune(tiny_loaded(layers=1), _config(corpus, pruner="magnitude", eval_windows=10**6))
+    assert result.config.eval_windows == len(CORPUS) // 32
+    assert result.record().settings["eval_windows"] == len(CORPUS) // 32
 
 
 def test_short_or_empty_text_is_a_user_error(corpus, tmp_path):
