@@ -20,9 +20,12 @@ evaluation takes the first W non-overlapping windows (all by default).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -49,6 +52,17 @@ def _python_docs() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all: offline, `datasets` would retry for ~25 s."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _wikitext2() -> str:
     try:
         import datasets
@@ -57,11 +71,16 @@ def _wikitext2() -> str:
             "wikitext2 needs the `datasets` package and the network; "
             "pass a local copy instead, e.g. --eval path/to/wikitext2_test.raw"
         ) from None
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not offline and not _hub_reachable():  # offline mode reads the local datasets cache instead
+        raise UserError(
+            "cannot reach the Hugging Face hub for wikitext2; pass a local copy, e.g. --eval wikitext2_test.raw"
+        )
     try:
         data = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
-    except Exception as exc:  # offline: connection errors of many kinds
+    except Exception as exc:  # no cached copy offline, a broken download, ...
         raise UserError(
-            f"cannot download wikitext2 ({type(exc).__name__}); pass a local copy, e.g. --eval wikitext2_test.raw"
+            f"cannot load wikitext2 ({type(exc).__name__}); pass a local copy, e.g. --eval wikitext2_test.raw"
         ) from None
     return "\n\n".join(data["text"])
 

@@ -42,8 +42,14 @@ def test_unknown_source():
         text.read_text("no-such-corpus")
 
 
-def test_wikitext2_offline_is_a_clear_error():
-    with pytest.raises(UserError, match="wikitext2"):
+def test_wikitext2_offline_is_a_clear_error(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(text.socket, "create_connection", no_network)  # as on this machine, without waiting
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(UserError, match="cannot reach the Hugging Face hub for wikitext2; pass a local copy"):
         text.read_text("wikitext2")
 
 
