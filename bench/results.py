@@ -83,6 +83,7 @@ def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
                 for e in SWEEP_EPSILONS
             ]
             configs += [whole_block(data, analysis, p) for p in PRUNERS]
+            configs += [protocol(data, sparsity=0.7, pruner=p, allocation="alphapruning", ceiling=1.0) for p in PRUNERS]
             auto = [protocol(data, sparsity=0.7, pruner=p, allocation="alphapruning", epsilon=None) for p in PRUNERS]
             configs, last = configs + auto[:1], auto[1:]
     return configs + last
@@ -185,22 +186,23 @@ def _clipping_note(analysis) -> list[str]:
 def _whole_block_table(data: Path, runs: dict, fp: str, analysis) -> list[str]:
     """Ours (clipped at 0.99) beside the reference's own ratios with the block pruned whole."""
     lines = ["### 70%, eps 0.3: clipped allocation vs the reference's block pruned whole", ""]
-    lines += ["| pruner | uniform | AlphaPruning, clipped at 0.99 | reference ratios, block whole | its sparsity |"]
+    lines += ["| pruner | uniform | AlphaPruning, ceiling 0.99 | ceiling 1.0 | reference ratios, block whole |"]
     lines += ["|---|---|---|---|---|"]
     for pruner in PRUNERS:
-        cfgs = [protocol(data, sparsity=0.7, pruner=pruner, allocation=a) for a in ("uniform", "alphapruning")] + [
-            whole_block(data, analysis, pruner)
-        ]
+        cfgs = [protocol(data, sparsity=0.7, pruner=pruner, allocation=a) for a in ("uniform", "alphapruning")]
+        cfgs.append(protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning", ceiling=1.0))
+        cfgs.append(whole_block(data, analysis, pruner))
         records = [runs.get(key(c.to_dict(), fp)) for c in cfgs]
-        cells = [f"{r.ppl_after:.2f}" if r else "not run yet" for r in records]
-        actual = f"{records[2].actual_sparsity:.4f}" if records[2] else ""
-        lines.append(f"| {pruner} | " + " | ".join(cells) + f" | {actual} |")
+        cells = [f"{r.ppl_after:.2f} ({r.actual_sparsity:.4f})" if r else "not run yet" for r in records]
+        lines.append(f"| {pruner} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "The reference formula's ratio above 1 is taken as 1 in the last column: the authors' Wanda",
-        "prunes such a block whole (its per-row count exceeds the row), while their magnitude and",
-        "SparseGPT code index past the end of the sorted scores and stop; this column is what those",
-        "would give if they did not. Its mean sparsity is below 0.7 by the excess that was dropped.",
+        "Cells: perplexity (measured sparsity). Ceiling 1.0 (`--max-sparsity 1.0`): our allocation",
+        "allowed to prune a block whole, the mean still exactly 0.7. Last column: the reference",
+        "formula's ratio above 1 taken as 1, the others unchanged: the authors' Wanda does exactly",
+        "this (its per-row count exceeds the row), while their magnitude and SparseGPT code index",
+        "past the end of the sorted scores and stop; the column is what those would give if they",
+        "did not. Its mean sparsity is below 0.7 by the excess that was dropped.",
         "",
     ]
     return lines
