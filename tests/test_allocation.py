@@ -78,6 +78,16 @@ def test_monotone_in_alpha_per_matrix_mapping():
     assert np.all(np.diff(np.asarray(a.sparsities)[order]) >= -1e-15)  # higher alpha, more sparsity
 
 
+@pytest.mark.parametrize("target,eps", [(0.5, 0.2), (0.8, 0.5)])  # the second one clips
+def test_monotone_in_block_mean_alpha_block_mapping(target, eps):
+    ls = layers(blocks=8, seed=3)
+    a = alloc.alphapruning(ls, target, eps, mapping="block")
+    means = [np.mean([layer.alpha_peak for layer in ls if layer.block == b]) for b in range(8)]
+    ratios = np.asarray(a.block_ratios)[np.argsort(means)]
+    assert np.all(np.diff(ratios) >= -1e-12)  # a block of higher mean alpha is pruned more
+    assert ratios[-1] > ratios[0]
+
+
 def test_epsilon_zero_is_uniform():
     a = alloc.alphapruning(layers(), 0.55, 0.0)
     np.testing.assert_allclose(a.sparsities, 0.55, atol=1e-12)
