@@ -107,7 +107,9 @@ def test_bad_input_one_line_exit_2_nothing_stored(tiny_folder, corpus, store, ca
     store.add(_a_record())
     args = ["prune", "--model", tiny_folder, "--pruner", "wanda"] + _data(corpus)
     assert main(args + extra) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    err = lines[-1]
     assert err.startswith("alphaprune: error:") and match in err
     assert len(store.list()) == 1  # what was stored before is untouched
 
@@ -123,7 +125,9 @@ def test_bad_input_one_line_exit_2_nothing_stored(tiny_folder, corpus, store, ca
 def test_bad_command_input_one_line_exit_2(tiny_folder, corpus, store, capsys, args, match):
     store.add(_a_record())
     assert main(args[:1] + ["--model", tiny_folder] + args[1:]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    err = lines[-1]
     assert err.startswith("alphaprune: error:") and match in err
     assert len(store.list()) == 1
 
