@@ -1,6 +1,8 @@
 """Pruning one weight matrix W (out, in) to a sparsity (method.md section 5).
 
-- magnitude: remove the round(s * numel) weights of smallest |W| in the matrix.
+- magnitude: remove the weights of smallest |W| in the matrix: those <= the int(s * numel)-th
+  smallest (0-based), ties included, as the reference (a quantized model has many ties; this
+  adds 6e-5 to SmolLM2's sparsity at 70%).
 - Wanda: score |W_ij| * ||X_j||_2 (X: calibration inputs of the layer), remove the
   int(s * in) lowest scores of every output row (as the reference, stable sort).
 - SparseGPT: H = X^T X (+1% of its mean diagonal), upper Cholesky factor of H^-1; columns
@@ -60,28 +62,11 @@ def _nm_mask(score: torch.Tensor, nm: NM) -> torch.Tensor:
     return mask.reshape(rows, cols)
 
 
-def _lowest_mask(score: torch.Tensor, count: int) -> torch.Tensor:
-    """True at the `count` lowest entries (ties broken by position, as a stable sort).
-
-    kthvalue + comparisons: linear time, ~10x faster than sorting on a CPU.
-    """
-    flat = score.flatten()
-    if count <= 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    if count >= flat.numel():
-        return torch.ones_like(score, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, count).values
-    mask = flat < threshold
-    missing = count - int(mask.sum())  # entries equal to the threshold, first ones first
-    mask[torch.nonzero(flat == threshold).flatten()[:missing]] = True
-    return mask.reshape(score.shape)
-
-
 def magnitude_mask(w: torch.Tensor, sparsity: float, nm: NM | None = None) -> torch.Tensor:
     score = w.float().abs()
     if nm is not None:
         return _nm_mask(score, nm)
-    return _lowest_mask(score, round(sparsity * score.numel()))
+    return _threshold_mask(score, sparsity)
 
 
 def wanda_mask(w: torch.Tensor, col_sq: torch.Tensor, sparsity: float, nm: NM | None = None) -> torch.Tensor:
@@ -111,7 +96,11 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 
 def _threshold_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """SparseGPT's rule: True at scores <= the int(s * numel)-th smallest (as the reference)."""
+    """The reference's rule (its magnitude and SparseGPT code): True at scores <= the
+    int(s * numel)-th smallest (0-based), so ties with it go too; nothing at s = 0.
+    kthvalue + one comparison: linear time, ~10x faster than sorting on a CPU."""
+    if sparsity <= 0.0:
+        return torch.zeros_like(score, dtype=torch.bool)
     flat = score.flatten()
     index = min(int(flat.numel() * sparsity), flat.numel() - 1)
     return score <= torch.kthvalue(flat, index + 1).values
