@@ -429,6 +429,8 @@ def main() -> None:
     names = [f"model.layers.{n}" for n in find_layers(dense.model.layers)]
     known = _stored_runs(args.ours_from, loaded) if args.ours_from else {}
     for label, pruner, allocation in configs:
+        if args.threads != 1:  # BLAS rounding depends on the thread count: part of what a row measured
+            label += f" [{args.threads} threads]"
         if allocation == "alphapruning" and max(ww) > 1.0 and pruner != "wanda":
             print(f"  {label}: the reference code stops here (a ratio of {max(ww):.4f} > 1 indexes past the end)")
             continue
@@ -500,6 +502,10 @@ def _write_table(path: Path, lines: list[str], setting: str) -> None:
         "Where the reference formula gives a ratio above 1, its magnitude and SparseGPT code stop",
         "(no row) and its Wanda prunes that block whole; ours is then allocation `list` with the",
         "same ratios, the one above 1 taken as 1, not our clipped allocation (see docs/results.md).",
+        "The reference side runs with `--threads` BLAS threads (1 unless a label says otherwise); our",
+        "side, when taken from bench/results.py's history (`--ours-from`), ran with torch's default (2",
+        "here). SparseGPT at 70% amplifies rounding: the same code gives different numbers on 1 and 2",
+        "threads, so compare rows measured on the same thread count.",
         "",
         setting,
         "",
