@@ -208,6 +208,15 @@ def _whole_block_table(data: Path, runs: dict, fp: str, analysis) -> list[str]:
     return lines
 
 
+def _eval_time(runs: dict) -> str:
+    """What one evaluation costs: the median of the runs' after-pruning evaluations (same windows)."""
+    times = sorted(r.seconds["eval_after"] for r in runs.values() if "eval_after" in r.seconds)
+    if not times:
+        return ""
+    median = times[len(times) // 2]
+    return f"(one evaluation, dense or pruned, 32 x 1024 tokens: median {median:.0f} s over {len(times)} runs)"
+
+
 def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str, analysis) -> str:
     runs = stored(store, model)
     any_run = next(iter(runs.values()), None)
@@ -224,6 +233,7 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
         f"Machine: {platform.machine()}, 2 CPU cores, float32. Versions: {versions}.",
         "",
         f"Dense perplexity: **{dense:.3f}**" if dense is not None else "Dense perplexity: not measured yet",
+        _eval_time(runs),
         "",
     ]
     for sparsity in sorted(SPARSITIES):
