@@ -379,6 +379,7 @@ def cmd_eval(args) -> int:
     finally:
         close()
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
+    settings.update(batch_size=args.batch_size, device=str(loaded.device))
     record = RunRecord(
         kind="eval",
         model=loaded.name,

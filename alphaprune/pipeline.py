@@ -134,6 +134,8 @@ class PruneResult:
 
         settings = self.config.to_dict()
         settings["clipped"] = list(self.allocation.clipped)
+        if self.model is not None:  # rounding differs across devices: part of what was measured
+            settings["device"] = str(next(self.model.parameters()).device)
         if self.epsilon_search:
             settings["epsilon_search"] = [list(pair) for pair in self.epsilon_search]
         return RunRecord(
