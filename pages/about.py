@@ -34,7 +34,8 @@ page shows D and α for every candidate, so you can see the choice.
 block, map it linearly onto [1 - ε, 1 + ε], and rescale so that the parameter-weighted
 mean is the target sparsity S. Less-trained blocks (high α) lose more weights. ε sets the
 range; at high S and ε a block can exceed 100% in the original code, so here every ratio is
-held below a ceiling (0.99) and the rest is rescaled. It needs no data, only the weights;
+held below a ceiling (0.99 by default; 1.0 lets such a block be pruned whole) and the rest
+is rescaled. It needs no data, only the weights;
 OWL (Yin et al., ICML 2024), its data-driven rival, allocates by activation outliers.
 
 **Pruners.** Magnitude removes the smallest |W|; Wanda (Sun et al., ICLR 2024) scores
