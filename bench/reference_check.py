@@ -465,7 +465,7 @@ def main() -> None:
     setting = (
         f"Model {loaded.name}; calibration {Path(args.calib).name}, {args.samples} x {args.seqlen} tokens, "
         f"seed {args.seed}; evaluation {Path(args.eval).name}, first {args.windows} x {args.seqlen}; "
-        f"sparsity {args.sparsity}, AlphaPruning eps {args.epsilon}."
+        f"sparsity {args.sparsity} (AlphaPruning's epsilon in the row labels)."
     )
     print()
     print(setting)
