@@ -108,12 +108,16 @@ def _block_means(blocks, params, values) -> list[float]:
     return out
 
 
+def _check_ceiling(ceiling: float) -> None:
+    if not 0.0 < ceiling <= 1.0:
+        raise UserError(f"the per-matrix ceiling must be inside (0, 1], got {ceiling}")
+
+
 def check_target(target: float, ceiling: float = DEFAULT_CEILING) -> None:
     """UserError unless 0 < target < 1 and the ceiling leaves room for it."""
     if not 0.0 < target < 1.0:
         raise UserError(f"sparsity must be inside (0, 1), got {target}")
-    if not 0.0 < ceiling <= 1.0:
-        raise UserError(f"the per-matrix ceiling must be inside (0, 1], got {ceiling}")
+    _check_ceiling(ceiling)
     if target > ceiling:
         raise UserError(f"sparsity {target} is above the per-matrix ceiling {ceiling}; raise --max-sparsity")
 
@@ -243,14 +247,24 @@ def owl(
     return _allocation("owl", matrices, target, raw, ceiling, "shift", settings)
 
 
-def from_list(matrices: Sequence[Matrix], block_sparsities: Sequence[float], ceiling: float = DEFAULT_CEILING):
-    """A user's sparsity per block, applied to each matrix of the block."""
-    blocks = sorted({mat.block for mat in matrices})
-    if len(block_sparsities) != len(blocks):
-        raise UserError(f"the list has {len(block_sparsities)} sparsities but the model has {len(blocks)} blocks")
+def check_list(block_sparsities: Sequence[float], ceiling: float = DEFAULT_CEILING) -> None:
+    """UserError unless every listed sparsity is inside [0, ceiling] (and the ceiling in (0, 1])."""
+    _check_ceiling(ceiling)
     for s in block_sparsities:
         if not 0.0 <= s <= ceiling:
             raise UserError(f"every listed sparsity must be inside [0, {ceiling}], got {s}")
+
+
+def check_list_length(block_sparsities: Sequence[float], blocks: int) -> None:
+    if len(block_sparsities) != blocks:
+        raise UserError(f"the list has {len(block_sparsities)} sparsities but the model has {blocks} blocks")
+
+
+def from_list(matrices: Sequence[Matrix], block_sparsities: Sequence[float], ceiling: float = DEFAULT_CEILING):
+    """A user's sparsity per block, applied to each matrix of the block."""
+    blocks = sorted({mat.block for mat in matrices})
+    check_list_length(block_sparsities, len(blocks))
+    check_list(block_sparsities, ceiling)
     per_block = dict(zip(blocks, block_sparsities, strict=True))
     raw = [float(per_block[mat.block]) for mat in matrices]
     params = np.asarray([mat.params for mat in matrices], dtype=np.float64)

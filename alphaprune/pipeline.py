@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -79,6 +78,8 @@ class PruneConfig:
             raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; pass --sparsity {nm[0] / nm[1]}")
         if self.allocation == "list" and not self.block_list:
             raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
+        if self.allocation == "list":
+            alloc.check_list(self.block_list, self.ceiling)
         if self.allocation != "list":
             alloc.check_target(self.sparsity, self.ceiling)
         if self.epsilon is not None and not 0 <= self.epsilon < math.inf:
@@ -127,6 +128,7 @@ class PruneResult:
     seconds: dict[str, float]
     epsilon_search: tuple[tuple[float, float], ...] = ()  # (epsilon, held-out perplexity)
     model: nn.Module | None = field(default=None, repr=False)
+    windows_measured: int | None = None  # evaluation windows actually used (the text may hold fewer)
 
     def record(self, sweep: str | None = None):
         """The run-history record of this run (alphaprune/runs.py)."""
@@ -134,6 +136,7 @@ class PruneResult:
 
         settings = self.config.to_dict()
         settings["clipped"] = list(self.allocation.clipped)
+        settings["eval_windows_measured"] = self.windows_measured
         if self.model is not None:  # rounding differs across devices: part of what was measured
             settings["device"] = str(next(self.model.parameters()).device)
         if self.epsilon_search:
@@ -204,12 +207,21 @@ def _json_cache(name: str, key: str, compute: Callable[[], object]):
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock)
         known = {**_read_json(path), key: value}
         tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known, indent=1))
         tmp.replace(path)  # atomic: a crash leaves the old file
     return value
+
+
+def _lock(handle) -> None:
+    """An exclusive lock held until `handle` closes (POSIX; elsewhere the write is only atomic)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 def _read_json(path) -> dict:
@@ -284,8 +296,11 @@ def _check_resources(model: nn.Module, config: PruneConfig) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and config.seqlen > limit:
         raise UserError(f"seqlen {config.seqlen} exceeds the model's context of {limit} tokens; lower --seqlen")
-    for mat in prunable_matrices(model):  # before any minutes are spent on the dense perplexity
+    matrices = prunable_matrices(model)
+    for mat in matrices:  # before any minutes are spent on the dense perplexity
         check_pattern(config.nm, mat.shape[1], mat.name)
+    if config.allocation == "list":
+        alloc.check_list_length(config.block_list, len({mat.block for mat in matrices}))
     need = sum(p.numel() * p.element_size() for p in model.parameters())
     have = available_memory_bytes()
     if have is not None and need > 0.8 * have:
@@ -302,7 +317,7 @@ def _texts(loaded, config: PruneConfig):
     eval_windows = text.evaluation_windows(eval_ids, config.seqlen, config.eval_windows)
     calib_ids = None
     if not config.needs_calibration:
-        text.read_text(config.calib)  # a bad source is an error even when this run does not read it
+        text.check_source(config.calib)  # a bad source is an error even when this run does not read it
         return eval_text, eval_windows, calib_ids
     calib_text = text.read_text(config.calib)
     calib_ids = text.tokenize(calib_text, loaded.tokenizer)
@@ -332,8 +347,6 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     model, clock, seconds = loaded.model, time.perf_counter(), {}
     _check_resources(model, config)
     eval_text, eval_windows, calib_ids = _texts(loaded, config)
-    if config.eval_windows is not None and len(eval_windows) < config.eval_windows:  # record what was measured
-        config = dataclasses.replace(config, eval_windows=len(eval_windows))
     calib = None
     if calib_ids is not None:
         calib = text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)
@@ -362,7 +375,18 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     actual, per_matrix = measured_sparsity(pruned)
     seconds["total"] = time.perf_counter() - clock
     return PruneResult(
-        loaded.name, fp, config, allocation, ppl_before, ppl_after, actual, per_matrix, seconds, search, pruned
+        loaded.name,
+        fp,
+        config,
+        allocation,
+        ppl_before,
+        ppl_after,
+        actual,
+        per_matrix,
+        seconds,
+        search,
+        pruned,
+        windows_measured=len(eval_windows),
     )
 
 

@@ -53,11 +53,19 @@ def _python_docs() -> str:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers at all: offline, `datasets` would retry for ~25 s."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (80 if url.scheme == "http" else 443)
+    """False only when the Hugging Face hub surely cannot be reached (offline, `datasets` would
+    retry for ~25 s); True when unsure (a proxy, an odd HF_ENDPOINT): then `datasets` decides."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
     try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:
+        return True
+    if not host:
+        return True
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True
@@ -66,15 +74,17 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _wikitext2() -> str:
     try:
         import datasets
+        from huggingface_hub import constants
     except ImportError:
         raise UserError(
             "wikitext2 needs the `datasets` package and the network; "
             "pass a local copy instead, e.g. --eval path/to/wikitext2_test.raw"
         ) from None
-    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-    if not offline and not _hub_reachable():  # offline mode reads the local datasets cache instead
+    offline = datasets.config.HF_DATASETS_OFFLINE or constants.HF_HUB_OFFLINE  # then the local cache is read
+    if not offline and not _hub_reachable():
         raise UserError(
-            "cannot reach the Hugging Face hub for wikitext2; pass a local copy, e.g. --eval wikitext2_test.raw"
+            "cannot reach the Hugging Face hub for wikitext2; pass a local copy, e.g. --eval wikitext2_test.raw "
+            "(a copy `datasets` cached earlier loads with HF_DATASETS_OFFLINE=1)"
         )
     try:
         data = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
@@ -86,13 +96,18 @@ def _wikitext2() -> str:
 
 
 def _read_file(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"text source {path} is neither {' nor '.join(SOURCES)} nor an existing file")
+    check_source(str(path))
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
     return raw.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_source(source: str) -> None:
+    """UserError unless `source` names a text source, without reading it."""
+    if source not in SOURCES and not Path(source).expanduser().is_file():
+        raise UserError(f"text source {source} is neither {' nor '.join(SOURCES)} nor an existing file")
 
 
 def read_text(source: str) -> Text:

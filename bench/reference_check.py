@@ -487,12 +487,14 @@ def main() -> None:
 
 def _write_table(path: Path, lines: list[str], setting: str) -> None:
     """Merge these rows into a markdown table file (rows of other runs with the same setting
-    and header kept, same labels replaced), so subsets run one at a time add up."""
+    and header kept, same labels replaced), so subsets run one at a time add up; a file of
+    another setting is left alone."""
     rows = {}
     if path.exists():
         old = path.read_text().splitlines()
-        if setting in old and lines[0] in old:
-            rows = {line.split(" | ")[0]: line for line in old[old.index(lines[0]) + 2 :] if line.startswith("| ")}
+        if setting not in old or lines[0] not in old:
+            raise SystemExit(f"{path} holds another setting or table layout; write to another --out file")
+        rows = {line.split(" | ")[0]: line for line in old[old.index(lines[0]) + 2 :] if line.startswith("| ")}
     rows.update({line.split(" | ")[0]: line for line in lines[2:]})
     body = [
         "# Ours beside a reference-style reimplementation of the authors' code",

@@ -40,8 +40,8 @@ PRUNERS = ("magnitude", "wanda", "sparsegpt")
 ALLOCATIONS = ("uniform", "alphapruning", "owl")
 SPARSITIES = (0.7, 0.5, 0.6, 0.8)  # 70% first: the acceptance numbers
 SWEEP_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5)
-# per pruner, the epsilons of the 70% sweep; SparseGPT only at 0.2, the largest epsilon at
-# which the reference's ratios stay below 1 (its code runs, so its numbers can be compared)
+# per pruner, the epsilons of the 70% sweep; SparseGPT at 0.2, the largest epsilon at which
+# the reference's ratios stay below 1 (its code runs, so its numbers can be compared), and 0.3
 SWEEP = {"wanda": SWEEP_EPSILONS, "magnitude": SWEEP_EPSILONS, "sparsegpt": (0.2, 0.3)}
 KEY_FIELDS = ("sparsity", "pruner", "allocation", "epsilon", "metric", "mapping", "pattern", "owl_m", "owl_lambda")
 KEY_FIELDS += ("ceiling", "block_list", "calib_samples", "seqlen", "seed", "eval_windows")
@@ -93,7 +93,9 @@ def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
 def key(settings: dict, fp: str) -> str:
     """What identifies a run: the settings that change its result, and the weights."""
     picked = {k: settings.get(k) for k in KEY_FIELDS}
-    if settings.get("epsilon_search") or settings.get("epsilon") is None:  # a stored auto run keeps its pick
+    if settings.get("allocation") != "alphapruning":  # epsilon changes nothing there
+        picked["epsilon"] = None
+    elif settings.get("epsilon_search") or settings.get("epsilon") is None:  # a stored auto run keeps its pick
         picked["epsilon"] = "auto"
     picked["calib"] = Path(str(settings.get("calib"))).name
     picked["eval"] = Path(str(settings.get("eval"))).name

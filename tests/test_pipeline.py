@@ -174,8 +174,22 @@ def test_auto_epsilon_never_scores_on_evaluated_text(corpus, tmp_path):
 
 def test_more_windows_than_the_text_holds_are_recorded_as_measured(corpus):
     result = run_prune(tiny_loaded(layers=1), _config(corpus, pruner="magnitude", eval_windows=10**6))
-    assert result.config.eval_windows == len(CORPUS) // 32
-    assert result.record().settings["eval_windows"] == len(CORPUS) // 32
+    settings = result.record().settings
+    assert settings["eval_windows"] == 10**6  # what was asked, so the same request finds this run again
+    assert settings["eval_windows_measured"] == len(CORPUS) // 32
+
+
+def test_list_allocation_is_checked_up_front(corpus, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the dense perplexity ran before the list was checked")
+
+    monkeypatch.setattr(pipeline, "dense_perplexity", no_work)
+    loaded = tiny_loaded(layers=2)
+    for block_list, match in [((0.5,), "model has 2 blocks"), ((0.5, 1.0), "inside \\[0, 0.99\\]")]:
+        with pytest.raises(UserError, match=match):
+            run_prune(loaded, _config(corpus, allocation="list", block_list=block_list))
+    with pytest.raises(UserError, match="ceiling must be inside"):
+        run_prune(loaded, _config(corpus, allocation="list", block_list=(0.5, 0.5), ceiling=1.5))
 
 
 def test_short_or_empty_text_is_a_user_error(corpus, tmp_path):

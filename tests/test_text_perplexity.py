@@ -42,15 +42,43 @@ def test_unknown_source():
         text.read_text("no-such-corpus")
 
 
-def test_wikitext2_offline_is_a_clear_error(monkeypatch):
-    def no_network(*args, **kwargs):
+def _no_network(monkeypatch):
+    """The hub unreachable, as on this machine, whatever network the test runs on."""
+
+    def refuse(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(text.socket, "create_connection", no_network)  # as on this machine, without waiting
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(text.socket, "create_connection", refuse)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_wikitext2_offline_is_a_clear_error(monkeypatch):
+    pytest.importorskip("datasets")
+    _no_network(monkeypatch)
     with pytest.raises(UserError, match="cannot reach the Hugging Face hub for wikitext2; pass a local copy"):
         text.read_text("wikitext2")
+
+
+def test_hub_probe_is_unsure_rather_than_wrong(monkeypatch):
+    _no_network(monkeypatch)
+    assert not text._hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # requests may get through a proxy
+    assert text._hub_reachable()
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_ENDPOINT", "hub.example")  # no scheme: no host to probe
+    assert text._hub_reachable()
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example:notaport")
+    assert text._hub_reachable()
+
+
+def test_a_source_is_checked_without_reading_it(tmp_path):
+    text.check_source("python-docs")
+    text.check_source("wikitext2")  # no network needed to know the name
+    (tmp_path / "a.txt").write_text("x")
+    text.check_source(str(tmp_path / "a.txt"))
+    with pytest.raises(UserError, match="neither python-docs nor wikitext2 nor an existing file"):
+        text.check_source(str(tmp_path / "missing.txt"))
 
 
 def test_calibration_windows_follow_the_reference_draws():
