@@ -141,9 +141,10 @@ def _auto_line(data: Path, runs: dict, fp: str) -> list[str]:
         return []
     tried = ", ".join(f"{e:g}: {p:.0f}" for e, p in record.settings["epsilon_search"])
     return [
-        "Magnitude with `--epsilon auto` (each of 0.1..0.5 scored by perplexity on the held-out last 10% of",
-        f"the calibration text, never the evaluation text; {tried}): picked eps",
-        f"{record.settings['epsilon']:g}, perplexity {cell(record)}.",
+        "Magnitude with `--epsilon auto` (each of 0.1..0.5 scored by perplexity on the held-out last",
+        "10% of the calibration text, never the evaluation text):",
+        f"picked eps {record.settings['epsilon']:g}, perplexity {cell(record)};",
+        f"held-out perplexity per epsilon: {tried}.",
         "",
     ]
 
