@@ -76,12 +76,12 @@ class PruneConfig:
             raise UserError("layer-wise allocation does not apply to N:M patterns; use --allocation uniform")
         if nm is not None and abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
             raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; pass --sparsity {nm[0] / nm[1]}")
-        if self.allocation == "list" and not self.block_list:
-            raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
-        if self.allocation == "list":
-            alloc.check_list(self.block_list, self.ceiling)
         if self.allocation != "list":
             alloc.check_target(self.sparsity, self.ceiling)
+        elif not self.block_list:
+            raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
+        else:
+            alloc.check_list(self.block_list, self.ceiling)
         if self.epsilon is not None and not 0 <= self.epsilon < math.inf:
             raise UserError(f"epsilon must be a number >= 0, got {self.epsilon}")
         if self.allocation == "alphapruning":

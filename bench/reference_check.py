@@ -343,23 +343,12 @@ def _stored_runs(db: Path, loaded) -> dict:
     return {"fp": fingerprint(loaded.model), "runs": stored(RunStore(db), loaded.name)}
 
 
-def _whole_block(cfg: PruneConfig, analysis) -> PruneConfig:
-    """Our allocation 'list' with the reference's block ratios, any above 1 taken as 1."""
-    import dataclasses
-
-    from alphaprune import allocation as alloc
-
-    raw = alloc.alphapruning(analysis.prunable, cfg.sparsity, cfg.epsilon).raw_block_ratios
-    ratios = tuple(round(min(r, 1.0), 12) for r in raw)  # as bench/results.py writes them
-    return dataclasses.replace(cfg, allocation="list", block_list=ratios, ceiling=1.0)
-
-
 def _ours(loaded, cfg: PruneConfig, analysis, known: dict) -> tuple[float, float, dict]:
     """(perplexity, measured sparsity, ratios) of our run: from the history when it holds it."""
     if known:
-        from bench.results import key
+        from bench.results import find
 
-        record = known["runs"].get(key(cfg.to_dict(), known["fp"]))
+        record = find(known["runs"], cfg, known["fp"])
         if record is not None:
             print(f"    ours from the run history (run {record.id})", flush=True)
             return record.ppl_after, record.actual_sparsity, record.ratios
@@ -451,7 +440,9 @@ def main() -> None:
                 ACC_DTYPE = torch.float32
             cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
-                cfg = _whole_block(cfg, analysis)
+                from bench.results import as_whole_block
+
+                cfg = as_whole_block(cfg, analysis)
                 ratios = [min(r, 1.0) for r in ratios]
                 label += " (ratios > 1 taken as 1)"
             ours, our_sp, our_ratios = _ours(loaded, cfg, analysis, known)

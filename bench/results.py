@@ -60,14 +60,22 @@ def protocol(data: Path, **kw) -> PruneConfig:
     return PruneConfig(**{**base, **kw})
 
 
-def whole_block(data: Path, analysis, pruner: str) -> PruneConfig:
-    """What the reference code does at 70% / eps 0.3: its unclipped ratios, any ratio >= 1
-    taken as 1 (its Wanda prunes such a block whole; its magnitude and SparseGPT crash)."""
+def as_whole_block(cfg: PruneConfig, analysis) -> PruneConfig:
+    """What the reference code does with an AlphaPruning config: its unclipped block ratios,
+    any ratio >= 1 taken as 1 (its Wanda prunes such a block whole; its magnitude and
+    SparseGPT crash), as our allocation 'list' with the ceiling at 1."""
+    import dataclasses
+
     from alphaprune import allocation as alloc
 
-    raw = alloc.alphapruning(analysis.prunable, 0.7, 0.3).raw_block_ratios
-    ratios = tuple(round(min(r, 1.0), 12) for r in raw)
-    return protocol(data, sparsity=0.7, pruner=pruner, allocation="list", block_list=ratios, ceiling=1.0)
+    raw = alloc.alphapruning(analysis.prunable, cfg.sparsity, cfg.epsilon, cfg.metric, cfg.mapping, 1.0)
+    ratios = tuple(round(min(r, 1.0), 12) for r in raw.raw_block_ratios)  # stable digits: part of the run's key
+    return dataclasses.replace(cfg, allocation="list", block_list=ratios, ceiling=1.0)
+
+
+def whole_block(data: Path, analysis, pruner: str) -> PruneConfig:
+    """The reference's eps-0.3 ratios at 70% with the block above 1 pruned whole."""
+    return as_whole_block(protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning"), analysis)
 
 
 def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
@@ -102,6 +110,11 @@ def key(settings: dict, fp: str) -> str:
     return json.dumps(picked, sort_keys=True) + fp[:16]
 
 
+def find(runs: dict, cfg: PruneConfig, fp: str):
+    """The stored run of this configuration on these weights, or None."""
+    return runs.get(key(cfg.to_dict(), fp))
+
+
 def stored(store: RunStore, model: str) -> dict[str, object]:
     return {key(r.settings, r.fingerprint or ""): r for r in store.list(model=model, kind="prune")}
 
@@ -124,7 +137,7 @@ def _sparsity_table(data: Path, runs: dict, fp: str, sparsity: float) -> list[st
         cells = []
         for pruner in PRUNERS:
             cfg = protocol(data, sparsity=sparsity, pruner=pruner, allocation=allocation)
-            cells.append(cell(runs.get(key(cfg.to_dict(), fp))))
+            cells.append(cell(find(runs, cfg, fp)))
         label = {"uniform": "uniform", "alphapruning": "AlphaPruning (eps 0.3)", "owl": "OWL (M 5, lambda 0.08)"}
         lines.append(f"| {label[allocation]} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -136,7 +149,7 @@ def _sparsity_table(data: Path, runs: dict, fp: str, sparsity: float) -> list[st
 def _auto_line(data: Path, runs: dict, fp: str) -> list[str]:
     """AlphaPruning for magnitude with epsilon picked on held-out calibration text (never the eval text)."""
     cfg = protocol(data, sparsity=0.7, pruner="magnitude", allocation="alphapruning", epsilon=None)
-    record = runs.get(key(cfg.to_dict(), fp))
+    record = find(runs, cfg, fp)
     if record is None:
         return []
     tried = ", ".join(f"{e:g}: {p:.0f}" for e, p in record.settings["epsilon_search"])
@@ -156,7 +169,7 @@ def _sweep_table(data: Path, runs: dict, fp: str, analysis) -> list[str]:
     for pruner, epsilons in SWEEP.items():
         for eps in epsilons:
             cfg = protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning", epsilon=eps)
-            record = runs.get(key(cfg.to_dict(), fp))
+            record = find(runs, cfg, fp)
             if record is None:
                 lines.append(f"| {pruner} | {eps} | not run yet | | | |")
                 continue
@@ -202,7 +215,7 @@ def _whole_block_table(data: Path, runs: dict, fp: str, analysis) -> list[str]:
         cfgs = [protocol(data, sparsity=0.7, pruner=pruner, allocation=a) for a in ("uniform", "alphapruning")]
         cfgs.append(protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning", ceiling=1.0))
         cfgs.append(whole_block(data, analysis, pruner))
-        records = [runs.get(key(c.to_dict(), fp)) for c in cfgs]
+        records = [find(runs, c, fp) for c in cfgs]
         cells = [f"{r.ppl_after:.2f} ({r.actual_sparsity:.4f})" if r else "not run yet" for r in records]
         lines.append(f"| {pruner} | " + " | ".join(cells) + " |")
     lines += [
@@ -269,9 +282,9 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dense = None
     for config in [] if args.report_only else grid(args.data, args.only, analysis):
-        runs = stored(store, loaded.name)
-        if key(config.to_dict(), fp) in runs:
-            dense = runs[key(config.to_dict(), fp)].ppl_before
+        done = find(stored(store, loaded.name), config, fp)
+        if done is not None:
+            dense = done.ppl_before
             continue
         start = time.perf_counter()
         result = run_prune(loaded, config, analysis)
