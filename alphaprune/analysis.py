@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from alphaprune import cache
 from alphaprune.arch import MatrixRef, all_matrices
+from alphaprune.errors import UserError
 from alphaprune.fits import XMIN_RULES, fit_all
 from alphaprune.metrics import mp_fit, spectral_metrics
 from alphaprune.spectra import PRECISIONS, eigenvalues, resolve_device
@@ -130,8 +132,17 @@ class Analysis:
 
 
 def measure_matrix(ref: MatrixRef, precision: str = "auto", device: str = "auto") -> tuple[np.ndarray, LayerMetrics]:
-    """Eigenvalues and all metrics of one matrix."""
-    evals = eigenvalues(ref.weight(), precision, device, display_only=not ref.prunable)
+    """Eigenvalues and all metrics of one matrix; UserError naming it if its weights are not finite."""
+    weight = ref.weight()
+    if not bool(torch.isfinite(weight).all()):
+        raise UserError(
+            f"{ref.name} holds NaN or infinite weights, so it has no spectrum: the checkpoint is damaged "
+            "or a step before overflowed; reload the model from its files"
+        )
+    try:
+        evals = eigenvalues(weight, precision, device, display_only=not ref.prunable)
+    except ValueError as exc:  # weights beyond float64's square root: the Gram overflows
+        raise UserError(f"{ref.name} has no finite spectrum ({exc}); reload the model from its files") from None
     fits = fit_all(evals)
     shape = ref.shape
     fields: dict = {"name": ref.name, "block": ref.block, "kind": ref.kind, "shape": shape}

@@ -107,15 +107,19 @@ def esd_peak(evals: np.ndarray, bins: int = PEAK_BINS) -> float:
     """Left edge of the fullest bin of a histogram of log10(lambda), as the reference does.
 
     Computed with torch.histc in float32 like the AlphaPruning code, so that a value on a
-    bin edge lands in the same bin as there.
+    bin edge lands in the same bin as there. Zeros are dropped after the cast to float32:
+    an eigenvalue of a pruned matrix can be positive in float64 (1e-50) and 0 in float32,
+    and its log would be -inf. 0 when no eigenvalue is positive (and within float32's range).
     """
-    positive = evals[evals > 0]
-    if len(positive) == 0:
+    ev32 = torch.as_tensor(np.asarray(evals), dtype=torch.float32)
+    logs = torch.log10(ev32[(ev32 > 0) & torch.isfinite(ev32)])  # above 3.4e38 float32 overflows
+    if logs.numel() == 0:
         return 0.0
-    logs = torch.log10(torch.as_tensor(positive, dtype=torch.float32))
-    lo, hi = logs.min(), logs.max()
-    counts = torch.histc(logs, bins, min=float(lo), max=float(hi))
-    edges = torch.linspace(float(lo), float(hi), bins + 1)
+    lo, hi = float(logs.min()), float(logs.max())
+    if not hi > lo:  # one distinct value (e.g. a rank-1 matrix): the histogram has no range
+        return float(10**lo)
+    counts = torch.histc(logs, bins, min=lo, max=hi)
+    edges = torch.linspace(lo, hi, bins + 1)
     return float(10 ** edges[int(torch.argmax(counts))])
 
 
@@ -145,6 +149,8 @@ def fit_at(evals: np.ndarray, i: int) -> Fit:
         alpha = 1.0 + n / (logs.sum() - n * logs[0])
         cdf = 1.0 - np.exp((1.0 - alpha) * (logs - logs[0]))
         D = float(np.max(np.abs(cdf - np.arange(n) / n)))
+    if not np.isfinite(alpha):  # a tail of equal values (or zeros) has no power law
+        alpha, D = float("nan"), float("nan")
     return Fit(alpha=float(alpha), xmin=float(evals[i]), D=D, n_tail=n)
 
 

@@ -71,17 +71,28 @@ def _gram_eigvalsh_cpu(weight: torch.Tensor, use64: bool) -> np.ndarray:
     gram = syrk(1.0, a, trans=1 if a.shape[0] >= a.shape[1] else 0, lower=0)
     out = syevr(gram, compute_v=0, lower=0, overwrite_a=1)  # (w, z, m, isuppz, info)
     values, info = out[0], out[-1]
-    if info != 0:  # pragma: no cover - LAPACK failure on a finite symmetric matrix
+    if info != 0:  # a Gram that overflowed (inf entries); a finite symmetric matrix never fails
         raise RuntimeError(f"LAPACK syevr failed with info={info}")
     return np.asarray(values, dtype=np.float64)
 
 
 def _eig(weight: torch.Tensor, use64: bool, dev: torch.device) -> np.ndarray:
-    """Ascending eigenvalues, clipped at 0 (rounding makes the Gram's zeros slightly negative)."""
-    if dev.type == "cpu":
-        ev = _gram_eigvalsh_cpu(weight, use64)
-    else:
-        ev = _gram_eigvalsh_torch(weight, torch.float64 if use64 else torch.float32, dev)
+    """Ascending eigenvalues, clipped at 0 (rounding makes the Gram's zeros slightly negative).
+
+    A float32 Gram matrix overflows for weights above ~1e19: such a spectrum is redone in
+    float64. Weights that are themselves NaN or inf have no spectrum: ValueError.
+    """
+    try:
+        if dev.type == "cpu":
+            ev = _gram_eigvalsh_cpu(weight, use64)
+        else:
+            ev = _gram_eigvalsh_torch(weight, torch.float64 if use64 else torch.float32, dev)
+    except (RuntimeError, np.linalg.LinAlgError):  # LAPACK gives up on a Gram holding inf
+        ev = np.array([np.inf])
+    if not np.isfinite(ev).all():
+        if not use64:
+            return _eig(weight, True, dev)
+        raise ValueError("the eigenvalues are not finite: the weights hold NaN or inf, or overflow float64")
     return np.clip(ev, 0.0, None)
 
 

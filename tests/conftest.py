@@ -77,3 +77,17 @@ def real_analysis(real_model):
     from alphaprune.analysis import analyze
 
     return analyze(real_model.model, "smollm2-135m", use_cache=False)
+
+
+REAL_MODEL_FIXTURES = {"real_model", "real_analysis"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Hygiene: a test that loads the real default model through a fixture must be marked slow."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests loading the real model must be @pytest.mark.slow: {', '.join(unmarked)}")

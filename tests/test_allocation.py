@@ -157,6 +157,7 @@ def test_bad_epsilon_metric_mapping():
         alloc.uniform(layers(), 0.995)
 
 
+@pytest.mark.slow
 def test_real_model_allocation_at_70(real_analysis):
     """Default model, 70%: eps 0.2 matches the reference exactly; eps 0.3 is refitted below 0.99."""
     prunable = real_analysis.prunable

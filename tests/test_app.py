@@ -94,6 +94,7 @@ def test_bad_model_shows_an_error_not_a_traceback():
     assert "unknown model" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_main_path_on_the_default_model():
     """Load the bundled SmolLM2, analyse, move the allocation slider, prune, see perplexity."""
     at = _load(_app(timeout=300), None)

@@ -151,6 +151,7 @@ def _a_record():
     return RunRecord(kind="eval", model="x", ppl_after=1.0)
 
 
+@pytest.mark.slow
 def test_real_model_allocate_flags_the_clipped_block(capsys):
     assert main(["allocate", "--sparsity", "0.7", "--allocation", "alphapruning", "--epsilon", "0.3"]) == 0
     out = capsys.readouterr().out

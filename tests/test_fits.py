@@ -120,6 +120,7 @@ def test_degenerate_spectra():
     assert np.isfinite(fit_all(with_zeros)["ks"].alpha)
 
 
+@pytest.mark.slow
 def test_real_matrices_match_loop(real_analysis):
     """On the real default model, the vectorised scan equals the plain loop."""
     for layer in real_analysis.prunable[:14]:

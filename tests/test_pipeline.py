@@ -201,6 +201,7 @@ def test_short_or_empty_text_is_a_user_error(corpus, tmp_path):
         run_prune(tiny_loaded(layers=1), _config(corpus, eval=str(short)))
 
 
+@pytest.mark.slow
 def test_real_model_small_prune(real_model, real_analysis):
     """The default model: Wanda + AlphaPruning at 50% on a little python-docs text."""
     config = PruneConfig(
