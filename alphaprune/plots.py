@@ -16,7 +16,7 @@ Allocation, run history and teaching:
 
     allocation_figure(allocation, uniform_target=None)  # sparsity per block (per matrix for mapping "matrix")
     clipping_note(allocation)                           # the matrices held at a bound, with their unclipped ratios
-    runs_figure(frame, x="sparsity")                    # ppl_after against sparsity/epsilon, per model (RunStore.frame())
+    runs_figure(frame, x="sparsity")                    # ppl_after against sparsity/epsilon, per model (RunStore.frame)
     heavy_tail_demo_figure(seed=0, n=400, m=800)        # Gaussian (MP) vs heavy-tailed random matrix
 
 Log axes: a shape (add_vline / add_hline / add_vrect) takes data values, but an annotation or an
@@ -325,8 +325,7 @@ def _block_bars(allocation: Allocation) -> list[dict]:
         labels[block] = max(labels[block], _bound(allocation, name, s), key=_PRIORITY.index)
     final, raw = allocation.block_ratios, allocation.raw_block_ratios
     return [
-        dict(x=b, width=_SLOT, y=final[i], raw=raw[i], label=labels[b], text=f"block {b}")
-        for i, b in enumerate(blocks)
+        dict(x=b, width=_SLOT, y=final[i], raw=raw[i], label=labels[b], text=f"block {b}") for i, b in enumerate(blocks)
     ]
 
 
@@ -341,9 +340,9 @@ def _matrix_bars(allocation: Allocation) -> list[dict]:
         idx = members[block]
         step = _SLOT / len(idx)
         for j, i in enumerate(idx):
-            name, s = allocation.names[i], allocation.sparsities[i]
+            name, s, raw = allocation.names[i], allocation.sparsities[i], allocation.raw[i]
             x = block - _SLOT / 2 + (j + 0.5) * step
-            bars.append(dict(x=x, width=0.9 * step, y=s, raw=allocation.raw[i], label=_bound(allocation, name, s), text=name))
+            bars.append(dict(x=x, width=0.9 * step, y=s, raw=raw, label=_bound(allocation, name, s), text=name))
     return bars
 
 
@@ -371,7 +370,8 @@ def allocation_figure(allocation: Allocation, uniform_target: float | None = Non
         traces.append(
             go.Scatter(
                 x=[b["x"] for b in differs], y=[b["raw"] for b in differs], customdata=[b["text"] for b in differs],
-                mode="markers", name="unclipped", marker=dict(symbol="diamond-open", size=6 if matrix else 9, color="black"),
+                mode="markers", name="unclipped",
+                marker=dict(symbol="diamond-open", size=6 if matrix else 9, color="black"),
                 hovertemplate="%{customdata}<br>unclipped %{y:.3f}<extra></extra>",
             )
         )  # fmt: skip
@@ -383,10 +383,14 @@ def _allocation_layout(allocation: Allocation, uniform_target: float | None, bar
     raw = [b["raw"] for b in bars]
     top = max(1.0, max(raw, default=0.0) + 0.03)  # 0..1, stretched only to show an unclipped value above 1
     bottom = min(0.0, min(raw, default=0.0) - 0.03)
-    n_blocks = len(set(allocation.blocks))
+    blocks = sorted(set(allocation.blocks))
     per = "per matrix" if matrix else "per block"
     return dict(
-        xaxis=dict(title="block (one bar per matrix)" if matrix else "block", dtick=1 if n_blocks <= 40 else None),
+        xaxis=dict(
+            title="block (one bar per matrix)" if matrix else "block",
+            dtick=1 if len(blocks) <= 40 else None,
+            range=[blocks[0] - 0.5, blocks[-1] + 0.5] if blocks else None,  # each block's slot, no empty ones
+        ),
         yaxis=dict(title="sparsity", range=[bottom, top]),
         barmode="overlay",  # the groups' bars sit at disjoint places: no side-by-side offsets
         bargap=0.15,
@@ -397,7 +401,7 @@ def _allocation_layout(allocation: Allocation, uniform_target: float | None, bar
 
 
 def _bound_items(allocation: Allocation, held: list[int]) -> list[str]:
-    """ "block 10 (all 7 matrices, 1.017)" where a whole block went past the bound at one ratio,
+    """ "block 10 (all 7 matrices, 1.017)" where a whole block is held, from one unclipped ratio,
     else "model.layers.10.self_attn.v_proj (1.149)", in module order."""
     items, seen = [], set()
     for i in held:

@@ -295,7 +295,7 @@ def test_allocation_figure_bars_are_one_block_wide():
     1 and 3 and drew two bars two blocks wide."""
     fig = plots.allocation_figure(_spread_clipping())
     held = _by_name(fig, "held at ceiling")
-    assert list(held.x) == [1, 3]
+    assert list(held.x) == [1, 3] and tuple(fig.layout.xaxis.range) == (-0.5, 4.5)
     for bar in (t for t in fig.data if t.type == "bar"):
         assert bar.width is not None and all(0 < w < 1 for w in bar.width)
 
