@@ -540,7 +540,8 @@ def runs_figure(frame, x: str = "sparsity") -> go.Figure:
     )  # fmt: skip
     models = runs["model"].nunique()
     scope = f"{models} models" if models > 1 else str(runs["model"].iloc[0])
-    fig.update_layout(title=f"Perplexity against {x}: {len(runs)} prune runs, {scope}", height=_HEIGHT)
+    title = f"Perplexity against {x}<br><sup>{len(runs)} prune runs, {scope}</sup>"  # fits a half-width chart
+    fig.update_layout(title=title, height=_HEIGHT)
     return fig
 
 
