@@ -108,8 +108,11 @@ class PruneConfig:
         return self.pruner != "magnitude" or self.allocation == "owl" or self.auto_epsilon
 
     def to_dict(self) -> dict:
+        """Every setting; epsilon None where it does not apply (only AlphaPruning has one)."""
         out = dataclasses.asdict(self)
         out["block_list"] = list(self.block_list) if self.block_list else None
+        if self.allocation != "alphapruning":
+            out["epsilon"] = None
         return out
 
 

@@ -14,8 +14,9 @@ A whole model (`result` an Analysis):
 
 Allocation, run history and teaching:
 
-    allocation_figure(allocation, uniform_target=None)  # per-block sparsity, clipping, target, ceiling
-    runs_figure(frame, x="sparsity")                    # ppl_after against sparsity/epsilon (RunStore.frame())
+    allocation_figure(allocation, uniform_target=None)  # sparsity per block (per matrix for mapping "matrix")
+    clipping_note(allocation)                           # the matrices held at a bound, with their unclipped ratios
+    runs_figure(frame, x="sparsity")                    # ppl_after against sparsity/epsilon, per model (RunStore.frame)
     heavy_tail_demo_figure(seed=0, n=400, m=800)        # Gaussian (MP) vs heavy-tailed random matrix
 
 Log axes: a shape (add_vline / add_hline / add_vrect) takes data values, but an annotation or an
@@ -297,58 +298,148 @@ def before_after_figure(before: Analysis, after: Analysis, metric: str = "alpha_
 
 # --- allocation, run history ---------------------------------------------------------------------------------------
 
+_BOUND_COLORS = {"sparsity": "#636efa", "held at ceiling": "#ef553b", "held at 0": "#00a0a0"}
+_SLOT = 0.85  # bar width in blocks. Explicit: without it plotly sizes a trace's bars by the gaps between
+# its own x values, and a "held at ceiling" trace with blocks 10 and 23 drew two 11-block-wide bars.
+_NOTE_ITEMS = 8  # matrices or blocks named in clipping_note before "and N more"
+_PRIORITY = ("sparsity", "held at 0", "held at ceiling")  # a block's colour: its most notable matrix
 
-def _clipped_blocks(allocation: Allocation) -> dict[int, str]:
-    """block -> "held at ceiling" / "held at 0" for the blocks holding a clipped matrix."""
-    clipped = set(allocation.clipped)
-    out: dict[int, str] = {}
+
+def per_matrix(allocation: Allocation) -> bool:
+    """True when the ratios were mapped per matrix (AlphaPruning, mapping "matrix"): draw and state them so."""
+    return allocation.settings.get("mapping") == "matrix"
+
+
+def _bound(allocation: Allocation, name: str, sparsity: float) -> str:
+    """ "held at ceiling" / "held at 0" for a clipped matrix, else "sparsity"."""
+    if name not in allocation.clipped:
+        return "sparsity"
+    return "held at ceiling" if sparsity == allocation.ceiling else "held at 0"
+
+
+def _block_bars(allocation: Allocation) -> list[dict]:
+    """One bar per block: its weighted sparsity, unclipped value, and the bound any of its matrices is held at."""
+    blocks = sorted(set(allocation.blocks))
+    labels = {b: "sparsity" for b in blocks}
     for name, block, s in zip(allocation.names, allocation.blocks, allocation.sparsities, strict=True):
-        if name in clipped and out.get(block) != "held at ceiling":
-            out[block] = "held at ceiling" if s == allocation.ceiling else "held at 0"
-    return out
+        labels[block] = max(labels[block], _bound(allocation, name, s), key=_PRIORITY.index)
+    final, raw = allocation.block_ratios, allocation.raw_block_ratios
+    return [
+        dict(x=b, width=_SLOT, y=final[i], raw=raw[i], label=labels[b], text=f"block {b}") for i, b in enumerate(blocks)
+    ]
+
+
+def _matrix_bars(allocation: Allocation) -> list[dict]:
+    """One bar per matrix, each block's matrices side by side (module order) inside the block's slot,
+    so the x axis still reads as blocks."""
+    members: dict[int, list[int]] = {}
+    for i, block in enumerate(allocation.blocks):
+        members.setdefault(block, []).append(i)
+    bars = []
+    for block in sorted(members):
+        idx = members[block]
+        step = _SLOT / len(idx)
+        for j, i in enumerate(idx):
+            name, s, raw = allocation.names[i], allocation.sparsities[i], allocation.raw[i]
+            x = block - _SLOT / 2 + (j + 0.5) * step
+            bars.append(dict(x=x, width=0.9 * step, y=s, raw=raw, label=_bound(allocation, name, s), text=name))
+    return bars
 
 
 def allocation_figure(allocation: Allocation, uniform_target: float | None = None) -> go.Figure:
-    """Per-block sparsity bars (blocks holding a clipped matrix in another colour), the unclipped
+    """Sparsity bars per block, or per matrix when the mapping was per matrix (`per_matrix`), the
+    bars held at a bound in another colour (per matrix: exactly the clipped matrices), the unclipped
     (reference) values as markers where they differ, the target dashed and the ceiling dotted.
 
-    Cheap (a few ms for 30 blocks): it is redrawn on every slider move."""
-    blocks = sorted(set(allocation.blocks))
-    final, raw = allocation.block_ratios, allocation.raw_block_ratios
-    flags = _clipped_blocks(allocation)
-    groups = {"sparsity": "#636efa", "held at ceiling": "#ef553b", "held at 0": "#00a0a0"}
+    Cheap (a few ms for 210 matrices): it is redrawn on every slider move."""
+    matrix = per_matrix(allocation)
+    bars = _matrix_bars(allocation) if matrix else _block_bars(allocation)
     traces = []
-    for label, color in groups.items():
-        idx = [i for i, b in enumerate(blocks) if flags.get(b, "sparsity") == label]
-        if idx:
+    for label, color in _BOUND_COLORS.items():
+        group = [bar for bar in bars if bar["label"] == label]
+        if group:
             traces.append(
                 go.Bar(
-                    x=[blocks[i] for i in idx], y=[final[i] for i in idx], name=label, marker_color=color,
-                    hovertemplate="block %{x}<br>sparsity %{y:.3f}<extra>" + label + "</extra>",
+                    x=[b["x"] for b in group], y=[b["y"] for b in group], width=[b["width"] for b in group],
+                    customdata=[b["text"] for b in group], name=label, marker_color=color,
+                    hovertemplate="%{customdata}<br>sparsity %{y:.3f}<extra>" + label + "</extra>",
                 )
             )  # fmt: skip
-    differs = [i for i in range(len(blocks)) if abs(raw[i] - final[i]) > 1e-9]
+    differs = [bar for bar in bars if abs(bar["raw"] - bar["y"]) > 1e-9]
     if differs:
         traces.append(
             go.Scatter(
-                x=[blocks[i] for i in differs], y=[raw[i] for i in differs], mode="markers", name="unclipped",
-                marker=dict(symbol="diamond-open", size=9, color="black"),
-                hovertemplate="block %{x}<br>unclipped %{y:.3f}<extra></extra>",
+                x=[b["x"] for b in differs], y=[b["raw"] for b in differs], customdata=[b["text"] for b in differs],
+                mode="markers", name="unclipped",
+                marker=dict(symbol="diamond-open", size=6 if matrix else 9, color="black"),
+                hovertemplate="%{customdata}<br>unclipped %{y:.3f}<extra></extra>",
             )
         )  # fmt: skip
+    return go.Figure(data=traces, layout=_allocation_layout(allocation, uniform_target, bars, matrix))
+
+
+def _allocation_layout(allocation: Allocation, uniform_target: float | None, bars: list[dict], matrix: bool) -> dict:
     target = allocation.target if uniform_target is None else uniform_target
+    raw = [b["raw"] for b in bars]
     top = max(1.0, max(raw, default=0.0) + 0.03)  # 0..1, stretched only to show an unclipped value above 1
     bottom = min(0.0, min(raw, default=0.0) - 0.03)
-    layout = dict(
-        xaxis=dict(title="block", dtick=1 if len(blocks) <= 40 else None),
+    blocks = sorted(set(allocation.blocks))
+    per = "per matrix" if matrix else "per block"
+    return dict(
+        xaxis=dict(
+            title="block (one bar per matrix)" if matrix else "block",
+            dtick=1 if len(blocks) <= 40 else None,
+            range=[blocks[0] - 0.5, blocks[-1] + 0.5] if blocks else None,  # each block's slot, no empty ones
+        ),
         yaxis=dict(title="sparsity", range=[bottom, top]),
-        barmode="overlay",  # the groups' bars sit at disjoint blocks: no side-by-side offsets
+        barmode="overlay",  # the groups' bars sit at disjoint places: no side-by-side offsets
         bargap=0.15,
         height=_HEIGHT,
-        title=f"{allocation.method}: mean sparsity {allocation.mean:.3f}",
+        title=f"{allocation.method}, {per}: mean sparsity {allocation.mean:.3f}",
         shapes=[_hline(target, "dash", f"uniform {target:.2f}"), _hline(allocation.ceiling, "dot", "ceiling")],
     )
-    return go.Figure(data=traces, layout=layout)
+
+
+def _bound_items(allocation: Allocation, held: list[int]) -> list[str]:
+    """ "block 10 (all 7 matrices, 1.017)" where a whole block is held, from one unclipped ratio,
+    else "model.layers.10.self_attn.v_proj (1.149)", in module order."""
+    items, seen = [], set()
+    for i in held:
+        block = allocation.blocks[i]
+        members = [j for j, b in enumerate(allocation.blocks) if b == block]
+        same = {allocation.raw[j] for j in members} == {allocation.raw[i]}
+        if len(members) > 1 and set(members) <= set(held) and same:
+            if block not in seen:
+                items.append(f"block {block} (all {len(members)} matrices, {allocation.raw[i]:.3f})")
+            seen.add(block)
+        else:
+            items.append(f"{allocation.names[i]} ({allocation.raw[i]:.3f})")
+    if len(items) > _NOTE_ITEMS:
+        items = items[:_NOTE_ITEMS] + [f"and {len(items) - _NOTE_ITEMS} more"]
+    return items
+
+
+def clipping_note(allocation: Allocation) -> str | None:
+    """What was held at a bound, in words: the matrices (or whole blocks) held at the ceiling or at 0,
+    each with the formula's own unclipped ratio (`allocation.raw`); None when nothing was. A matrix
+    can be held at the ceiling from an unclipped ratio below it: the refit scales every ratio up."""
+    if not allocation.clipped:
+        return None
+    held = {allocation.ceiling: [], 0.0: []}
+    for i, (name, s) in enumerate(zip(allocation.names, allocation.sparsities, strict=True)):
+        if name in allocation.clipped:
+            held[allocation.ceiling if s == allocation.ceiling else 0.0].append(i)
+    parts = []
+    for level, idx in held.items():
+        if idx:
+            where = f"the ceiling {level:g}" if level == allocation.ceiling else "0"
+            count = f"{len(idx)} {'matrix is' if len(idx) == 1 else 'matrices are'}"
+            parts.append(f"{count} held at {where} (unclipped ratio): {', '.join(_bound_items(allocation, idx))}.")
+    parts.append(f"The other ratios are refitted so the mean stays {allocation.target:g}.")
+    whole = sum(1 for i in held[allocation.ceiling] if allocation.raw[i] >= 1.0)
+    if whole:
+        parts.append(f"The reference code would prune the {whole} with a ratio above 1 whole.")
+    return " ".join(parts)
 
 
 def _hline(y: float, dash: str, name: str) -> dict:
@@ -365,40 +456,92 @@ def _empty(title: str) -> go.Figure:
     return fig
 
 
-def runs_figure(frame, x: str = "sparsity") -> go.Figure:
-    """Perplexity after pruning (log y) against `x` for the prune runs of RunStore.frame(), one
-    line per (pruner, allocation) sorted by x, run ids in the hover; the dense perplexity
-    (median ppl_before) dashed."""
+def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks at 1, 2, 5 x 10^k (decades only when that makes more than 10) from the last one at
+    or below `lo` to the first at or above `hi` (one more each side when that is a single tick),
+    with plain labels ("20", "1,000"). Plotly's own log ticks label the minor ones by their digit
+    ("1000, 2, 5"), and dtick=1 draws none inside a decade."""
+    k0, k1 = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    for mantissas in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in mantissas]
+        first = max(i for i, t in enumerate(ticks) if t <= lo * (1 + 1e-12))
+        last = min(i for i, t in enumerate(ticks) if t >= hi * (1 - 1e-12))
+        if first == last:  # lo == hi on a tick: a range of zero width
+            first, last = first - 1, last + 1
+        ticks = ticks[first : last + 1]
+        if len(ticks) <= 10:
+            break
+    return ticks, [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]
+
+
+_MODEL_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
+_MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross")
+
+
+def _prune_runs(frame, x: str):
+    """(the plottable prune runs of `frame`, or None and why there are none)."""
     import pandas as pd
 
-    needed = {"kind", "ppl_after", x, "pruner", "allocation"}
-    if frame is None or len(frame) == 0 or not needed <= set(frame.columns):
-        return _empty("No pruning runs yet")
-    runs = frame[frame["kind"] == "prune"].copy()
+    if frame is None or len(frame) == 0:
+        return None, "No runs in this view"
+    kinds = frame["kind"] if "kind" in frame else pd.Series(dtype=object)
+    if not (kinds == "prune").any():
+        shown = ", ".join(sorted(kinds.dropna().unique())) or "none"
+        return None, f"No prune runs among the {len(frame)} runs in this view (kinds: {shown})"
+    runs = frame[kinds == "prune"].copy()
+    if x == "epsilon" and "allocation" in runs:  # only AlphaPruning has an epsilon
+        runs = runs[runs["allocation"] == "alphapruning"]
+    what = "AlphaPruning runs" if x == "epsilon" else "prune runs"
+    if not {"ppl_after", x, "pruner", "allocation", "model"} <= set(runs.columns):
+        return None, f"No {what} with a perplexity and {x} in this view"
     for column in ("ppl_after", "ppl_before", x):
         if column in runs:
             runs[column] = pd.to_numeric(runs[column], errors="coerce")
     runs = runs[np.isfinite(runs["ppl_after"]) & np.isfinite(runs[x]) & (runs["ppl_after"] > 0)]
     if runs.empty:
-        return _empty(f"No pruning runs with a perplexity and {x}")
-    fig = go.Figure()
-    for (pruner, allocation), group in runs.groupby(["pruner", "allocation"], sort=True, dropna=False):
-        group = group.sort_values(x)
-        fig.add_trace(
-            go.Scatter(
-                x=group[x], y=group["ppl_after"], customdata=group["id"], mode="lines+markers",
-                name=f"{pruner} / {allocation}",
-                hovertemplate="run %{customdata}<br>" + x + " %{x:.3g}<br>ppl %{y:.4g}<extra>%{fullData.name}</extra>",
-            )
-        )  # fmt: skip
-    dense = runs["ppl_before"].dropna() if "ppl_before" in runs else pd.Series(dtype=float)
-    dense = dense[np.isfinite(dense) & (dense > 0)]
-    if len(dense):
-        level = float(dense.median())
-        fig.add_hline(y=level, line_dash="dash", line_color="grey", name=f"dense, ppl {level:.4g}", showlegend=True)
+        return None, f"No {what} with a perplexity and {x} in this view"
+    return runs, ""
+
+
+def runs_figure(frame, x: str = "sparsity") -> go.Figure:
+    """Perplexity after pruning (log y, ticks 1-2-5) against `x` for the prune runs of `frame`
+    (RunStore.frame(), filtered or not): one line per (model, pruner, allocation) sorted by x, the
+    legend grouped by model, run ids in the hover; each model's dense perplexity (the median
+    ppl_before of its runs) a dashed line of its own. For x="epsilon" only AlphaPruning runs.
+    An empty figure's title says why it is empty."""
+    runs, why = _prune_runs(frame, x)
+    if runs is None:
+        return _empty(why)
+    fig, levels = go.Figure(), list(runs["ppl_after"])
+    for m, (model, of_model) in enumerate(runs.groupby("model", sort=True)):
+        group_style = dict(legendgroup=model, legendgrouptitle_text=model)
+        for (pruner, allocation), group in of_model.groupby(["pruner", "allocation"], sort=True, dropna=False):
+            group = group.sort_values(x)
+            fig.add_trace(
+                go.Scatter(
+                    x=group[x], y=group["ppl_after"], customdata=group["id"], mode="lines+markers",
+                    name=f"{pruner} / {allocation}", marker_symbol=_MODEL_SYMBOLS[m % len(_MODEL_SYMBOLS)],
+                    hovertemplate=f"{model}<br>run %{{customdata}}<br>{x} %{{x:.3g}}<br>ppl %{{y:.4g}}"
+                    "<extra>%{fullData.name}</extra>", **group_style,
+                )
+            )  # fmt: skip
+        dense = of_model["ppl_before"] if "ppl_before" in of_model else []
+        dense = [v for v in dense if np.isfinite(v) and v > 0]
+        if dense:
+            level = float(np.median(dense))
+            levels.append(level)
+            dash = _MODEL_DASHES[m % len(_MODEL_DASHES)]
+            fig.add_shape({**_hline(level, dash, f"dense, ppl {level:.4g}"), **group_style})
+    tickvals, ticktext = _log_ticks(min(levels), max(levels))
     fig.update_xaxes(title=x)
-    fig.update_yaxes(title="perplexity after pruning", type="log")
-    fig.update_layout(title=f"Perplexity against {x}", legend_title="pruner / allocation", height=_HEIGHT)
+    fig.update_yaxes(
+        title="perplexity after pruning", type="log", tickvals=tickvals, ticktext=ticktext,
+        range=[math.log10(tickvals[0]), math.log10(tickvals[-1])],  # a log axis' range is in log10 units
+    )  # fmt: skip
+    models = runs["model"].nunique()
+    scope = f"{models} models" if models > 1 else str(runs["model"].iloc[0])
+    title = f"Perplexity against {x}<br><sup>{len(runs)} prune runs, {scope}</sup>"  # fits a half-width chart
+    fig.update_layout(title=title, height=_HEIGHT)
     return fig
 
 

@@ -1,4 +1,8 @@
-"""Allocation page: tune target sparsity and the allocation range, see the per-block ratios live."""
+"""Allocation page: tune target sparsity and the allocation range, see the ratios live (per block,
+or per matrix for the mapping "matrix"), and which matrices the ceiling holds back.
+
+    streamlit run app.py   # then open "Allocation" (a model must be loaded and analysed first)
+"""
 
 import json
 
@@ -9,7 +13,7 @@ from alphaprune.analysis import METRIC_NAMES
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
 from alphaprune.pipeline import PruneConfig, cached_outliers, make_allocation
-from alphaprune.plots import allocation_figure
+from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
 from alphaprune.ui.session import ALLOC, ANALYSIS, MODEL, OUTLIERS, progress_callback, require
 
@@ -50,7 +54,7 @@ if method == "owl" and (outliers is None or outliers[0] != owl_m):
             windows = calibration_windows(token_ids("python-docs", loaded.tokenizer), 16, seqlen, 0)
             ratios = cached_outliers(loaded.model, windows, owl_m, progress_callback(bar))
         except UserError as exc:
-            st.error(str(exc))
+            st.error(exc.render("app"))
             st.stop()
         st.session_state[OUTLIERS] = outliers = (owl_m, ratios)
         st.rerun()
@@ -71,20 +75,17 @@ try:
         loaded.model, config, analysis, outliers=outliers[1] if method == "owl" else None, name=loaded.name
     )
 except UserError as exc:
-    st.error(str(exc))
+    st.error(exc.render("app"))
     st.stop()
 
+unit, ratios = ("matrix", allocation.sparsities) if per_matrix(allocation) else ("block", allocation.block_ratios)
 cols = st.columns(4)
 cols[0].metric("Weighted mean", f"{allocation.mean:.4f}")
-cols[1].metric("Lowest block", f"{min(allocation.block_ratios):.3f}")
-cols[2].metric("Highest block", f"{max(allocation.block_ratios):.3f}")
+cols[1].metric(f"Lowest {unit}", f"{min(ratios):.3f}")
+cols[2].metric(f"Highest {unit}", f"{max(ratios):.3f}")
 cols[3].metric("Matrices held at a bound", len(allocation.clipped))
 if allocation.clipped:
-    st.warning(
-        f"The formula gives some blocks more than {ceiling:g} (up to {max(allocation.raw_block_ratios):.3f}); "
-        f"{len(allocation.clipped)} matrices are held at the bound and the rest rescaled, so the mean stays "
-        f"{sparsity:g}. The reference code would prune those blocks whole."
-    )
+    st.warning(clipping_note(allocation))
 st.plotly_chart(allocation_figure(allocation, sparsity), key="allocation_chart", width="stretch")
 
 rows = [

@@ -1,4 +1,8 @@
-"""Runs page: the stored history of pruning runs; filter, compare, delete, export."""
+"""Runs page: the stored history of pruning runs; filter, compare (per model), delete (after a
+confirmation), export.
+
+    streamlit run app.py   # then open "Runs"; the same history as `alphaprune runs`
+"""
 
 import json
 
@@ -8,21 +12,41 @@ from alphaprune.errors import UserError
 from alphaprune.plots import runs_figure
 from alphaprune.runs import RunStore
 
+DELETE_IDS, CONFIRM = "runs_delete_ids", "runs_delete_confirm"
+
+
+def delete_runs(store: RunStore, ids: list[int]) -> None:
+    """The Delete button's callback: runs before the rerun, so it may reset the widgets it read."""
+    if not st.session_state.get(CONFIRM):  # never without the tick, whatever sent the click
+        return
+    try:
+        deleted = store.delete(ids)
+    except UserError as exc:
+        st.error(exc.render("app"))
+        return
+    st.session_state[DELETE_IDS], st.session_state[CONFIRM] = [], False
+    st.toast(f"Deleted {deleted} run{'s' if deleted != 1 else ''}")
+
+
 st.title("Runs")
 st.caption("Every prune and eval run, from this app and from the CLI, kept in one SQLite file.")
 try:
     store = RunStore()
     frame = store.frame()
 except UserError as exc:
-    st.error(str(exc))
+    st.error(exc.render("app"))
     st.stop()
 if frame.empty:
     st.info("No runs yet: prune a model on the Prune & evaluate page (or run `alphaprune prune`).")
     st.stop()
+if {"epsilon", "allocation"} <= set(frame.columns):  # only AlphaPruning has one (older records stored the default)
+    frame["epsilon"] = frame["epsilon"].where(frame["allocation"] == "alphapruning")
 
 left, mid, right = st.columns(3)
 models = left.multiselect("Model", sorted(frame["model"].unique()), key="runs_models")
-kinds = mid.multiselect("Kind", sorted(frame["kind"].unique()), default=["prune"], key="runs_kinds")
+kind_options = sorted(frame["kind"].unique())
+default_kinds = ["prune"] if "prune" in kind_options else []
+kinds = mid.multiselect("Kind", kind_options, default=default_kinds, key="runs_kinds")
 pruners = sorted(frame["pruner"].dropna().unique()) if "pruner" in frame else []
 chosen = right.multiselect("Pruner", pruners, key="runs_pruners")
 view = frame
@@ -36,18 +60,21 @@ if chosen:
 left, right = st.columns(2)
 left.plotly_chart(runs_figure(view, "sparsity"), key="runs_sparsity_chart", width="stretch")
 if "epsilon" in view and view["epsilon"].notna().any():
-    right.plotly_chart(
-        runs_figure(view[view["allocation"] == "alphapruning"], "epsilon"), key="runs_eps_chart", width="stretch"
-    )
+    right.plotly_chart(runs_figure(view, "epsilon"), key="runs_eps_chart", width="stretch")
 wanted = ["id", "created", "kind", "model", "pruner", "allocation", "epsilon", "sparsity", "pattern"]
 wanted += ["ppl_before", "ppl_after", "actual_sparsity", "seconds_total"]
 st.dataframe(view[[c for c in wanted if c in view.columns]], hide_index=True, key="runs_table")
 
 left, mid, right = st.columns([2, 1, 1])
-doomed = left.multiselect("Delete runs", view["id"].tolist(), key="runs_delete_ids")
-if mid.button("Delete", key="runs_delete", disabled=not doomed):
-    store.delete([int(i) for i in doomed])
-    st.rerun()
+doomed = left.multiselect("Delete runs", view["id"].tolist(), key=DELETE_IDS)
+confirmed = bool(doomed) and mid.checkbox(
+    f"Yes, delete {len(doomed)} run{'s' if len(doomed) != 1 else ''} for good", key=CONFIRM
+)
+clicked = mid.button(
+    "Delete", key="runs_delete", disabled=not doomed, on_click=delete_runs, args=(store, [int(i) for i in doomed])
+)
+if clicked and not confirmed:
+    mid.warning("Nothing deleted: tick the box above to confirm.")
 ids = set(view["id"].tolist())
 records = [r.to_dict() for r in store.list() if r.id in ids]
 right.download_button("Export JSON", json.dumps(records, indent=1), "runs.json", key="runs_json")

@@ -224,7 +224,7 @@ def test_before_after_figure(result, model):
 
 
 def test_allocation_figure_bars_lines_and_no_clipping(result):
-    alloc = alphapruning(result.prunable, 0.7, 0.05, mapping="matrix")
+    alloc = alphapruning(result.prunable, 0.7, 0.05, mapping="block")
     assert not alloc.clipped
     fig = plots.allocation_figure(alloc, uniform_target=0.7)
     assert [t.name for t in fig.data] == ["sparsity"]
@@ -282,6 +282,91 @@ def test_allocation_figure_uniform(result):
     assert [t.name for t in fig.data] == ["sparsity"] and list(fig.data[0].y) == pytest.approx([0.5] * 3)
 
 
+def _spread_clipping() -> Allocation:
+    """Blocks 1 and 3 of 5 held at the ceiling: far apart, as on the real model."""
+    return Allocation(
+        method="alphapruning", target=0.7, names=tuple("abcde"), blocks=(0, 1, 2, 3, 4), params=(10,) * 5,
+        sparsities=(0.6, 0.99, 0.6, 0.99, 0.32), raw=(0.55, 1.1, 0.55, 1.05, 0.3), ceiling=0.99, clipped=("b", "d"),
+    )  # fmt: skip
+
+
+def test_allocation_figure_bars_are_one_block_wide():
+    """Without explicit widths plotly sized the "held at ceiling" bars by the gap between blocks
+    1 and 3 and drew two bars two blocks wide."""
+    fig = plots.allocation_figure(_spread_clipping())
+    held = _by_name(fig, "held at ceiling")
+    assert list(held.x) == [1, 3] and tuple(fig.layout.xaxis.range) == (-0.5, 4.5)
+    for bar in (t for t in fig.data if t.type == "bar"):
+        assert bar.width is not None and all(0 < w < 1 for w in bar.width)
+
+
+def _per_matrix_clipping() -> Allocation:
+    """Mapping "matrix": two blocks of three matrices, only b1 above the ceiling."""
+    names = ("a0", "a1", "a2", "b0", "b1", "b2")
+    return Allocation(
+        method="alphapruning", target=0.7, names=names, blocks=(0, 0, 0, 1, 1, 1), params=(10,) * 6,
+        sparsities=(0.6, 0.65, 0.6, 0.62, 0.99, 0.74), raw=(0.58, 0.63, 0.58, 0.6, 1.15, 0.71), ceiling=0.99,
+        clipped=("b1",), settings={"epsilon": 0.3, "metric": "alpha_peak", "mapping": "matrix"},
+    )  # fmt: skip
+
+
+def test_allocation_figure_per_matrix_marks_exactly_the_clipped_matrices():
+    alloc = _per_matrix_clipping()
+    fig = plots.allocation_figure(alloc)
+    held, rest = _by_name(fig, "held at ceiling"), _by_name(fig, "sparsity")
+    assert list(held.customdata) == ["b1"] and list(held.y) == [0.99]  # the matrix, not its block
+    assert list(rest.customdata) == ["a0", "a1", "a2", "b0", "b2"]
+    assert list(rest.y) == pytest.approx([0.6, 0.65, 0.6, 0.62, 0.74])
+    xs = dict(zip([*rest.customdata, *held.customdata], [*rest.x, *held.x], strict=True))
+    assert -0.5 < xs["a0"] < xs["a1"] < xs["a2"] < 0.5 < xs["b0"] < xs["b1"] < xs["b2"] < 1.5  # inside its block
+    unclipped = _by_name(fig, "unclipped")
+    assert dict(zip(unclipped.customdata, unclipped.y, strict=True))["b1"] == 1.15  # per matrix, not 0.82
+    assert fig.layout.yaxis.range[1] > 1.15 and "per matrix" in fig.layout.title.text
+
+
+def test_clipping_note_names_matrices_and_their_unclipped_ratios():
+    note = plots.clipping_note(_per_matrix_clipping())
+    assert note.startswith("1 matrix is held at the ceiling 0.99 (unclipped ratio): b1 (1.150).")
+    assert "prune the 1 with a ratio above 1 whole" in note
+    assert plots.clipping_note(uniform([_M("x", 0, 10)], 0.5)) is None
+
+
+def test_clipping_note_names_whole_blocks_once():
+    alloc = _clipping_allocation()
+    whole = dataclasses.replace(
+        alloc, names=("a", "b", "b2", "c"), blocks=(0, 1, 1, 2), params=(10, 5, 5, 10),
+        sparsities=(0.55, 0.99, 0.99, 0.56), raw=(0.5, 1.1, 1.1, 0.5), clipped=("b", "b2"),
+    )  # fmt: skip
+    note = plots.clipping_note(whole)
+    assert "2 matrices are held at the ceiling 0.99 (unclipped ratio): block 1 (all 2 matrices, 1.100)." in note
+    low = dataclasses.replace(alloc, sparsities=(0.0, 0.99, 0.8), raw=(-0.1, 1.1, 0.7), clipped=("a", "b"))
+    note = plots.clipping_note(low)
+    assert "1 matrix is held at 0 (unclipped ratio): a (-0.100)." in note and "b (1.100)" in note
+
+
+@dataclasses.dataclass
+class _M:
+    name: str
+    block: int
+    params: int
+
+
+@pytest.mark.slow
+def test_allocation_figure_per_matrix_on_the_default_model(real_analysis):
+    """Issue 9: AlphaPruning 0.7, eps 0.3, mapping "matrix" clips layers.10 v_proj and layers.23 o_proj."""
+    alloc = alphapruning(real_analysis.prunable, 0.7, 0.3, mapping="matrix")
+    expected = ("model.layers.10.self_attn.v_proj", "model.layers.23.self_attn.o_proj")
+    assert alloc.clipped == expected
+    fig = plots.allocation_figure(alloc)
+    assert tuple(_by_name(fig, "held at ceiling").customdata) == expected
+    assert len(_by_name(fig, "sparsity").x) == len(alloc.names) - 2
+    note = plots.clipping_note(alloc)
+    raw = dict(zip(alloc.names, alloc.raw, strict=True))
+    for name in expected:
+        assert raw[name] > 1.05 and f"{name} ({raw[name]:.3f})" in note
+    assert f"up to {max(alloc.raw_block_ratios):.3f}" not in note  # the old warning's block number
+
+
 # --- run history -------------------------------------------------------------------------------------------------
 
 
@@ -309,11 +394,52 @@ def test_runs_figure(tmp_path):
     uni = _by_name(fig, "wanda / uniform")
     assert list(uni.x) == [0.5, 0.6] and list(uni.y) == [25.0, 40.0]  # sorted by x
     assert list(uni.customdata) == [2, 1] and "run %{customdata}" in uni.hovertemplate
-    assert uni.mode == "lines+markers"
+    assert uni.mode == "lines+markers" and uni.legendgroup == "m"
     (dense,) = fig.layout.shapes
     assert dense.y0 == 18.0 and dense.line.dash == "dash" and not fig.layout.annotations  # data units, no trap
-    by_eps = plots.runs_figure(frame, x="epsilon")
-    assert list(_by_name(by_eps, "wanda / alphapruning").x) == [0.2, 0.3]
+    assert "4 prune runs" in fig.layout.title.text
+
+
+def test_runs_figure_by_epsilon_is_alphapruning_only(tmp_path):
+    """Epsilon applies to AlphaPruning only: uniform runs (stored with the default 0.3) are not drawn."""
+    by_eps = plots.runs_figure(_store(tmp_path).frame(), x="epsilon")
+    assert [t.name for t in by_eps.data] == ["wanda / alphapruning"]
+    assert list(by_eps.data[0].x) == [0.2, 0.3]
+
+
+def _two_models(tmp_path):
+    store = RunStore(tmp_path / "two.sqlite")
+    for model, dense, ppls in (("m-small", 20.0, (30.0, 45.0)), ("m-big", 9.0, (12.0, 15.0))):
+        for sparsity, ppl in zip((0.5, 0.6), ppls, strict=True):
+            settings = {"pruner": "wanda", "allocation": "uniform", "sparsity": sparsity}
+            store.add(RunRecord(kind="prune", model=model, settings=settings, ppl_before=dense, ppl_after=ppl))
+    store.add(RunRecord(kind="eval", model="m-big", ppl_before=9.0))
+    return store
+
+
+def test_runs_figure_keeps_models_apart(tmp_path):
+    fig = plots.runs_figure(_two_models(tmp_path).frame())
+    lines = {t.legendgroup: t for t in fig.data}
+    assert len(fig.data) == 2 and set(lines) == {"m-small", "m-big"}  # same pruner / allocation, two lines
+    assert list(lines["m-small"].y) == [30.0, 45.0] and list(lines["m-big"].y) == [12.0, 15.0]
+    assert "m-big" in lines["m-big"].hovertemplate
+    dense = {shape.legendgroup: shape for shape in fig.layout.shapes}
+    assert dense["m-small"].y0 == 20.0 and dense["m-big"].y0 == 9.0  # a dense line per model
+    assert dense["m-small"].line.dash != dense["m-big"].line.dash
+    assert "2 models" in fig.layout.title.text
+
+
+def test_runs_figure_log_axis_has_clean_labels(tmp_path):
+    fig = plots.runs_figure(_two_models(tmp_path).frame())
+    axis = fig.layout.yaxis
+    values = [float(v) for v in axis.tickvals]
+    assert values == [5.0, 10.0, 20.0, 50.0]  # 1-2-5 ticks bracketing 9 .. 45
+    assert list(axis.ticktext) == ["5", "10", "20", "50"]
+    assert axis.range == pytest.approx((math.log10(5), math.log10(50)))  # log10 units
+    values, labels = plots._log_ticks(150.0, 640000.0)  # more than 10 ticks at 1-2-5: decades only
+    assert values == [1e2, 1e3, 1e4, 1e5, 1e6] and labels == ["100", "1,000", "10,000", "100,000", "1,000,000"]
+    assert plots._log_ticks(20.0, 20.0) == ([10.0, 20.0, 50.0], ["10", "20", "50"])  # never a zero-width range
+    assert plots._log_ticks(0.3, 0.7)[1] == ["0.2", "0.5", "1"]
 
 
 def test_runs_figure_empty(tmp_path):
@@ -321,11 +447,19 @@ def test_runs_figure_empty(tmp_path):
 
     for frame in (RunStore(tmp_path / "empty.sqlite").frame(), pd.DataFrame()):
         fig = plots.runs_figure(frame)
-        assert len(fig.data) == 0 and "no" in fig.layout.title.text.lower()
+        assert len(fig.data) == 0 and "no runs in this view" in fig.layout.title.text.lower()
     store = RunStore(tmp_path / "evals.sqlite")
     store.add(RunRecord(kind="eval", model="m", ppl_before=19.0, settings={"sparsity": 0.5}))
     store.add(RunRecord(kind="prune", model="m", ppl_after=3.0))  # no settings: no sparsity column
     assert len(plots.runs_figure(store.frame()).data) == 0
+
+
+def test_runs_figure_title_says_the_view_holds_no_prune_runs(tmp_path):
+    """Runs exist but the Kind filter keeps only eval runs: say so, not "No pruning runs yet"."""
+    frame = _two_models(tmp_path).frame()
+    fig = plots.runs_figure(frame[frame["kind"] == "eval"])
+    assert len(fig.data) == 0
+    assert fig.layout.title.text == "No prune runs among the 1 runs in this view (kinds: eval)"
 
 
 # --- teaching ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""The Allocation and Runs pages with AppTest (issue 9): the per-matrix mapping drawn and worded per
+matrix, epsilon only for AlphaPruning runs, the run charts per model, deleting only after a confirmation.
+
+    .venv/bin/python -m pytest tests/test_app_alloc_runs.py -q            # add -m "not slow" to skip SmolLM2
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from alphaprune import allocation as alloc
+from alphaprune.cli import main
+from alphaprune.pipeline import PruneConfig
+from alphaprune.runs import RunRecord, RunStore
+from alphaprune.ui.session import ANALYSIS
+from tests.conftest import tiny_llama, tiny_tokenizer
+
+FOLDER_SOURCE = "Hub id, folder or .gguf path"
+CORPUS = "It was the best of times, it was the worst of times. " * 60
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(layers=3).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A run history of this test's own (the app and the CLI read ALPHAPRUNE_DATA on every call)."""
+    monkeypatch.setenv("ALPHAPRUNE_DATA", str(tmp_path / "data"))
+    return RunStore()
+
+
+def _app(timeout: int = 120) -> AppTest:
+    return AppTest.from_file("../app.py", default_timeout=timeout).run()
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    """The plotly figure of the chart with this key, as the browser gets it."""
+    charts = [c for c in at.get("plotly_chart") if key in c.proto.id]
+    assert len(charts) == 1, [c.proto.id for c in at.get("plotly_chart")]
+    return json.loads(charts[0].proto.spec)
+
+
+def _traces(figure: dict, name: str) -> list[dict]:
+    return [t for t in figure["data"] if t.get("name") == name]
+
+
+# --- Allocation page ---------------------------------------------------------------------------------------------
+
+
+def _allocation_page(spec: str | None, timeout: int = 120) -> AppTest:
+    at = _app(timeout)
+    if spec is not None:
+        at.radio(key="model_source").set_value(FOLDER_SOURCE).run()
+        at.text_input(key="model_spec").set_value(spec).run()
+    at.button(key="load").click().run()
+    _no_errors(at)
+    at.switch_page("pages/allocation.py").run()
+    return at
+
+
+def _check_matrix_mapping(at: AppTest, expected: alloc.Allocation) -> None:
+    """Warning and chart name exactly the clipped matrices, with their unclipped ratios."""
+    _no_errors(at)
+    assert expected.clipped  # the case is about clipping
+    (warning,) = at.warning
+    raw = dict(zip(expected.names, expected.raw, strict=True))
+    for name in expected.clipped:
+        assert f"{name} ({raw[name]:.3f})" in warning.value
+    assert f"up to {max(expected.raw_block_ratios):.3f}" not in warning.value  # the old block-mean number
+    figure = _chart(at, "allocation_chart")
+    (held,) = _traces(figure, "held at ceiling")
+    assert held["customdata"] == list(expected.clipped)
+    assert held["y"] == [expected.ceiling] * len(expected.clipped)
+    (rest,) = _traces(figure, "sparsity")
+    assert len(rest["y"]) == len(expected.names) - len(expected.clipped)  # one bar per matrix
+    assert max(held["width"] + rest["width"]) < 1  # no bar wider than a block
+    assert at.metric[2].label == "Highest matrix" and at.metric[2].value == f"{expected.ceiling:.3f}"
+
+
+def test_matrix_mapping_is_drawn_and_worded_per_matrix(tiny_folder):
+    at = _allocation_page(tiny_folder)
+    at.slider(key="alloc_epsilon").set_value(0.5).run()
+    at.radio(key="alloc_mapping").set_value("matrix").run()
+    expected = alloc.alphapruning(at.session_state[ANALYSIS].prunable, 0.7, 0.5, mapping="matrix")
+    raw = dict(zip(expected.names, expected.raw, strict=True))
+    assert min(raw[n] for n in expected.clipped) < expected.ceiling  # one pushed to the ceiling by the refit
+    _check_matrix_mapping(at, expected)
+
+
+@pytest.mark.slow
+def test_matrix_mapping_on_the_default_model():
+    """The issue's case: AlphaPruning, sparsity 0.7, epsilon 0.3, mapping "matrix" on SmolLM2."""
+    at = _allocation_page(None, timeout=300)
+    assert at.slider(key="alloc_sparsity").value == 0.7 and at.slider(key="alloc_epsilon").value == 0.3
+    at.radio(key="alloc_mapping").set_value("matrix").run()
+    expected = alloc.alphapruning(at.session_state[ANALYSIS].prunable, 0.7, 0.3, mapping="matrix")
+    assert expected.clipped == ("model.layers.10.self_attn.v_proj", "model.layers.23.self_attn.o_proj")
+    _check_matrix_mapping(at, expected)
+
+
+# --- epsilon only where it applies -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "owl", "list"])
+def test_config_records_no_epsilon_outside_alphapruning(allocation):
+    config = PruneConfig(allocation=allocation, epsilon=0.3, block_list=(0.5,) if allocation == "list" else None)
+    assert config.to_dict()["epsilon"] is None
+    assert PruneConfig(allocation="alphapruning", epsilon=0.3).to_dict()["epsilon"] == 0.3
+
+
+def test_uniform_run_shows_no_epsilon_in_cli_exports_and_runs_page(tiny_folder, tmp_path, store):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    data = ["--calib", str(corpus), "--eval", str(corpus), "--calib-samples", "4", "--seqlen", "32"]
+    data += ["--eval-windows", "4", "--pruner", "magnitude", "--sparsity", "0.5", "--model", tiny_folder]
+    assert main(["prune", "--allocation", "uniform", *data]) == 0
+    assert main(["prune", "--allocation", "alphapruning", "--epsilon", "0.2", *data]) == 0
+    uniform, alpha = store.list()
+    assert uniform.settings["epsilon"] is None and alpha.settings["epsilon"] == 0.2
+    assert main(["runs", "--export", str(tmp_path / "runs.json")]) == 0
+    exported = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["settings"]["epsilon"] for r in exported] == [None, 0.2]
+    # a record from before the fix, a uniform run stored with the default epsilon
+    store.add(RunRecord(kind="prune", model="old", settings={"allocation": "uniform", "epsilon": 0.3}))
+    at = _app()
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    table = at.dataframe[0].value.set_index("id")
+    epsilons = table["epsilon"].tolist()
+    assert epsilons[1] == 0.2 and all(e != e or e is None for e in (epsilons[0], epsilons[2]))  # NaN / None
+
+
+# --- Runs page ---------------------------------------------------------------------------------------------------
+
+
+def _two_models(store: RunStore) -> None:
+    for model, dense, ppls in (("m-small", 20.0, (30.0, 45.0)), ("m-big", 9.0, (12.0, 15.0))):
+        for sparsity, ppl in zip((0.5, 0.6), ppls, strict=True):
+            settings = {"pruner": "wanda", "allocation": "uniform", "sparsity": sparsity}
+            store.add(RunRecord(kind="prune", model=model, settings=settings, ppl_before=dense, ppl_after=ppl))
+    store.add(RunRecord(kind="eval", model="m-big", ppl_before=9.0))
+
+
+def _runs_page(store: RunStore) -> AppTest:
+    _two_models(store)
+    at = _app()
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    return at
+
+
+def test_runs_chart_keeps_models_apart_on_a_clean_log_axis(store):
+    figure = _chart(_runs_page(store), "runs_sparsity_chart")
+    assert sorted(t["legendgroup"] for t in figure["data"]) == ["m-big", "m-small"]  # a line per model
+    dense = {s["legendgroup"]: s["y0"] for s in figure["layout"]["shapes"]}
+    assert dense == {"m-small": 20.0, "m-big": 9.0}  # a dense line per model
+    axis = figure["layout"]["yaxis"]
+    assert axis["type"] == "log" and axis["ticktext"] == ["5", "10", "20", "50"]
+
+
+def test_runs_chart_title_follows_the_kind_filter(store):
+    at = _runs_page(store)
+    at.multiselect(key="runs_kinds").set_value(["eval"]).run()
+    _no_errors(at)
+    title = _chart(at, "runs_sparsity_chart")["layout"]["title"]["text"]
+    assert title == "No prune runs among the 1 runs in this view (kinds: eval)"
+
+
+def test_deleting_runs_needs_a_confirmation(store):
+    at = _runs_page(store)
+    first, second = (r.id for r in store.list()[:2])
+    at.multiselect(key="runs_delete_ids").set_value([first, second]).run()
+    at.button(key="runs_delete").click().run()  # one click: nothing happens but a hint
+    _no_errors(at)
+    assert len(store.list()) == 5 and "Nothing deleted" in at.warning[0].value
+    at.checkbox(key="runs_delete_confirm").check().run()
+    at.button(key="runs_delete").click().run()
+    _no_errors(at)
+    assert [r.id for r in store.list()][:2] != [first, second] and len(store.list()) == 3
+    assert at.multiselect(key="runs_delete_ids").value == [] and not at.checkbox  # nothing left armed
+    assert first not in at.dataframe[0].value["id"].tolist()
