@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 
 import numpy as np
 import pytest
@@ -257,24 +256,6 @@ def test_allocation_figure_flags_clipped_blocks():
     assert fig.layout.shapes[0].y0 == 0.7  # target from the allocation when not given
     assert fig.layout.yaxis.range[0] == 0 and fig.layout.yaxis.range[1] > 1.1  # the raw 1.1 stays visible
     assert fig.layout.barmode == "overlay"  # disjoint traces: no group offsets
-
-
-def test_allocation_figure_is_cheap():
-    blocks = np.repeat(np.arange(30), 7)
-    rng = np.random.default_rng(0)
-    n = len(blocks)
-    alloc = Allocation(
-        method="alphapruning", target=0.7, names=tuple(f"m{i}" for i in range(n)), blocks=tuple(blocks.tolist()),
-        params=tuple([100] * n), sparsities=tuple(rng.uniform(0.5, 0.9, n)), raw=tuple(rng.uniform(0.5, 1.1, n)),
-        ceiling=0.99, clipped=("m3", "m50"),
-    )  # fmt: skip
-    plots.allocation_figure(alloc)  # warm up plotly's validators
-    start = time.perf_counter()
-    for _ in range(5):
-        plots.allocation_figure(alloc, 0.7)
-    per_call = (time.perf_counter() - start) / 5
-    print(f"allocation_figure, 30 blocks: {per_call * 1e3:.1f} ms")
-    assert per_call < 0.05
 
 
 def test_allocation_figure_uniform(result):
