@@ -132,6 +132,7 @@ class PruneResult:
     epsilon_search: tuple[tuple[float, float], ...] = ()  # (epsilon, held-out perplexity)
     model: nn.Module | None = field(default=None, repr=False)
     windows_measured: int | None = None  # evaluation windows actually used (the text may hold fewer)
+    dense_fingerprint_after: str | None = None  # the dense model's, measured again after pruning
 
     def record(self, sweep: str | None = None):
         """The run-history record of this run (alphaprune/runs.py)."""
@@ -140,6 +141,7 @@ class PruneResult:
         settings = self.config.to_dict()
         settings["clipped"] = list(self.allocation.clipped)
         settings["eval_windows_measured"] = self.windows_measured
+        settings["dense_fingerprint_after"] = self.dense_fingerprint_after
         if self.model is not None:  # rounding differs across devices: part of what was measured
             settings["device"] = str(next(self.model.parameters()).device)
         if self.epsilon_search:
@@ -376,6 +378,7 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     ppl_after = perplexity(pruned, eval_windows, config.batch_size, _stage(progress, 0.8, 1.0, "perplexity"))
     seconds["eval_after"] = time.perf_counter() - t
     actual, per_matrix = measured_sparsity(pruned)
+    fp_after = _check_intact(model, fp)
     seconds["total"] = time.perf_counter() - clock
     return PruneResult(
         loaded.name,
@@ -390,7 +393,23 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
         search,
         pruned,
         windows_measured=len(eval_windows),
+        dense_fingerprint_after=fp_after,
     )
+
+
+def _check_intact(model: nn.Module, fp_before: str) -> str:
+    """The dense model's fingerprint now; UserError if it is not the one the run started from.
+
+    The dense model may be shared (the app's sessions share one cached copy), and only a
+    deep copy is pruned: a changed fingerprint means something wrote to it meanwhile, and
+    the run's numbers are not to be trusted or stored (~0.2 s for SmolLM2-135M)."""
+    fp_after = fingerprint(model)
+    if fp_after != fp_before:
+        raise UserError(
+            f"the dense model's weights changed while pruning (fingerprint {fp_before[:12]} -> {fp_after[:12]}); "
+            "the run is not stored: load the model again and rerun"
+        )
+    return fp_after
 
 
 def run_eval(loaded, source: str, seqlen: int, windows: int | None, batch_size: int = 1, progress=None):
