@@ -30,7 +30,7 @@ spec, name, trust = DEFAULT_MODEL, None, False
 if source == MODEL_SOURCES[1]:
     spec = st.text_input(
         "Model", DEFAULT_MODEL, key="model_spec", help="e.g. HuggingFaceTB/SmolLM2-135M, ./my-model, model.gguf", **KEEP
-    )
+    ).strip()
     trust = st.checkbox(
         "Trust remote code",
         key="model_trust",

@@ -103,7 +103,7 @@ def _run() -> list[str]:
         try:
             result = run_prune(loaded, _config(), analysis, staged_progress())
         except Exception as exc:
-            status.update(label="Pruning failed: nothing was measured or stored", state="error", expanded=False)
+            status.update(label="Pruning failed; no run was stored", state="error", expanded=False)
             return [failure(exc, "pruning")]
         errors, run_id = [], None
         try:
@@ -112,7 +112,8 @@ def _run() -> list[str]:
             errors.append(failure(exc, "storing the run", "the result below is kept in this session only"))
         if analysis is not None:
             status.update(label="Measured; spectra of the pruned model ...")
-            errors += [e for e in [_spectra_of_pruned(result, run_id)] if e]
+            error = _spectra_of_pruned(result, run_id)
+            errors += [error] if error else []
         stored = f"run {run_id}" if run_id else "not stored"
         state = "error" if errors else "complete"
         status.update(label=f"Done in {result.seconds['total']:.0f} s ({stored})", state=state, expanded=False)
@@ -120,6 +121,7 @@ def _run() -> list[str]:
 
 
 def _config():
+    """The run the widgets describe."""
     return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed)
 
 

@@ -102,7 +102,7 @@ def test_model_caption_has_the_fingerprint_measured_once_per_model(tiny_folder, 
 
 def test_a_cached_reload_shows_the_time_of_this_press(tiny_folder):
     at = load(app(), str(tiny_folder))
-    assert "Loaded read," in captions(at)
+    assert "Loaded from the files," in captions(at)
     at.button(key="load").click().run()
     no_errors(at)
     assert "Loaded from memory," in captions(at)
@@ -115,7 +115,7 @@ def test_load_reports_the_stage_and_the_elapsed_time(tiny_folder):
     loaded, info = session.load(str(tiny_folder), False, None, messages.append)
     assert messages[0] == "locating"
     assert messages[1].startswith("reading the weights ... ") and messages[1].endswith(" s")
-    assert info.how == "read" and loaded.source == "folder"
+    assert info.how == "from the files" and loaded.source == "folder"
 
 
 def test_a_failed_load_is_shown_as_such_and_the_old_model_stays(tiny_folder):

@@ -120,7 +120,7 @@ class LoadInfo:
     """How one press on Load went (the cached model keeps the time of its first load only)."""
 
     seconds: float
-    how: str  # "from memory" | "from the disk cache" | "dequantized" | "read"
+    how: str  # "from memory" | "from the disk cache" | "by dequantizing the GGUF file" | "from the files"
     origin: str  # where the weights came from, in words
 
 
@@ -182,7 +182,7 @@ def load(spec: str, trust: bool, name: str | None, report: Callable[[str], None]
     elif loaded.from_cache:
         how = "from the disk cache"
     else:
-        how = "dequantized" if source in ("bundled", "gguf") else "read"
+        how = "by dequantizing the GGUF file" if source in ("bundled", "gguf") else "from the files"
     origin = f"the upload `{name}`" if name else f"{loaded.source} `{loaded.location}`"
     return loaded, LoadInfo(time.perf_counter() - start, how, origin)
 
