@@ -32,7 +32,7 @@ browser:
 		|| echo "NOTE: could not install chromium (needs root and Debian's packages): the browser test will be skipped"; }
 
 run: setup
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 \
+	$(VENV)/bin/streamlit run app.py --server.address $(or $(ADDRESS),127.0.0.1) --server.port 8501 \
 		--server.headless true --browser.gatherUsageStats false
 
 test: setup browser

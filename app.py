@@ -1,7 +1,9 @@
 """alphaprune web app: `make run`, then open http://127.0.0.1:8501.
 
 Entry point: page navigation, the session defaults and a sidebar showing what is loaded.
-Pages (in pages/) stay thin: widgets, then calls into the alphaprune library.
+Pages (in pages/) stay thin: widgets, then calls into alphaprune/ui/session.py and the
+library. The server listens on 127.0.0.1 only and takes uploads up to server.maxUploadSize
+(.streamlit/config.toml); `make run ADDRESS=0.0.0.0` serves the network.
 """
 
 import streamlit as st
@@ -24,13 +26,12 @@ pages = {
     "Learn": [st.Page("pages/about.py", title="About", icon=":material/school:")],
 }
 page = st.navigation(pages)
-
-status = st.sidebar.container()  # filled after the page ran, so it shows this run's results
+status = st.sidebar.empty()
 
 
 def _sidebar_status() -> None:
     loaded, analysis, result = (st.session_state.get(k) for k in (MODEL, ANALYSIS, RESULT))
-    with status:
+    with status.container():
         st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
         if analysis is not None:
             st.caption(f"Analysed: {len(analysis.prunable)} prunable matrices")
@@ -38,7 +39,8 @@ def _sidebar_status() -> None:
             st.caption(f"Last prune: {result.ppl_before:.2f} -> {result.ppl_after:.2f} perplexity")
 
 
-try:
-    page.run()
-finally:  # also when a page stops early (st.stop)
-    _sidebar_status()
+# Drawn before the page, so it stays when the page stops early (st.stop ends the whole run,
+# a `finally` after it draws nothing), and again after it, with what this run loaded.
+_sidebar_status()
+page.run()
+_sidebar_status()

@@ -7,63 +7,86 @@ from alphaprune.models import DEFAULT_MODEL
 from alphaprune.report import model_summary
 from alphaprune.ui.session import (
     ANALYSIS,
+    LOAD_INFO,
     MODEL,
-    MODEL_SPEC,
-    OUTLIERS,
-    PRUNED_ANALYSIS,
-    RESULT,
-    cached_model,
+    MODEL_SOURCES,
+    adopt_model,
+    dense_fingerprint,
+    failure,
+    load,
+    model_upload,
     progress_callback,
     run_analysis,
-    unpack_model_upload,
+    say,
+    upload_limit_mb,
 )
 
 st.title("Model")
 st.caption("Load a causal language model and measure the spectrum of every weight matrix.")
 
-source = st.radio(
-    "Source",
-    ["Bundled SmolLM2-135M", "Hub id, folder or .gguf path", "Upload (.gguf or .zip of a model folder)"],
-    key="model_source",
-    horizontal=True,
-)
-spec = DEFAULT_MODEL
-if source.startswith("Hub"):
-    spec = st.text_input("Model", key=MODEL_SPEC, help="e.g. HuggingFaceTB/SmolLM2-135M, ./my-model, model.gguf")
-elif source.startswith("Upload"):
+KEEP = {"persist_state": "session"}  # the value survives a page switch
+source = st.radio("Source", MODEL_SOURCES, key="model_source", horizontal=True, **KEEP)
+spec, name, trust = DEFAULT_MODEL, None, False
+if source == MODEL_SOURCES[1]:
+    spec = st.text_input(
+        "Model", DEFAULT_MODEL, key="model_spec", help="e.g. HuggingFaceTB/SmolLM2-135M, ./my-model, model.gguf", **KEEP
+    ).strip()
+    trust = st.checkbox(
+        "Trust remote code",
+        key="model_trust",
+        help="let a hub model or folder run its own Python code (off by default)",
+    )
+    if trust:
+        st.warning(
+            "**Trust remote code** is on: loading runs the model's own Python code on this machine; "
+            "turn it on only for models you trust."
+        )
+elif source == MODEL_SOURCES[2]:
     upload = st.file_uploader("Model file", type=["gguf", "zip"], key="model_upload")
+    st.caption(
+        f"Up to {upload_limit_mb()} MB (server.maxUploadSize in .streamlit/config.toml); for a larger file give "
+        f"its path under **{MODEL_SOURCES[1]}**. An uploaded folder's own code is never run."
+    )
     spec = None
     if upload is not None:
         try:
-            spec = unpack_model_upload(upload)
+            spec, name = model_upload(upload)
         except UserError as exc:
-            st.error(str(exc))
+            st.error(say(exc))
 
 
-def _load_and_analyse(spec: str) -> None:
-    with st.status(f"Loading {spec} ...", expanded=True) as status:
+def _load_and_analyse(spec: str, name: str | None, trust: bool) -> str | None:
+    """Load and analyse; the one-line error of whatever failed, None when all went well."""
+    what = name or spec
+    with st.status(f"Loading {what} ...", expanded=True) as status:
         try:
-            loaded = cached_model(spec)
-            status.update(label=f"Loaded in {loaded.seconds_load:.1f} s; computing spectra ...")
-            bar = st.progress(0.0, text="spectra")
-            result = run_analysis(loaded, progress_callback(bar))
-        except UserError as exc:
-            status.update(label="Failed", state="error")
-            st.error(str(exc))
-            return
-        if st.session_state.get(MODEL) is not loaded:  # a new model: results of the old one go
-            for key in (OUTLIERS, RESULT, PRUNED_ANALYSIS):
-                st.session_state[key] = None
-        st.session_state[MODEL], st.session_state[ANALYSIS] = loaded, result
-        cached = " (from cache)" if result.from_cache else ""
-        status.update(label=f"Analysed {len(result.layers)} matrices in {result.seconds_analysis:.2f} s{cached}")
-        status.update(state="complete")
+            loaded, info = load(spec, trust, name, lambda msg: status.update(label=f"Loading {what}: {msg}"))
+        except Exception as exc:
+            status.update(label=f"Could not load {what}", state="error", expanded=False)
+            return failure(exc, f"loading {what}")
+        adopt_model(loaded, info)
+        status.update(label=f"Loaded {info.how} in {info.seconds:.1f} s; computing spectra ...")
+        try:
+            analysis = run_analysis(loaded, progress_callback(st.progress(0.0, text="spectra")))
+        except Exception as exc:
+            status.update(label=f"Loaded {what}; its spectra failed", state="error", expanded=False)
+            return failure(exc, "computing the spectra", "the model is loaded; press **Load and analyse** to try again")
+        st.session_state[ANALYSIS] = analysis
+        cached = " (from cache)" if analysis.from_cache else ""
+        status.update(label=f"Analysed {len(analysis.layers)} matrices in {analysis.seconds_analysis:.2f} s{cached}")
+        status.update(state="complete", expanded=False)
+    return None
 
 
+previous = st.session_state.get(MODEL)
 if st.button("Load and analyse", key="load", type="primary", disabled=not spec):
-    _load_and_analyse(spec)
+    error = _load_and_analyse(spec, name, trust)
+    if error:
+        st.error(error)
+        if previous is not None and st.session_state.get(MODEL) is previous:
+            st.warning(f"Still loaded: **{previous.name}**, the model below; {name or spec} was not loaded.")
 
-loaded, analysis = st.session_state.get(MODEL), st.session_state.get(ANALYSIS)
+loaded, analysis, info = (st.session_state.get(k) for k in (MODEL, ANALYSIS, LOAD_INFO))
 if loaded is None:
     st.info("Press **Load and analyse**. The bundled SmolLM2-135M takes ~30 s the very first time, ~3 s after.")
     st.stop()
@@ -75,13 +98,14 @@ cols[0].metric("Blocks", summary["blocks"])
 cols[1].metric("Parameters", f"{summary['params'] / 1e6:.1f} M")
 cols[2].metric("Prunable", f"{summary['prunable_params'] / 1e6:.1f} M")
 cols[3].metric("Weights in memory", f"{summary['memory_bytes'] / 2**20:.0f} MiB")
-cols[4].metric("Load time", f"{loaded.seconds_load:.1f} s" + (" (cache)" if loaded.from_cache else ""))
+cols[4].metric("Load time", f"{info.seconds:.1f} s", help="what the last press on Load took")
 st.caption(
-    f"{summary['architecture']} ({summary['model_type']}): {summary['blocks']} blocks at `{summary['blocks_path']}`, "
-    f"hidden size {summary['hidden_size']}, {summary['heads']} attention heads, vocabulary {summary['vocab_size']}, "
-    f"context {summary['context']}; {loaded.dtype} on {loaded.device}, from {loaded.source} `{loaded.location}`. "
-    "Pruning holds a second copy of the weights."
+    f"Loaded {info.how}, {info.seconds:.1f} s. {summary['architecture']} ({summary['model_type']}): "
+    f"{summary['blocks']} blocks at `{summary['blocks_path']}`, hidden size {summary['hidden_size']}, "
+    f"{summary['heads']} attention heads, vocabulary {summary['vocab_size']}, context {summary['context']}; "
+    f"{loaded.dtype} on {loaded.device}, from {info.origin}. Pruning holds a second copy of the weights."
 )
+st.caption(f"Dense weights fingerprint `{dense_fingerprint(loaded)}` (pruning works on a copy: it never changes).")
 st.dataframe(summary["kinds"], hide_index=True, key="kinds_table")
 if analysis is not None:
     cached = " (read from the cache)" if analysis.from_cache else ""

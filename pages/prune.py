@@ -1,15 +1,15 @@
 """Prune & evaluate page: prune a copy with the chosen allocation, compare it with the dense model."""
 
+from pathlib import Path
+
 import streamlit as st
 
-from alphaprune.analysis import analyze
 from alphaprune.errors import UserError
 from alphaprune.export import save_pruned
 from alphaprune.generate import generate
-from alphaprune.pipeline import PruneConfig, run_prune
+from alphaprune.pipeline import run_prune
 from alphaprune.plots import before_after_figure
 from alphaprune.pruners import PATTERNS, PRUNERS
-from alphaprune.runs import RunStore
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
@@ -17,98 +17,133 @@ from alphaprune.ui.session import (
     MODEL,
     PRUNED_ANALYSIS,
     RESULT,
+    RUN_ID,
+    TEXT_SOURCES,
+    allocation_words,
+    failure,
+    keep_result,
+    nm_override,
+    prune_config,
+    pruned_spectra,
     require,
-    save_upload,
+    say,
+    shown,
     staged_progress,
+    text_upload,
+    upload_limit_mb,
 )
 
 st.title("Prune & evaluate")
 loaded = require(MODEL, "Load a model first.")
 analysis = st.session_state.get(ANALYSIS)
 alloc = st.session_state[ALLOC]
-SOURCES = ("python-docs", "wikitext2", "upload a text file")
+KEEP = {"persist_state": "session"}  # the value survives a page switch
 
 
 def _text_source(label: str, key: str) -> str | None:
-    choice = st.selectbox(label, SOURCES, key=key, help="python-docs works offline; wikitext2 needs the network")
-    if choice != "upload a text file":
+    """A text source: a named one, a file path or an upload (the last upload is remembered)."""
+    choice = st.selectbox(
+        label, TEXT_SOURCES, key=key, help="python-docs works offline; wikitext2 needs the network", **KEEP
+    )
+    if choice == TEXT_SOURCES[2]:
+        return st.text_input(f"{label} path", key=f"{key}_path", placeholder="path/to/text.txt", **KEEP).strip() or None
+    if choice != TEXT_SOURCES[3]:
         return choice
     upload = st.file_uploader(f"{label} file (UTF-8)", type=["txt", "raw", "md"], key=f"{key}_file")
-    return str(save_upload(upload, "texts")) if upload is not None else None
-
-
-describe = f"{alloc['method']} at {alloc['sparsity']:g}"
-if alloc["method"] == "alphapruning":
-    describe += f", epsilon {alloc['epsilon']:g}, {alloc['metric']}, {alloc['mapping']} mapping"
-st.caption(f"Allocation (set on the Allocation page): {describe}; ceiling {alloc['ceiling']:g}.")
-
-with st.form("prune_form"):
-    left, right = st.columns(2)
-    pruner = left.selectbox("Pruner", PRUNERS, index=1, key="prune_pruner")
-    pattern = right.selectbox("Pattern", PATTERNS, key="prune_pattern", help="N:M removes N of every M weights")
-    left, right = st.columns(2)
-    with left:
-        calib = _text_source("Calibration text", "prune_calib")
-    with right:
-        evaluation = _text_source("Evaluation text", "prune_eval")
-    cols = st.columns(4)
-    samples = cols[0].number_input("Calibration samples", 1, 512, 16, key="prune_samples")
-    seqlen = cols[1].number_input("Sequence length", 16, 8192, 256, 16, key="prune_seqlen")
-    windows = cols[2].number_input("Evaluation windows", 1, 1024, 8, key="prune_windows")
-    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="prune_seed")
-    submitted = st.form_submit_button("Prune and evaluate", type="primary")
-
-
-def _config() -> PruneConfig:
-    nm_sparsity = {"2:4": 0.5, "4:8": 0.5}.get(pattern)
-    return PruneConfig(
-        sparsity=nm_sparsity or alloc["sparsity"],
-        pruner=pruner,
-        allocation="uniform" if nm_sparsity else alloc["method"],
-        epsilon=alloc["epsilon"],
-        metric=alloc["metric"],
-        mapping=alloc["mapping"],
-        pattern=pattern,
-        owl_m=alloc["owl_m"],
-        owl_lambda=alloc["owl_lambda"],
-        ceiling=alloc["ceiling"],
-        calib=calib or "",
-        calib_samples=int(samples),
-        seqlen=int(seqlen),
-        seed=int(seed),
-        eval=evaluation or "",
-        eval_windows=int(windows),
-    )
-
-
-def _run() -> None:
-    if not calib or not evaluation:
-        st.error("Choose or upload both texts first.")
-        return
-    with st.status("Pruning ...", expanded=True) as status:
-        progress = staged_progress()
+    st.caption(f"Up to {upload_limit_mb()} MB; for a larger file choose **{TEXT_SOURCES[2]}**.")
+    if upload is not None:
         try:
-            result = run_prune(loaded, _config(), analysis, progress)
-            progress(1.0, "spectra of the pruned model: analysing")
-            pruned_analysis = analyze(result.model, f"{loaded.name} (pruned)", use_cache=False)
-            run_id = RunStore().add(result.record())
+            st.session_state[f"{key}_upload"] = text_upload(upload)
         except UserError as exc:
-            status.update(label="Failed", state="error")
-            st.error(str(exc))
-            return
-        st.session_state[RESULT], st.session_state[PRUNED_ANALYSIS] = result, pruned_analysis
-        st.session_state[GENERATIONS] = None
-        status.update(label=f"Done in {result.seconds['total']:.0f} s (run {run_id})", state="complete")
+            st.error(say(exc))
+            return None
+    path = st.session_state.get(f"{key}_upload")
+    if upload is None and path:
+        st.caption(f"Using {shown(path)}; upload another file to replace it.")
+    return path
 
 
+left, right = st.columns(2)
+pruner = left.selectbox("Pruner", PRUNERS, index=PRUNERS.index("wanda"), key="prune_pruner", **KEEP)
+pattern = right.selectbox("Pattern", PATTERNS, key="prune_pattern", help="N:M removes N of every M weights", **KEEP)
+override = nm_override(alloc, pattern)
+if override:
+    st.caption(f"Allocation: uniform, pattern {pattern} (not the Allocation page's {allocation_words(alloc)}).")
+    st.warning(override)
+else:
+    st.caption(f"Allocation (set on the Allocation page): {allocation_words(alloc)}.")
+left, right = st.columns(2)
+with left:
+    calib = _text_source("Calibration text", "prune_calib")
+with right:
+    evaluation = _text_source("Evaluation text", "prune_eval")
+cols = st.columns(4)
+samples = cols[0].number_input("Calibration samples", 1, 512, 16, key="prune_samples", **KEEP)
+seqlen = cols[1].number_input("Sequence length", 16, 8192, 256, 16, key="prune_seqlen", **KEEP)
+windows = cols[2].number_input("Evaluation windows", 1, 1024, 8, key="prune_windows", **KEEP)
+seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="prune_seed", **KEEP)
+submitted = st.button("Prune and evaluate", key="prune_button", type="primary")
+
+
+def _spectra_of_pruned(result, run_id) -> str | None:
+    """The optional before/after spectra; the one-line error if they fail (the run stays)."""
+    try:
+        pruned_spectra(result, loaded.name)
+    except Exception as exc:
+        kept = f"the perplexities are kept (run {run_id})" if run_id else "the perplexities are kept"
+        return failure(
+            exc, "measuring the spectra of the pruned model", f"{kept}; press **Measure the spectra** to retry"
+        )
+    return None
+
+
+def _run() -> list[str]:
+    """Prune, keep the result, store it, then the optional steps; the errors of what failed."""
+    with st.status("Pruning ...", expanded=True) as status:
+        try:
+            result = run_prune(loaded, _config(), analysis, staged_progress())
+        except Exception as exc:
+            status.update(label="Pruning failed; no run was stored", state="error", expanded=False)
+            return [failure(exc, "pruning")]
+        errors, run_id = [], None
+        try:
+            run_id = keep_result(result)
+        except Exception as exc:
+            errors.append(failure(exc, "storing the run", "the result below is kept in this session only"))
+        if analysis is not None:
+            status.update(label="Measured; spectra of the pruned model ...")
+            error = _spectra_of_pruned(result, run_id)
+            errors += [error] if error else []
+        stored = f"run {run_id}" if run_id else "not stored"
+        state = "error" if errors else "complete"
+        status.update(label=f"Done in {result.seconds['total']:.0f} s ({stored})", state=state, expanded=False)
+    return errors
+
+
+def _config():
+    """The run the widgets describe."""
+    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed)
+
+
+previous = st.session_state.get(RESULT)
 if submitted:
-    _run()
+    if not calib or not evaluation:
+        st.error("A text is missing: choose a source, or give a path or an upload, for both texts.")
+    else:
+        for message in _run():
+            st.error(message)
+        if previous is not None and st.session_state.get(RESULT) is previous:
+            st.warning(
+                f"The result below is from the previous run (run {st.session_state.get(RUN_ID)}), not these settings."
+            )
 
 result = st.session_state.get(RESULT)
 if result is None:
     st.info("Set the options and press **Prune and evaluate**. The dense model you loaded is never changed.")
     st.stop()
 
+run_id = st.session_state.get(RUN_ID)
+st.subheader(f"Run {run_id}" if run_id else "Result (not stored)")
 cols = st.columns(4)
 cols[0].metric("Perplexity, dense", f"{result.ppl_before:.2f}")
 cols[1].metric(
@@ -116,17 +151,26 @@ cols[1].metric(
 )
 cols[2].metric("Actual sparsity", f"{result.actual_sparsity:.4f}")
 cols[3].metric("Time", f"{result.seconds['total']:.0f} s")
+config = result.config
+measured = result.windows_measured or config.eval_windows
+fewer = f" (the text holds no more of the {config.eval_windows} asked for)" if measured < config.eval_windows else ""
 st.caption(
-    f"{result.config.pruner}, {result.config.allocation}, {result.config.pattern}; calibration "
-    f"{result.config.calib_samples} x {result.config.seqlen} tokens of {result.config.calib}; evaluation "
-    f"{result.config.eval_windows} windows of {result.config.eval}."
+    f"{config.pruner}, {config.allocation} at {config.sparsity:g}, {config.pattern}; calibration "
+    f"{config.calib_samples} x {config.seqlen} tokens of {shown(config.calib)}; evaluation "
+    f"{measured} windows{fewer} of {config.seqlen} tokens of {shown(config.eval)}."
 )
 pruned_analysis = st.session_state.get(PRUNED_ANALYSIS)
 if analysis is not None and pruned_analysis is not None:
     st.plotly_chart(before_after_figure(analysis, pruned_analysis), key="before_after_chart", width="stretch")
+elif analysis is not None and st.button("Measure the spectra", key="pruned_spectra_button"):
+    error = _spectra_of_pruned(result, run_id)
+    if error:
+        st.error(error)
+    else:
+        st.rerun()
 
 st.subheader("Dense and pruned, same prompt")
-prompt = st.text_input("Prompt", "The capital of France is", key="gen_prompt")
+prompt = st.text_input("Prompt", "The capital of France is", key="gen_prompt", **KEEP)
 if st.button("Generate", key="gen_button"):
     with st.spinner("Generating ..."):
         try:
@@ -134,8 +178,8 @@ if st.button("Generate", key="gen_button"):
                 generate(loaded.model, loaded.tokenizer, prompt),
                 generate(result.model, loaded.tokenizer, prompt),
             )
-        except UserError as exc:
-            st.error(str(exc))
+        except Exception as exc:
+            st.error(failure(exc, "generating"))
 if st.session_state.get(GENERATIONS):
     left, right = st.columns(2)
     left.markdown("**Dense**")
@@ -144,14 +188,17 @@ if st.session_state.get(GENERATIONS):
     right.write(st.session_state[GENERATIONS][1])
 
 st.subheader("Save")
-folder = st.text_input("Folder", "pruned-model", key="save_folder", help="Hugging Face format + ratios + recipe")
+folder = st.text_input(
+    "Folder", "pruned-model", key="save_folder", help="Hugging Face format + ratios + recipe", **KEEP
+)
+st.caption(f"Writes to `{Path(folder).expanduser().resolve()}` (a relative folder is relative to `{Path.cwd()}`).")
 if st.button("Save the pruned model", key="save_button"):
     meta = {"model": loaded.name, "ppl_before": result.ppl_before, "ppl_after": result.ppl_after}
-    meta.update(result.config.to_dict())
+    meta.update(config.to_dict())
     try:
         path = save_pruned(
             result.model, loaded.tokenizer, folder, result.allocation.ratios, result.allocation.block_ratios, meta
         )
-        st.success(f"Saved to {path}")
-    except UserError as exc:
-        st.error(str(exc))
+        st.success(f"Saved to `{path}`")
+    except Exception as exc:
+        st.error(failure(exc, "saving"))

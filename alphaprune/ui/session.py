@@ -1,37 +1,55 @@
-"""Session state, cached resources and small UI helpers shared by the app's pages.
+"""Session state, cached resources and the logic behind the app's pages (`make run`).
 
 The one place that knows the session-state keys. Pages read:
-MODEL (LoadedModel), ANALYSIS (Analysis), ALLOC (the allocation settings dict),
-OUTLIERS (OWL outlier ratios), RESULT (PruneResult of this session), PRUNED_ANALYSIS.
+MODEL (LoadedModel), LOAD_INFO (how the last press on Load went), ANALYSIS (Analysis),
+ALLOC (the allocation settings dict), OUTLIERS (OWL outlier ratios), RESULT (PruneResult
+of this session), RUN_ID (its id in the run history), PRUNED_ANALYSIS, GENERATIONS.
 
 The dense model is a cached resource shared by every session and is never modified
 (pruning works on a deep copy held in this session's state), so one user's pruning
 never changes what another tab sees.
+
+Widget values survive a page switch: the pages create their widgets with a key and
+`persist_state="session"` (Streamlit drops other widgets' values when a run does not draw them).
+
+Uploads go through alphaprune/ui/uploads.py (size limit, safe unzip); the app shows their
+names, never the cache paths they are stored under (`say`, `shown`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import hashlib
+import logging
+import threading
+import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from alphaprune import allocation as alloc
 from alphaprune.analysis import Analysis, analyze
 from alphaprune.errors import UserError
-from alphaprune.models import DEFAULT_MODEL, LoadedModel, load_model
-from alphaprune.paths import cache_dir
+from alphaprune.models import LoadedModel, load_model, resolve_spec
+from alphaprune.pipeline import PruneConfig, fingerprint
+from alphaprune.pruners import parse_pattern
+from alphaprune.runs import RunStore
+from alphaprune.ui import uploads
 
-MODEL_SPEC = "model_spec"
 MODEL = "loaded_model"
+LOAD_INFO = "load_info"
 ANALYSIS = "analysis"
 ALLOC = "allocation_settings"
 OUTLIERS = "owl_outliers"
 RESULT = "prune_result"
+RUN_ID = "prune_run_id"
 PRUNED_ANALYSIS = "pruned_analysis"
 GENERATIONS = "generations"
+FINGERPRINT = "dense_fingerprint"  # (model object, short hex)
+UPLOADS = "uploads"  # file id of an upload -> (model spec or text path, the name it was uploaded as)
+UPLOAD_NAMES = "upload_names"  # stored path -> the name it was uploaded as
 
 DEFAULT_ALLOC = {
     "method": "alphapruning",
@@ -43,14 +61,67 @@ DEFAULT_ALLOC = {
     "owl_m": alloc.OWL_M,
     "owl_lambda": alloc.OWL_LAMBDA,
 }
+MODEL_SOURCES = ("Bundled SmolLM2-135M", "Hub id, folder or .gguf path", "Upload (.gguf or .zip of a model folder)")
+TEXT_SOURCES = ("python-docs", "wikitext2", "a text file path", "upload a text file")
+LOAD_STAGES = {  # what load_model does for each kind of source (it reports no progress itself)
+    "bundled": "reading the GGUF file (the first load dequantizes it, ~30 s; later ones read the cache, ~3 s)",
+    "gguf": "reading the GGUF file (the first load dequantizes it; later ones read the cache)",
+    "folder": "reading the weights",
+    "hub": "fetching from the Hugging Face hub",
+}
+log = logging.getLogger(__name__)
+_worker = threading.local()  # set by cached_model's body: this call really loaded
 
 
 def init_state() -> None:
     """Defaults for every key, set once per session."""
-    st.session_state.setdefault(MODEL_SPEC, DEFAULT_MODEL)
-    for key in (MODEL, ANALYSIS, OUTLIERS, RESULT, PRUNED_ANALYSIS, GENERATIONS):
+    for key in (MODEL, LOAD_INFO, ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS, FINGERPRINT):
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(ALLOC, dict(DEFAULT_ALLOC))
+    st.session_state.setdefault(UPLOADS, {})
+    st.session_state.setdefault(UPLOAD_NAMES, {})
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+def shown(path: str) -> str:
+    """How the app names a text source or model: an upload by its own name, not its cache path."""
+    name = st.session_state.get(UPLOAD_NAMES, {}).get(path)
+    return f"{name} (uploaded)" if name else path
+
+
+def say(exc: UserError) -> str:
+    """A UserError in the app's words: widget labels, not CLI flags; uploads by their names."""
+    message = exc.render("app")
+    names = st.session_state.get(UPLOAD_NAMES, {})
+    for path in sorted(names, key=len, reverse=True):  # x.zip before the folder x it unpacks to
+        message = message.replace(path, names[path])
+    return message
+
+
+def failure(exc: Exception, what: str, then: str = "") -> str:
+    """One line for st.error: a UserError as the library words it, any other fault by its type
+    and first line (the traceback goes to the server log); `then` says what was kept."""
+    if isinstance(exc, UserError):
+        text = say(exc)
+    else:
+        log.error("%s failed", what, exc_info=exc)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        text = f"{what} failed with an internal error ({type(exc).__name__}: {first}); the server log has the details"
+    return f"{text}; {then}" if then else text
+
+
+# -- model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """How one press on Load went (the cached model keeps the time of its first load only)."""
+
+    seconds: float
+    how: str  # "from memory" | "from the disk cache" | "by dequantizing the GGUF file" | "from the files"
+    origin: str  # where the weights came from, in words
 
 
 def _freeze_heap() -> None:
@@ -64,11 +135,65 @@ def _freeze_heap() -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def cached_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+def cached_model(spec: str, trust_remote_code: bool = False, name: str | None = None) -> LoadedModel:
     """Loaded once per process and shared by every session: read-only by convention."""
-    loaded = load_model(spec, dtype=dtype, device=device)
+    loaded = load_model(spec, trust_remote_code=trust_remote_code)
+    if name is not None:  # an upload: named as the user knows it, not by its cache path
+        loaded = dataclasses.replace(loaded, name=name)
     _freeze_heap()
+    _worker.loaded = True
     return loaded
+
+
+def _load_in_thread(spec: str, trust: bool, name: str | None, tick: Callable[[float], None]):
+    """(LoadedModel, loaded now?) from cached_model, run on a worker thread so that this one
+    can report the elapsed time meanwhile: transformers gives no progress callback."""
+    box: dict = {}
+
+    def work() -> None:
+        _worker.loaded = False
+        try:
+            box["loaded"] = cached_model(spec, trust, name)
+        except Exception as exc:  # re-raised on the script's thread below
+            box["error"] = exc
+        box["fresh"] = _worker.loaded
+
+    thread = threading.Thread(target=work, name="alphaprune-load", daemon=True)
+    add_script_run_ctx(thread, get_script_run_ctx())  # the cache works as on the script's thread
+    start = time.perf_counter()
+    thread.start()
+    while thread.is_alive():
+        tick(time.perf_counter() - start)
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["loaded"], box["fresh"]
+
+
+def load(spec: str, trust: bool, name: str | None, report: Callable[[str], None]) -> tuple[LoadedModel, LoadInfo]:
+    """Load a model (cached across sessions), reporting the stage and elapsed seconds."""
+    start = time.perf_counter()
+    report("locating")
+    source, location = resolve_spec(spec)  # a bad spec fails here, at once
+    stage = LOAD_STAGES.get(source, "reading")
+    loaded, fresh = _load_in_thread(spec, trust, name, lambda s: report(f"{stage} ... {s:.0f} s"))
+    if not fresh:
+        how = "from memory"
+    elif loaded.from_cache:
+        how = "from the disk cache"
+    else:
+        how = "by dequantizing the GGUF file" if source in ("bundled", "gguf") else "from the files"
+    origin = f"the upload `{name}`" if name else f"{loaded.source} `{loaded.location}`"
+    return loaded, LoadInfo(time.perf_counter() - start, how, origin)
+
+
+def adopt_model(loaded: LoadedModel, info: LoadInfo) -> None:
+    """Make `loaded` this session's model; results of another model go."""
+    previous = st.session_state.get(MODEL)
+    if previous is None or previous.model is not loaded.model or previous.name != loaded.name:
+        for key in (ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
+            st.session_state[key] = None
+    st.session_state[MODEL], st.session_state[LOAD_INFO] = loaded, info
 
 
 def run_analysis(loaded: LoadedModel, progress: Callable[[float, str], None]) -> Analysis:
@@ -77,6 +202,118 @@ def run_analysis(loaded: LoadedModel, progress: Callable[[float, str], None]) ->
     result = analyze(loaded.model, loaded.name, device=loaded.device, progress=progress)
     _freeze_heap()
     return result
+
+
+def dense_fingerprint(loaded: LoadedModel) -> str:
+    """Short hex of the dense weights, computed once per model object and session (a new
+    session measures again, so it shows whether the shared dense model stayed intact)."""
+    known = st.session_state.get(FINGERPRINT)
+    if known is None or known[0] is not loaded.model:
+        known = (loaded.model, fingerprint(loaded.model)[:12])
+        st.session_state[FINGERPRINT] = known
+    return known[1]
+
+
+# -- uploads --------------------------------------------------------------------------
+
+
+def upload_limit_mb() -> int:
+    """The upload limit: the server's own (server.maxUploadSize), enforced here too."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+def _saved(upload, kind: str, instead: str, to_spec: Callable) -> tuple[str, str]:
+    """(path or spec, name) of an upload, stored once per upload (not hashed on every rerun)."""
+    known = st.session_state[UPLOADS].get(upload.file_id)
+    if known is not None:
+        return known
+    uploads.check_size(upload.name, upload.size, upload_limit_mb(), instead)
+    path = uploads.save_upload(upload.name, upload.getvalue(), kind)
+    spec = to_spec(path)
+    st.session_state[UPLOAD_NAMES].update({str(path): upload.name, spec: upload.name})
+    st.session_state[UPLOADS][upload.file_id] = (spec, upload.name)
+    return spec, upload.name
+
+
+def model_upload(upload) -> tuple[str, str]:
+    """(model spec, name) of an uploaded .gguf or zipped model folder; UserError if unusable."""
+    instead = f"give its path under **{MODEL_SOURCES[1]}** instead"
+    return _saved(upload, "models", instead, lambda path: uploads.model_spec(path, upload_limit_mb()))
+
+
+def text_upload(upload) -> str:
+    """The stored path of an uploaded text; UserError if over the limit."""
+    instead = f"give its path under **{TEXT_SOURCES[2]}** instead"
+    return _saved(upload, "texts", instead, str)[0]
+
+
+# -- prune ----------------------------------------------------------------------------
+
+
+def allocation_words(settings: dict) -> str:
+    """The Allocation page's choice in words, e.g. 'alphapruning at 0.7, epsilon 0.3, ...'."""
+    words = f"{settings['method']} at {settings['sparsity']:g}"
+    if settings["method"] == "alphapruning":
+        words += f", epsilon {settings['epsilon']:g}, {settings['metric']}, {settings['mapping']} mapping"
+    return f"{words}; ceiling {settings['ceiling']:g}"
+
+
+def nm_override(settings: dict, pattern: str) -> str | None:
+    """What an N:M pattern does to the chosen allocation, or None for unstructured."""
+    nm = parse_pattern(pattern)
+    if nm is None:
+        return None
+    n, m = nm
+    return (
+        f"Pattern {pattern} removes {n} of every {m} weights in every matrix, so this run is uniform at "
+        f"sparsity {n / m:g}: the Allocation page's {settings['method']} at {settings['sparsity']:g} does not apply. "
+        "Choose **unstructured** to use it."
+    )
+
+
+def prune_config(settings: dict, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed) -> PruneConfig:
+    """The run the page's widgets describe (an N:M pattern: uniform at N/M, see nm_override)."""
+    nm = parse_pattern(pattern)
+    return PruneConfig(
+        sparsity=nm[0] / nm[1] if nm else settings["sparsity"],
+        pruner=pruner,
+        allocation="uniform" if nm else settings["method"],
+        epsilon=settings["epsilon"],
+        metric=settings["metric"],
+        mapping=settings["mapping"],
+        pattern=pattern,
+        owl_m=settings["owl_m"],
+        owl_lambda=settings["owl_lambda"],
+        ceiling=settings["ceiling"],
+        calib=calib or "",
+        calib_samples=int(samples),
+        seqlen=int(seqlen),
+        seed=int(seed),
+        eval=evaluation or "",
+        eval_windows=int(windows),
+    )
+
+
+def keep_result(result) -> int:
+    """Hold a measured run in the session, then store it in the run history; its id.
+
+    Held first, so a failing store (a locked or broken database) loses nothing measured;
+    the optional steps after it (spectra of the pruned model) run on a stored run."""
+    st.session_state[RESULT] = result
+    for key in (RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
+        st.session_state[key] = None
+    st.session_state[RUN_ID] = RunStore().add(result.record())
+    return st.session_state[RUN_ID]
+
+
+def pruned_spectra(result, name: str) -> Analysis:
+    """Spectra of the pruned copy (an optional step: the page keeps the run if this fails)."""
+    pruned = analyze(result.model, f"{name} (pruned)", use_cache=False)
+    st.session_state[PRUNED_ANALYSIS] = pruned
+    return pruned
+
+
+# -- progress -------------------------------------------------------------------------
 
 
 def progress_callback(bar) -> Callable[[float, str], None]:
@@ -101,41 +338,6 @@ def staged_progress() -> Callable[[float, str], None]:
         bars[stage].progress(min(1.0, max(0.0, fraction)), text=f"{stage}: {detail}" if detail else stage)
 
     return update
-
-
-def save_upload(upload, folder: str) -> Path:
-    """An uploaded file written under the cache folder (content-addressed), its path."""
-    data = upload.getvalue()
-    digest = hashlib.sha1(data).hexdigest()[:16]
-    target = cache_dir() / "uploads" / folder / digest / Path(upload.name).name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return target
-
-
-def unpack_model_upload(upload) -> str:
-    """A .gguf upload -> its path; a .zip of a model folder -> the unpacked folder."""
-    import zipfile
-
-    path = save_upload(upload, "models")
-    if path.suffix.lower() == ".gguf":
-        return str(path)
-    if path.suffix.lower() != ".zip":
-        raise UserError(f"upload a .gguf file or a .zip of a model folder, not {path.name}")
-    folder = path.with_suffix("")
-    if not folder.exists():
-        try:
-            with zipfile.ZipFile(path) as archive:
-                archive.extractall(folder)
-        except zipfile.BadZipFile:
-            raise UserError(f"{path.name} is not a readable zip archive") from None
-    configs = sorted(folder.rglob("config.json"))
-    if not configs:
-        raise UserError(f"{path.name} holds no config.json: zip the folder save_pretrained wrote")
-    return str(configs[0].parent)
 
 
 def require(key: str, message: str) -> object:
