@@ -3,8 +3,8 @@
 Everything is written under a temporary sibling name `.NAME.PID-RANDOM.tmp` and renamed
 onto NAME at the end (a rename within one folder is atomic on POSIX and Windows). A kill
 (SIGKILL, Ctrl-C, a power cut) leaves at most such a temporary: readers never open those
-names, and the next write of the same NAME deletes the ones whose process is gone (with
-Ctrl-C the writer deletes its own on the way out).
+names, and the next write of the same NAME deletes the ones whose process is gone (POSIX;
+elsewhere they stay). With Ctrl-C the writer deletes its own on the way out.
 
     from alphaprune import atomic
     atomic.write_text(path, text)               # also write_bytes
@@ -38,7 +38,7 @@ def _temp_path(path: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill(pid, 0) sends Ctrl-C: never ask
         return True
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
