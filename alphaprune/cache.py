@@ -2,8 +2,8 @@
 
 The fingerprint is a SHA-1 over every analysed matrix's bytes (with its name and shape),
 hashed on a few threads (hashlib releases the GIL): ~0.2 s for SmolLM2-135M here. An
-entry is one `.npz` file (every eigenvalue array plus the metrics as JSON) written to a
-temporary name and renamed, so a crash never leaves half an entry.
+entry is one `.npz` file (every eigenvalue array plus the metrics as JSON) written with
+alphaprune.atomic (a temporary name, then a rename), so a kill never leaves half an entry.
 
     fp = weights_fingerprint(refs)
     entry = load_entry(key)          # None when absent or unreadable
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from alphaprune.arch import MatrixRef
+from alphaprune.atomic import atomic_file
 from alphaprune.paths import cache_dir
 
 
@@ -65,10 +66,9 @@ def save_entry(key: str, records: list[dict], evals: dict[str, np.ndarray]) -> P
     path = _entry_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         arrays = {f"ev:{name}": ev for name, ev in evals.items()}
-        np.savez(tmp, __records__=np.asarray(json.dumps(records)), **arrays)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as handle:
+            np.savez(handle, __records__=np.asarray(json.dumps(records)), **arrays)
         return path
     except OSError:
         return None

@@ -12,9 +12,10 @@ tokenizer files), `alphaprune_ratios.json` (ratios per matrix, per block, the me
 zero fraction of every matrix, and `metadata` as given) and `recipe.yaml`, a recipe with
 which llm-compressor prunes the dense model with the same layer-wise ratios.
 
-The folder appears whole or not at all: everything is written into a temporary sibling
-folder that is renamed at the end. An existing target is replaced only when it is empty or
-a previous alphaprune export (it holds `alphaprune_ratios.json`); anything else is refused.
+The folder appears whole or not at all (alphaprune.atomic): everything is written into a
+temporary sibling folder that is renamed at the end, so a kill leaves no half folder. An
+existing target is replaced only when it is empty or a previous alphaprune export (it
+holds `alphaprune_ratios.json`); anything else is refused.
 
 The recipe format follows vllm-project/llm-compressor (main branch):
 src/llmcompressor/recipe/recipe.py (`Recipe.from_dict`: top-level keys ending in
@@ -35,14 +36,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from alphaprune.atomic import atomic_folder
 from alphaprune.errors import UserError
 from alphaprune.pruners import parse_pattern
 
@@ -230,23 +230,18 @@ def save_pruned(
     }
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
         raise UserError(f"cannot write into {target.parent}: {exc.strerror or exc}") from exc
     try:
-        _save_model(model, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / RECIPE_FILE).write_text(recipe)
-        # Written last: its presence marks a complete alphaprune export.
-        (tmp / RATIOS_FILE).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
-        _publish(tmp, target)
+        with atomic_folder(target) as tmp:  # the folder appears whole or not at all
+            _save_model(model, tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            (tmp / RECIPE_FILE).write_text(recipe)
+            # Written last: its presence marks a complete alphaprune export.
+            (tmp / RATIOS_FILE).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -323,21 +318,6 @@ def _save_pretrained(model: nn.Module, folder: Path) -> None:
         model.save_pretrained(folder)  # transformers 5 always writes safetensors
     except ValueError as exc:  # e.g. a quantization method transformers cannot serialize
         raise UserError(f"cannot save this model: {str(exc).splitlines()[0][:200]}") from exc
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished folder into place; a previous export is moved aside, then deleted."""
-    old = tmp.with_name(tmp.name + ".old") if target.exists() else None
-    if old is not None:
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _jsonable(value):

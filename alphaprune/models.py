@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alphaprune import atomic
 from alphaprune.errors import UserError
 from alphaprune.paths import cache_dir
 from alphaprune.spectra import resolve_device
@@ -179,6 +180,7 @@ def _from_pretrained(location: str, dtype: torch.dtype, trust_remote_code: bool,
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, bool, str]:
     """(model, tokenizer, from_cache, folder read); dequantizes once, then reads the cache."""
     folder = _gguf_cache_folder(path)
+    atomic.clean_stale(folder)  # a killed dequantization's half-written copy (~0.5 GB)
     if (folder / "config.json").exists():
         try:
             model, tok = _from_pretrained(str(folder), dtype, False)
@@ -191,23 +193,23 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, bool,
 
 
 def _save_cache(model: nn.Module, tokenizer, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+    """Write the dequantized model as a model folder that appears whole or not at all
+    (alphaprune.atomic); a folder another process published meanwhile is kept."""
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        # save_pretrained refuses GGUF-quantized models: write the (already dequantized,
-        # float32) weights and a config without the quantization entry by hand.
-        from safetensors.torch import save_model
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_folder(folder, replace=False) as tmp:
+            # save_pretrained refuses GGUF-quantized models: write the (already dequantized,
+            # float32) weights and a config without the quantization entry by hand.
+            from safetensors.torch import save_model
 
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        config["dtype"] = "float32"
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        save_model(model, str(tmp / "model.safetensors"))
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            config["dtype"] = "float32"
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
+            save_model(model, str(tmp / "model.safetensors"))
+            tokenizer.save_pretrained(tmp)
     except OSError:  # no space or read-only cache: keep going without it
-        shutil.rmtree(tmp, ignore_errors=True)
+        pass
 
 
 def load_model(

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from alphaprune import allocation as alloc
-from alphaprune import cache, text
+from alphaprune import atomic, cache, text
 from alphaprune.arch import all_matrices, prunable_matrices
 from alphaprune.errors import UserError
 from alphaprune.paths import cache_dir
@@ -214,9 +213,7 @@ def _json_cache(name: str, key: str, compute: Callable[[], object]):
     with open(path.with_name(name + ".lock"), "w") as lock:
         _lock(lock)
         known = {**_read_json(path), key: value}
-        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(path)  # atomic: a crash leaves the old file
+        atomic.write_text(path, json.dumps(known, indent=1))  # a kill leaves the old file whole
     return value
 
 
