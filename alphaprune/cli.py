@@ -32,18 +32,25 @@ EXIT_USER_ERROR = 2
 
 
 def _progress_bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A (callback, close) pair drawing a tqdm bar on stderr."""
+    """A (callback, close) pair drawing a tqdm bar on stderr, from the first update on: a
+    run refused by its checks prints its one error line and nothing else."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
+    bars = []
 
     def update(fraction: float, message: str) -> None:
-        step = round(100 * fraction)
+        if not bars:
+            bars.append(tqdm(total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}"))
+        bar, step = bars[0], round(100 * fraction)
         if step > bar.n:  # tqdm's own rate limit applies to update(), not to refresh()
             bar.set_postfix_str(message, refresh=False)
             bar.update(step - bar.n)
 
-    return update, bar.close
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return update, close
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -116,12 +116,12 @@ def _read_file(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}): check its permissions") from None
-    if b"\0" in raw:  # valid UTF-8, yet no text has NUL bytes: an archive, a model, an image ...
-        raise UserError(f"{path} is a binary file, not text: give a UTF-8 text file")
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    if "\0" in decoded:  # valid UTF-8, yet no text holds NUL bytes: an archive, weights, an image ...
+        raise UserError(f"{path} is a binary file, not text: give a UTF-8 text file")
     return decoded.replace("\r\n", "\n").replace("\r", "\n")
 
 
