@@ -416,13 +416,14 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from alphaprune.pipeline import run_eval
+    from alphaprune.pipeline import PruneConfig, check_context, run_eval
     from alphaprune.runs import RunRecord, RunStore, library_versions
 
-    from alphaprune.pipeline import PruneConfig, check_context
-
     _check_out(args.out, (".json",))
-    PruneConfig(eval=args.eval, seqlen=args.seqlen, eval_windows=args.eval_windows, batch_size=args.batch_size).validate()
+    checked = PruneConfig(
+        eval=args.eval, seqlen=args.seqlen, eval_windows=args.eval_windows, batch_size=args.batch_size
+    )
+    checked.validate()  # the same checks and words as a prune run's
     _preflight(args, (args.eval,), store=True)
     loaded = _load(args)
     check_context(loaded.model, args.seqlen)

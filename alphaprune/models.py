@@ -30,7 +30,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from alphaprune.errors import UserError, setting
@@ -252,7 +251,7 @@ def _hub_options(repo: str) -> dict:
     else:
         return {}
     if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
-        raise UserError(f"{repo} is not in the local Hugging Face cache and {why}, or give a local folder or .gguf file")
+        raise UserError(f"{repo} is not in the local Hugging Face cache and {why}, or give a local folder or a .gguf")
     return {"local_files_only": True}
 
 

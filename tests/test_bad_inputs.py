@@ -25,9 +25,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -181,35 +181,90 @@ def _cases() -> list[Case]:
     m = "models"
     add(m, "model-unknown", ("analyze", "--model", "no-such-model"), "unknown model 'no-such-model'")
     add(m, "gguf-missing", ("analyze", "--model", "{W}/missing.gguf"), "no such GGUF file")
-    add(m, "gguf-empty", ("analyze", "--model", "{W}/empty.gguf"), "is empty, not a GGUF model",
-        setup=_write("empty.gguf", b""))
-    add(m, "gguf-garbage", ("analyze", "--model", "{W}/junk.gguf"), "is not a GGUF file",
-        setup=_write("junk.gguf", os.urandom(4096)))
+    add(
+        m,
+        "gguf-empty",
+        ("analyze", "--model", "{W}/empty.gguf"),
+        "is empty, not a GGUF model",
+        setup=_write("empty.gguf", b""),
+    )
+    add(
+        m,
+        "gguf-garbage",
+        ("analyze", "--model", "{W}/junk.gguf"),
+        "is not a GGUF file",
+        setup=_write("junk.gguf", os.urandom(4096)),
+    )
     add(m, "gguf-truncated", ("analyze", "--model", "{W}/cut.gguf"), "damaged or truncated", setup=_truncated_gguf)
-    add(m, "folder-without-config", ("analyze", "--model", "{W}"), "folder without config.json",
-        setup=_write("notes.txt", "mine"))
+    add(
+        m,
+        "folder-without-config",
+        ("analyze", "--model", "{W}"),
+        "folder without config.json",
+        setup=_write("notes.txt", "mine"),
+    )
     add(m, "config-broken", ("analyze", "--model", "{W}/model"), "config.json is broken", setup=_broken_config)
-    add(m, "config-unknown-type", ("analyze", "--model", "{W}/model"), "the folder is incomplete or broken",
-        setup=_model_folder({"model_type": "no-such-architecture"}))
-    add(m, "weights-missing", ("analyze", "--model", "{W}/model"), "has no weights (*.safetensors)",
-        setup=_model_folder({"model_type": "llama"}, weights=False))
+    add(
+        m,
+        "config-unknown-type",
+        ("analyze", "--model", "{W}/model"),
+        "the folder is incomplete or broken",
+        setup=_model_folder({"model_type": "no-such-architecture"}),
+    )
+    add(
+        m,
+        "weights-missing",
+        ("analyze", "--model", "{W}/model"),
+        "has no weights (*.safetensors)",
+        setup=_model_folder({"model_type": "llama"}, weights=False),
+    )
     add(m, "encoder-only", ("analyze", "--model", "{W}/bert"), "not a causal language model", setup=_encoder_only)
     add(m, "pickle-only", ("analyze", "--model", "{W}/pickled"), "never unpickles", setup=_pickle_only)
-    add(m, "hub-unreachable", ("analyze", "--model", "someorg/some-model"), "the Hugging Face hub cannot be reached",
-        env={**HUB_LOCAL, "HF_ENDPOINT": UNREACHABLE_HUB})
-    add(m, "hub-offline-not-cached", ("analyze", "--model", "someorg/some-model"), "HF_HUB_OFFLINE is set",
-        env={**HUB_LOCAL, "HF_HUB_OFFLINE": "1"})
-    add(m, "hub-gated", ("analyze", "--model", "someorg/gated-model"), "is gated: accept its terms",
-        env={**HUB_LOCAL, "HF_ENDPOINT": "{HUB}"})
-    add(m, "hub-private-or-missing", ("analyze", "--model", "someorg/private-model"), "or it is private",
-        env={**HUB_LOCAL, "HF_ENDPOINT": "{HUB}"})
+    add(
+        m,
+        "hub-unreachable",
+        ("analyze", "--model", "someorg/some-model"),
+        "the Hugging Face hub cannot be reached",
+        env={**HUB_LOCAL, "HF_ENDPOINT": UNREACHABLE_HUB},
+    )
+    add(
+        m,
+        "hub-offline-not-cached",
+        ("analyze", "--model", "someorg/some-model"),
+        "HF_HUB_OFFLINE is set",
+        env={**HUB_LOCAL, "HF_HUB_OFFLINE": "1"},
+    )
+    add(
+        m,
+        "hub-gated",
+        ("analyze", "--model", "someorg/gated-model"),
+        "is gated: accept its terms",
+        env={**HUB_LOCAL, "HF_ENDPOINT": "{HUB}"},
+    )
+    add(
+        m,
+        "hub-private-or-missing",
+        ("analyze", "--model", "someorg/private-model"),
+        "or it is private",
+        env={**HUB_LOCAL, "HF_ENDPOINT": "{HUB}"},
+    )
     add(m, "dtype-unknown", ("analyze", *TINY, "--dtype", "int3"), "argument --dtype: invalid choice")
     # --- devices
     d = "devices"
-    add(d, "cuda-without-cuda", ("analyze", *TINY, "--device", "cuda"), "CUDA is not available",
-        env={"CUDA_VISIBLE_DEVICES": ""})
-    add(d, "cuda-without-cuda-prune", (*PRUNE, "--device", "cuda"), "CUDA is not available",
-        env={"CUDA_VISIBLE_DEVICES": ""})
+    add(
+        d,
+        "cuda-without-cuda",
+        ("analyze", *TINY, "--device", "cuda"),
+        "CUDA is not available",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    add(
+        d,
+        "cuda-without-cuda-prune",
+        (*PRUNE, "--device", "cuda"),
+        "CUDA is not available",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     add(d, "device-unknown", ("analyze", *TINY, "--device", "tpu"), "argument --device: invalid choice")
     # --- numbers
     n = "numbers"
@@ -244,17 +299,37 @@ def _cases() -> list[Case]:
         ("block-list-missing", ("--allocation", "list"), "needs one sparsity per block: set --block-list"),
     ]:
         add(n, id, (*PRUNE, *argv), expect)
-    add(n, "block-list-length", (*PRUNE, "--allocation", "list", "--block-list", "0.5,0.5,0.5"),
-        "the list has 3 sparsities but the model has 2 blocks")
-    add(n, "eval-windows-negative", ("eval", *TINY, "--eval", "{C}", "--eval-windows", "-3"),
-        "evaluation windows must be a whole number >= 1, got -3; set --eval-windows")
-    add(n, "eval-batch-size-zero", ("eval", *TINY, "--eval", "{C}", "--batch-size", "0"),
-        "batch size must be a whole number >= 1, got 0; set --batch-size")
+    add(
+        n,
+        "block-list-length",
+        (*PRUNE, "--allocation", "list", "--block-list", "0.5,0.5,0.5"),
+        "the list has 3 sparsities but the model has 2 blocks",
+    )
+    add(
+        n,
+        "eval-windows-negative",
+        ("eval", *TINY, "--eval", "{C}", "--eval-windows", "-3"),
+        "evaluation windows must be a whole number >= 1, got -3; set --eval-windows",
+    )
+    add(
+        n,
+        "eval-batch-size-zero",
+        ("eval", *TINY, "--eval", "{C}", "--batch-size", "0"),
+        "batch size must be a whole number >= 1, got 0; set --batch-size",
+    )
     add(n, "sweep-sparsity-nan", ("sweep", *PRUNE[1:], "--sparsities", "0.5,nan"), "sparsity must be a number, not nan")
-    add(n, "sweep-epsilons-without-alphapruning", ("sweep", *PRUNE[1:], "--epsilons", "0.1,0.2"),
-        "--epsilons applies to --allocation alphapruning only")
-    add(n, "allocate-epsilon-auto", ("allocate", *TINY, "--allocation", "alphapruning", "--epsilon", "auto"),
-        "needs pruning runs to choose")
+    add(
+        n,
+        "sweep-epsilons-without-alphapruning",
+        ("sweep", *PRUNE[1:], "--epsilons", "0.1,0.2"),
+        "--epsilons applies to --allocation alphapruning only",
+    )
+    add(
+        n,
+        "allocate-epsilon-auto",
+        ("allocate", *TINY, "--allocation", "alphapruning", "--epsilon", "auto"),
+        "needs pruning runs to choose",
+    )
     # --- choices
     ch = "choices"
     add(ch, "allocation-unknown", (*PRUNE, "--allocation", "magic"), "argument --allocation: invalid choice")
@@ -262,36 +337,88 @@ def _cases() -> list[Case]:
     add(ch, "pruner-unknown", (*PRUNE, "--pruner", "obs"), "pruner must be one of magnitude, wanda, sparsegpt")
     add(ch, "pattern-unknown", (*PRUNE, "--pattern", "diagonal"), "pattern must be 'unstructured' or N:M")
     add(ch, "pattern-n-above-m", (*PRUNE, "--pattern", "4:2"), "0 < N < M must hold")
-    add(ch, "pattern-with-layer-wise", (*PRUNE, "--pattern", "2:4", "--allocation", "alphapruning"),
-        "does not apply to N:M patterns; set --allocation uniform")
+    add(
+        ch,
+        "pattern-with-layer-wise",
+        (*PRUNE, "--pattern", "2:4", "--allocation", "alphapruning"),
+        "does not apply to N:M patterns; set --allocation uniform",
+    )
     add(ch, "pattern-other-sparsity", (*PRUNE, "--pattern", "2:4", "--sparsity", "0.7"), "2:4 means sparsity 0.5")
     add(ch, "mapping-unknown", (*PRUNE, "--mapping", "layer"), "argument --mapping: invalid choice")
     add(ch, "precision-unknown", ("analyze", *TINY, "--precision", "float16"), "argument --precision: invalid choice")
     # --- texts
     t = "texts"
     prune_on = lambda *data: ("prune", *TINY, "--pruner", "wanda", "--seqlen", "32", "--calib-samples", "2", *data)  # noqa: E731
-    add(t, "eval-text-missing", prune_on("--eval", "{W}/missing.txt", "--calib", "{C}"),
-        "neither python-docs nor wikitext2 nor an existing file")
+    add(
+        t,
+        "eval-text-missing",
+        prune_on("--eval", "{W}/missing.txt", "--calib", "{C}"),
+        "neither python-docs nor wikitext2 nor an existing file",
+    )
     add(t, "calib-text-is-a-folder", prune_on("--calib", "{W}", "--eval", "{C}"), "nor an existing file")
-    add(t, "eval-text-empty", prune_on("--eval", "{W}/empty.txt", "--calib", "{C}"), "is empty; give a file",
-        setup=_write("empty.txt", ""))
-    add(t, "calib-text-blank", prune_on("--calib", "{W}/blank.txt", "--eval", "{C}"), "is empty; give a file",
-        setup=_write("blank.txt", " \n\n\t\n"))
-    add(t, "eval-text-binary", prune_on("--eval", "{W}/weights.bin", "--calib", "{C}"), "is a binary file",
-        setup=_write("weights.bin", (b"notes.txt" + bytes(91) + b"0000644\x00") * 8))  # valid UTF-8, NULs
-    add(t, "eval-text-not-utf8", prune_on("--eval", "{W}/latin1.txt", "--calib", "{C}"), "is not UTF-8 text",
-        setup=_write("latin1.txt", "caf\u00e9 cr\u00e8me ".encode("latin-1") * 20))
-    add(t, "calib-text-too-short", prune_on("--calib", "{W}/short.txt", "--eval", "{C}"),
-        "calibration text has 20 tokens, too short for a window of 32", setup=_write("short.txt", "x" * 20))
-    add(t, "eval-text-too-short", prune_on("--eval", "{W}/short.txt", "--calib", "{C}"),
-        "evaluation text has 20 tokens, too short for a window of 32", setup=_write("short.txt", "x" * 20))
-    add(t, "wikitext2-offline", prune_on("--eval", "wikitext2", "--calib", "{C}"),
-        "cannot reach the Hugging Face hub for wikitext2", env={"HF_ENDPOINT": UNREACHABLE_HUB, **HUB_LOCAL})
+    add(
+        t,
+        "eval-text-empty",
+        prune_on("--eval", "{W}/empty.txt", "--calib", "{C}"),
+        "is empty; give a file",
+        setup=_write("empty.txt", ""),
+    )
+    add(
+        t,
+        "calib-text-blank",
+        prune_on("--calib", "{W}/blank.txt", "--eval", "{C}"),
+        "is empty; give a file",
+        setup=_write("blank.txt", " \n\n\t\n"),
+    )
+    add(
+        t,
+        "eval-text-binary",
+        prune_on("--eval", "{W}/weights.bin", "--calib", "{C}"),
+        "is a binary file",
+        setup=_write("weights.bin", (b"notes.txt" + bytes(91) + b"0000644\x00") * 8),
+    )  # valid UTF-8, NULs
+    add(
+        t,
+        "eval-text-not-utf8",
+        prune_on("--eval", "{W}/latin1.txt", "--calib", "{C}"),
+        "is not UTF-8 text",
+        setup=_write("latin1.txt", "caf\u00e9 cr\u00e8me ".encode("latin-1") * 20),
+    )
+    add(
+        t,
+        "calib-text-too-short",
+        prune_on("--calib", "{W}/short.txt", "--eval", "{C}"),
+        "calibration text has 20 tokens, too short for a window of 32",
+        setup=_write("short.txt", "x" * 20),
+    )
+    add(
+        t,
+        "eval-text-too-short",
+        prune_on("--eval", "{W}/short.txt", "--calib", "{C}"),
+        "evaluation text has 20 tokens, too short for a window of 32",
+        setup=_write("short.txt", "x" * 20),
+    )
+    add(
+        t,
+        "wikitext2-offline",
+        prune_on("--eval", "wikitext2", "--calib", "{C}"),
+        "cannot reach the Hugging Face hub for wikitext2",
+        env={"HF_ENDPOINT": UNREACHABLE_HUB, **HUB_LOCAL},
+    )
     add(t, "seqlen-beyond-context", (*PRUNE, "--seqlen", "512"), "seqlen 512 exceeds the model's context of 256")
-    add(t, "seqlen-beyond-context-eval", ("eval", *TINY, "--eval", "{C}", "--seqlen", "512"),
-        "exceeds the model's context of 256 tokens; lower --seqlen")
-    add(t, "seqlen-beyond-context-real-model", ("eval", "--eval", "{C}", "--seqlen", "10000"),
-        "seqlen 10000 exceeds the model's context of 8192", slow=True)
+    add(
+        t,
+        "seqlen-beyond-context-eval",
+        ("eval", *TINY, "--eval", "{C}", "--seqlen", "512"),
+        "exceeds the model's context of 256 tokens; lower --seqlen",
+    )
+    add(
+        t,
+        "seqlen-beyond-context-real-model",
+        ("eval", "--eval", "{C}", "--seqlen", "10000"),
+        "seqlen 10000 exceeds the model's context of 8192",
+        slow=True,
+    )
     # --- the run store and output files
     r = "run store"
     add(r, "delete-unknown-id", ("runs", "--delete", "999999"), "no run with id 999999")
@@ -307,22 +434,70 @@ def _cases() -> list[Case]:
     add(r, "out-suffix", ("analyze", *TINY, "--out", "{W}/layers.txt"), "--out must end with .json or .csv")
     # --- folders
     f = "folders"
-    add(f, "data-folder-is-a-file", ("runs",), "is a file: set ALPHAPRUNE_DATA", env={"ALPHAPRUNE_DATA": "{W}/notes"},
-        setup=_write("notes", "mine"))
-    add(f, "data-folder-under-a-file", PRUNE, "lies under the file", env={"ALPHAPRUNE_DATA": "{W}/notes/data"},
-        setup=_write("notes", "mine"))
-    add(f, "data-folder-unwritable", PRUNE, "permission denied", env={"ALPHAPRUNE_DATA": "{W}/ro/data"},
-        setup=_read_only("ro"), root_skips=True)
-    add(f, "cache-folder-is-a-file", ("analyze", *TINY), "is a file: set ALPHAPRUNE_CACHE",
-        env={"ALPHAPRUNE_CACHE": "{W}/notes"}, setup=_write("notes", "mine"))
-    add(f, "cache-folder-under-a-file", PRUNE, "lies under the file", env={"ALPHAPRUNE_CACHE": "{W}/notes/cache"},
-        setup=_write("notes", "mine"))
-    add(f, "cache-folder-unwritable", ("analyze", *TINY), "permission denied", env={"ALPHAPRUNE_CACHE": "{W}/ro"},
-        setup=_read_only("ro"), root_skips=True)
-    add(f, "save-onto-a-file", (*PRUNE, "--save", "{W}/notes.txt"), "is a file: give a folder path",
-        setup=_write("notes.txt", "mine"))
-    add(f, "save-into-a-foreign-folder", (*PRUNE, "--save", "{W}/mine"), "not written by alphaprune",
-        setup=_foreign_folder)
+    add(
+        f,
+        "data-folder-is-a-file",
+        ("runs",),
+        "is a file: set ALPHAPRUNE_DATA",
+        env={"ALPHAPRUNE_DATA": "{W}/notes"},
+        setup=_write("notes", "mine"),
+    )
+    add(
+        f,
+        "data-folder-under-a-file",
+        PRUNE,
+        "lies under the file",
+        env={"ALPHAPRUNE_DATA": "{W}/notes/data"},
+        setup=_write("notes", "mine"),
+    )
+    add(
+        f,
+        "data-folder-unwritable",
+        PRUNE,
+        "permission denied",
+        env={"ALPHAPRUNE_DATA": "{W}/ro/data"},
+        setup=_read_only("ro"),
+        root_skips=True,
+    )
+    add(
+        f,
+        "cache-folder-is-a-file",
+        ("analyze", *TINY),
+        "is a file: set ALPHAPRUNE_CACHE",
+        env={"ALPHAPRUNE_CACHE": "{W}/notes"},
+        setup=_write("notes", "mine"),
+    )
+    add(
+        f,
+        "cache-folder-under-a-file",
+        PRUNE,
+        "lies under the file",
+        env={"ALPHAPRUNE_CACHE": "{W}/notes/cache"},
+        setup=_write("notes", "mine"),
+    )
+    add(
+        f,
+        "cache-folder-unwritable",
+        ("analyze", *TINY),
+        "permission denied",
+        env={"ALPHAPRUNE_CACHE": "{W}/ro"},
+        setup=_read_only("ro"),
+        root_skips=True,
+    )
+    add(
+        f,
+        "save-onto-a-file",
+        (*PRUNE, "--save", "{W}/notes.txt"),
+        "is a file: give a folder path",
+        setup=_write("notes.txt", "mine"),
+    )
+    add(
+        f,
+        "save-into-a-foreign-folder",
+        (*PRUNE, "--save", "{W}/mine"),
+        "not written by alphaprune",
+        setup=_foreign_folder,
+    )
     return c
 
 
