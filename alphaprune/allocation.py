@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from alphaprune.errors import UserError
+from alphaprune.errors import UserError, setting
 
 METHODS = ("uniform", "alphapruning", "owl", "list")
 MAPPINGS = ("block", "matrix")
@@ -110,16 +110,16 @@ def _block_means(blocks, params, values) -> list[float]:
 
 def _check_ceiling(ceiling: float) -> None:
     if not 0.0 < ceiling <= 1.0:
-        raise UserError(f"the per-matrix ceiling must be inside (0, 1], got {ceiling}")
+        raise UserError(f"the per-matrix ceiling must be inside (0, 1], got {ceiling}; set {setting('ceiling')}")
 
 
 def check_target(target: float, ceiling: float = DEFAULT_CEILING) -> None:
     """UserError unless 0 < target < 1 and the ceiling leaves room for it."""
     if not 0.0 < target < 1.0:
-        raise UserError(f"sparsity must be inside (0, 1), got {target}")
+        raise UserError(f"sparsity must be inside (0, 1), got {target}; set {setting('sparsity')}")
     _check_ceiling(ceiling)
     if target > ceiling:
-        raise UserError(f"sparsity {target} is above the per-matrix ceiling {ceiling}; raise --max-sparsity")
+        raise UserError(f"sparsity {target} is above the per-matrix ceiling {ceiling}; raise {setting('ceiling')}")
 
 
 def _fit(raw: np.ndarray, params: np.ndarray, target: float, ceiling: float, mode: str) -> np.ndarray:

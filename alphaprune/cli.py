@@ -13,7 +13,10 @@
 Every prune, sweep and eval run is stored in the run history (alphaprune/runs.py).
 
 Progress goes to stderr as a bar. Bad input (unknown model, missing file, a model that is
-not a causal LM ...) prints one line `alphaprune: error: ...` and exits with code 2.
+not a causal LM ...) prints one line `alphaprune: error: ...` and exits with code 2, and
+is found before a model is loaded wherever it can be: settings, devices, folders and texts
+are checked first (`_preflight`). Building the parser imports no torch, so a mistyped
+flag is answered at once. The catalogue of bad inputs: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -29,26 +32,33 @@ EXIT_USER_ERROR = 2
 
 
 def _progress_bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A (callback, close) pair drawing a tqdm bar on stderr."""
+    """A (callback, close) pair drawing a tqdm bar on stderr, from the first update on: a
+    run refused by its checks prints its one error line and nothing else."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
+    bars = []
 
     def update(fraction: float, message: str) -> None:
-        step = round(100 * fraction)
+        if not bars:
+            bars.append(tqdm(total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}"))
+        bar, step = bars[0], round(100 * fraction)
         if step > bar.n:  # tqdm's own rate limit applies to update(), not to refresh()
             bar.set_postfix_str(message, refresh=False)
             bar.update(step - bar.n)
 
-    return update, bar.close
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return update, close
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from alphaprune.models import DEFAULT_MODEL
+    from alphaprune.models import DEFAULT_MODEL, DEVICES, DTYPES
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled alias, .gguf file, model folder or hub id")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code (off by default)")
 
 
@@ -74,6 +84,16 @@ def _floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _run_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated run ids such as 3,4, got {text!r}") from None
+    if any(i < 1 for i in ids):
+        raise argparse.ArgumentTypeError(f"run ids are whole numbers from 1, got {text!r}")
+    return ids
 
 
 def _epsilon(text: str) -> float | None:
@@ -112,11 +132,10 @@ def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluat
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
-    from alphaprune.pruners import PRUNERS
-
     _add_model_args(p)
     _add_allocation_args(p)
-    p.add_argument("--pruner", default="wanda", choices=PRUNERS)
+    # checked by PruneConfig.validate: alphaprune.pruners (the list's home) imports torch
+    p.add_argument("--pruner", default="wanda", help="magnitude, wanda or sparsegpt")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
     _add_data_args(p)
 
@@ -163,14 +182,38 @@ def _add_runs(sub) -> None:
     p.add_argument("--kind", choices=["prune", "eval"])
     p.add_argument("--sweep", help="only the runs of this sweep id")
     p.add_argument("--export", type=Path, help="write the (filtered) runs as FILE.csv or FILE.json")
-    p.add_argument("--delete", type=lambda t: [int(x) for x in t.split(",")], help="comma-separated run ids")
+    p.add_argument("--delete", type=_run_ids, help="comma-separated run ids")
     p.set_defaults(func=cmd_runs)
 
 
 def _load(args):
     from alphaprune.models import load_model
 
+    if args.trust_remote_code:
+        print(
+            "alphaprune: warning: --trust-remote-code runs Python code that comes with the model; "
+            "use it only for a model whose source you trust",
+            file=sys.stderr,
+        )
     return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _preflight(args, texts: tuple[str, ...] = (), store: bool = False) -> None:
+    """What can be refused before a model is loaded: the model spec, the device, the cache and
+    data folders (and the run store), and each text that will be read."""
+    from alphaprune import models
+    from alphaprune.paths import cache_dir, check_writable
+
+    models.check_model(args.model, args.device)
+    check_writable(cache_dir(), "ALPHAPRUNE_CACHE")
+    if store:
+        from alphaprune.runs import RunStore
+
+        RunStore().check()
+    for source in dict.fromkeys(texts):  # each once, in order
+        from alphaprune import text  # imports torch: only where a run reads text
+
+        text.check_source(source, read=True)
 
 
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
@@ -183,11 +226,11 @@ def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from alphaprune.analysis import analyze
+    _check_out(args.out, (".json", ".csv"))
+    _preflight(args)
+    from alphaprune.analysis import analyze  # imports torch: after the checks
     from alphaprune.report import analysis_frame, write_analysis
 
-    _check_out(args.out, (".json", ".csv"))
-    print(f"loading {args.model} ...", file=sys.stderr)
     loaded = _load(args)
     print(f"loaded in {loaded.seconds_load:.1f} s ({loaded.source}, {loaded.device})", file=sys.stderr)
     update, close = _progress_bar("analyze")
@@ -259,10 +302,16 @@ def _summary(result, run_id: int) -> str:
     )
 
 
+def _texts_read(config) -> tuple[str, ...]:
+    """The text sources a run will read (an unread calibration source is only checked by name)."""
+    return (config.eval, config.calib) if config.needs_calibration else (config.eval,)
+
+
 def cmd_prune(args) -> int:
     config = _config(args)
     _check_out(args.out, (".json",))
     _check_save(args.save)
+    _preflight(args, _texts_read(config), store=True)
     loaded = _load(args)
     result, run_id = _run_one(loaded, config, _analysis_for(loaded, config))
     print(_summary(result, run_id))
@@ -312,6 +361,7 @@ def cmd_allocate(args) -> int:
     if config.auto_epsilon:
         raise UserError("--epsilon auto needs pruning runs to choose; use it with `prune`, or give a number here")
     _check_out(args.out, (".json", ".csv", ".yaml"))
+    _preflight(args, (config.calib,) if config.allocation == "owl" else ())
     loaded = _load(args)
     calib = None
     if config.allocation == "owl":  # OWL's outlier ratios come from calibration activations
@@ -366,13 +416,17 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from alphaprune.pipeline import run_eval
+    from alphaprune.pipeline import PruneConfig, check_context, run_eval
     from alphaprune.runs import RunRecord, RunStore, library_versions
 
     _check_out(args.out, (".json",))
-    if args.seqlen < 2 or (args.eval_windows is not None and args.eval_windows < 1) or args.batch_size < 1:
-        raise UserError("--seqlen must be at least 2, --eval-windows and --batch-size at least 1")
+    checked = PruneConfig(
+        eval=args.eval, seqlen=args.seqlen, eval_windows=args.eval_windows, batch_size=args.batch_size
+    )
+    checked.validate()  # the same checks and words as a prune run's
+    _preflight(args, (args.eval,), store=True)
     loaded = _load(args)
+    check_context(loaded.model, args.seqlen)
     update, close = _progress_bar("perplexity")
     try:
         ppl, seconds, fp = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, update)
@@ -405,6 +459,7 @@ def cmd_sweep(args) -> int:
     sparsities = args.sparsities or [args.sparsity]
     configs = [_config(args, epsilon=e, sparsity=s) for s in sparsities for e in epsilons]  # all checked first
     _check_out(args.out, (".json", ".csv"))
+    _preflight(args, _texts_read(configs[0]), store=True)
     loaded = _load(args)
     analysis = _analysis_for(loaded, configs[0])
     sweep = uuid.uuid4().hex[:12]
@@ -424,7 +479,7 @@ def cmd_runs(args) -> int:
 
     store = RunStore()
     if args.delete:
-        print(f"deleted {store.delete(args.delete)} run(s)")
+        print(f"deleted {store.delete(args.delete, missing_ok=False)} run(s)")
         return 0
     if args.export is not None:
         store.export(args.export, model=args.model, kind=args.kind, sweep=args.sweep)

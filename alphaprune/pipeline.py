@@ -30,13 +30,18 @@ from torch import nn
 from alphaprune import allocation as alloc
 from alphaprune import atomic, cache, text
 from alphaprune.arch import all_matrices, prunable_matrices
-from alphaprune.errors import UserError
+from alphaprune.errors import UserError, setting
 from alphaprune.paths import cache_dir
 from alphaprune.perplexity import perplexity
 from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
 from alphaprune.pruners import PRUNERS, check_pattern, parse_pattern
 
 Progress = Callable[[float, str], None]
+_LABELS = {  # how a message names a number before saying which setting holds it
+    "sparsity": "sparsity", "ceiling": "the per-matrix ceiling", "owl_m": "OWL's outlier threshold M",
+    "owl_lambda": "OWL's lambda", "epsilon": "epsilon", "calib_samples": "calibration samples",
+    "seqlen": "sequence length", "batch_size": "batch size", "eval_windows": "evaluation windows",
+}  # fmt: skip
 EPSILON_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 HELDOUT_WINDOWS = 8
 
@@ -65,34 +70,51 @@ class PruneConfig:
     batch_size: int = 1
 
     def validate(self) -> None:
-        """UserError with what to change, before any work starts."""
+        """UserError with what to change, before any work starts (and before a model is loaded)."""
         if self.pruner not in PRUNERS:
             raise UserError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if self.allocation not in alloc.METHODS:
             raise UserError(f"allocation must be one of {', '.join(alloc.METHODS)}, got {self.allocation!r}")
+        self._check_numbers()
         nm = parse_pattern(self.pattern)
         if nm is not None and self.allocation != "uniform":
-            raise UserError("layer-wise allocation does not apply to N:M patterns; use --allocation uniform")
+            raise UserError(
+                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} uniform"
+            )
         if nm is not None and abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
-            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; pass --sparsity {nm[0] / nm[1]}")
+            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; set {setting('sparsity')} to it")
         if self.allocation != "list":
             alloc.check_target(self.sparsity, self.ceiling)
         elif not self.block_list:
-            raise UserError("allocation 'list' needs one sparsity per block (--block-list 0.5,0.6,...)")
+            raise UserError(f"allocation 'list' needs one sparsity per block: set {setting('block_list')}")
         else:
             alloc.check_list(self.block_list, self.ceiling)
-        if self.epsilon is not None and not 0 <= self.epsilon < math.inf:
-            raise UserError(f"epsilon must be a number >= 0, got {self.epsilon}")
         if self.allocation == "alphapruning":
             alloc.check_metric(self.metric)
         if self.mapping not in alloc.MAPPINGS:
             raise UserError(f"mapping must be one of {', '.join(alloc.MAPPINGS)}, got {self.mapping!r}")
-        counts = {"calibration samples": self.calib_samples, "seqlen": self.seqlen, "batch size": self.batch_size}
-        for name, value in counts.items():
-            if value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
-        if self.eval_windows is not None and self.eval_windows < 1:
-            raise UserError(f"eval windows must be at least 1, got {self.eval_windows}")
+        text.check_source(self.calib)  # named sources and existing files; read later
+        text.check_source(self.eval)
+
+    def _check_numbers(self) -> None:
+        """Every number finite and in its range; the message names the setting to change."""
+        reals = {"sparsity": self.sparsity, "ceiling": self.ceiling, "owl_m": self.owl_m}
+        reals.update(owl_lambda=self.owl_lambda, epsilon=self.epsilon if self.epsilon is not None else 0.0)
+        for name, value in reals.items():
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise UserError(f"{_LABELS[name]} must be a number, not {value}; set {setting(name)}")
+        for name in ("epsilon", "owl_lambda"):
+            if reals[name] < 0:
+                raise UserError(f"{_LABELS[name]} must be a number >= 0, got {reals[name]}; set {setting(name)}")
+        if self.owl_m <= 0:
+            raise UserError(f"{_LABELS['owl_m']} must be a number > 0, got {self.owl_m}; set {setting('owl_m')}")
+        least = {"calib_samples": 1, "seqlen": 2, "batch_size": 1}
+        if self.eval_windows is not None:
+            least["eval_windows"] = 1
+        for name, low in least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise UserError(f"{_LABELS[name]} must be a whole number >= {low}, got {value}; set {setting(name)}")
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -291,13 +313,18 @@ def _search_epsilon(model, config, analysis, calib_ids, progress) -> tuple[float
     return best, tuple(scores)
 
 
+def check_context(model: nn.Module, seqlen: int) -> None:
+    """UserError when windows of `seqlen` tokens exceed what the model was built for."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and seqlen > limit:
+        raise UserError(f"seqlen {seqlen} exceeds the model's context of {limit} tokens; lower {setting('seqlen')}")
+
+
 def _check_resources(model: nn.Module, config: PruneConfig) -> None:
     """A seqlen the model cannot take, or no memory for the pruned copy: say so up front."""
     from alphaprune.models import available_memory_bytes
 
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is not None and config.seqlen > limit:
-        raise UserError(f"seqlen {config.seqlen} exceeds the model's context of {limit} tokens; lower --seqlen")
+    check_context(model, config.seqlen)
     matrices = prunable_matrices(model)
     for mat in matrices:  # before any minutes are spent on the dense perplexity
         check_pattern(config.nm, mat.shape[1], mat.name)
@@ -331,15 +358,15 @@ def _texts(loaded, config: PruneConfig):
 
 
 def _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows) -> None:
-    """--epsilon auto must never score epsilons on text the evaluation also reads."""
+    """Epsilon auto must never score epsilons on text the evaluation also reads."""
     if calib_text.digest != eval_text.digest:
         return
     cut = len(text.split_heldout(calib_ids)[0])
     if eval_windows.numel() > cut:  # the evaluation's windows reach into the held-out tail
         room = cut // eval_windows.shape[1]
         raise UserError(
-            "--epsilon auto scores epsilons on the end of the calibration text, which the evaluation also reads "
-            f"(same text); evaluate on another text or pass --eval-windows {room} or fewer"
+            f"{setting('epsilon')} auto scores epsilons on the end of the calibration text, which the evaluation "
+            f"also reads (same text); evaluate on another text or pass {setting('eval_windows')} {room} or fewer"
         )
 
 

@@ -11,7 +11,8 @@
 
 One table `runs`: scalar columns for what people filter and sort on, JSON text for the rest
 (settings, ratios, block_ratios, seconds, versions); `PRAGMA user_version` holds the schema
-version so a later alphaprune can migrate old files. Every operation opens its own
+version so a later alphaprune can migrate old files (schema 1 -> 2: ids AUTOINCREMENT, so a
+deleted run's id is never given to a later run; every run is kept). Every operation opens its own
 connection (the app calls in from several threads) and writes in one transaction, so an
 interrupted write leaves no half record.
 
@@ -41,9 +42,9 @@ from pathlib import Path
 
 import alphaprune
 from alphaprune.errors import UserError
-from alphaprune.paths import data_dir
+from alphaprune.paths import check_writable, data_dir
 
-SCHEMA_VERSION = 1  # bump with a migration step in `_ensure_schema`
+SCHEMA_VERSION = 2  # bump with a migration step in `_migrate`
 KINDS = ("prune", "eval")
 BUSY_TIMEOUT_S = 30.0  # writers wait this long for another thread's / process's lock
 
@@ -53,9 +54,8 @@ _COLUMNS = ("id", *_SCALARS, *_JSONS)
 _FLOATS = ("ppl_before", "ppl_after", "actual_sparsity")
 _UNUSABLE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_CANTOPEN)
 
-_CREATE = (
-    """CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
+_TABLE = """CREATE TABLE {name} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         created TEXT NOT NULL,
         kind TEXT NOT NULL,
         model TEXT NOT NULL,
@@ -70,10 +70,8 @@ _CREATE = (
         block_ratios TEXT NOT NULL,
         seconds TEXT NOT NULL,
         versions TEXT NOT NULL
-    )""",
-    "CREATE INDEX runs_model ON runs (model, created)",
-    "CREATE INDEX runs_sweep ON runs (sweep)",
-)
+    )"""  # AUTOINCREMENT: ids only grow, even after the newest run is deleted
+_INDEXES = ("CREATE INDEX runs_model ON runs (model, created)", "CREATE INDEX runs_sweep ON runs (sweep)")
 
 
 def utc_now() -> str:
@@ -209,6 +207,17 @@ def _unusable(path: Path, err: sqlite3.Error) -> UserError:
     )
 
 
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the same rows in a table whose ids AUTOINCREMENT (SQLite cannot alter a
+    key in place). sqlite_sequence starts at the largest id copied."""
+    conn.execute(_TABLE.format(name="runs_v2"))
+    conn.execute(f"INSERT INTO runs_v2 ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM runs")
+    conn.execute("DROP TABLE runs")  # its indexes go with it
+    conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    for statement in _INDEXES:
+        conn.execute(statement)
+
+
 class RunStore:
     """The run history in one SQLite file (default: `data_dir() / "runs.sqlite"`)."""
 
@@ -229,6 +238,8 @@ class RunStore:
             conn.close()
 
     def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():  # an existing file is read where it is, even in a read-only folder
+            check_writable(self.path.parent, "ALPHAPRUNE_DATA")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -265,7 +276,8 @@ class RunStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self._create(conn)
-            # later: `if version == 1: migrate to 2` ...
+            elif version == 1:
+                _migrate_1_to_2(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -275,8 +287,18 @@ class RunStore:
                 f"{self.path} is an SQLite database of another program (tables: {', '.join(tables[:5])}): "
                 "move it away or set ALPHAPRUNE_DATA to another folder"
             )
-        for statement in _CREATE:
+        for statement in (_TABLE.format(name="runs"), *_INDEXES):
             conn.execute(statement)
+
+    def check(self) -> None:
+        """UserError now, not after minutes of work, if runs cannot be stored here."""
+        check_writable(self.path.parent, "ALPHAPRUNE_DATA")
+        if not self.path.exists():
+            return
+        with self._connect():  # a corrupt, foreign or newer file fails here, untouched
+            pass
+        if not os.access(self.path, os.W_OK):
+            raise UserError(f"cannot write {self.path} (permission denied): set ALPHAPRUNE_DATA to another folder")
 
     # --- records ---
 
@@ -306,13 +328,21 @@ class RunStore:
             rows = conn.execute(query, tuple(filters.values())).fetchall()
         return [_record(row) for row in rows]
 
-    def delete(self, run_ids: int | Iterable[int]) -> int:
-        """Delete these runs (unknown ids are skipped); returns how many were deleted."""
-        ids = [run_ids] if isinstance(run_ids, int) else list(run_ids)
+    def delete(self, run_ids: int | Iterable[int], missing_ok: bool = True) -> int:
+        """Delete these runs; returns how many were deleted. Unknown ids are skipped, or with
+        `missing_ok=False` refused with a UserError before anything is deleted."""
+        ids = [run_ids] if isinstance(run_ids, int) else [int(i) for i in run_ids]
         if not ids:
             return 0
         with self._connect() as conn, _transaction(conn):
-            cur = conn.executemany("DELETE FROM runs WHERE id = ?", [(int(i),) for i in ids])
+            if not missing_ok:
+                marks = ", ".join("?" * len(ids))
+                found = {r[0] for r in conn.execute(f"SELECT id FROM runs WHERE id IN ({marks})", ids)}
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    shown = ", ".join(map(str, missing[:5]))
+                    raise UserError(f"no run with id {shown} in {self.path}: `alphaprune runs` lists the ids")
+            cur = conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
             return cur.rowcount
 
     # --- tables and files ---

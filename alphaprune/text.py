@@ -25,11 +25,13 @@ import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
+from alphaprune.errors import UserError, setting
 
-from alphaprune.errors import UserError
+if TYPE_CHECKING:  # imported where tensors are made: checking a source or the hub stays light
+    import torch
 
 SOURCES = ("python-docs", "wikitext2")  # named sources; anything else is a file path
 
@@ -71,43 +73,77 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _wikitext2() -> str:
+def _datasets():
+    """(datasets module, offline flag), or UserError when `datasets` is missing."""
     try:
         import datasets
         from huggingface_hub import constants
     except ImportError:
         raise UserError(
             "wikitext2 needs the `datasets` package and the network; "
-            "pass a local copy instead, e.g. --eval path/to/wikitext2_test.raw"
+            "pass a local copy as a text file instead (e.g. wikitext2_test.raw)"
         ) from None
-    offline = datasets.config.HF_DATASETS_OFFLINE or constants.HF_HUB_OFFLINE  # then the local cache is read
+    return datasets, bool(datasets.config.HF_DATASETS_OFFLINE or constants.HF_HUB_OFFLINE)
+
+
+def _check_wikitext2() -> None:
+    """UserError now (a few seconds) when wikitext2 surely cannot be downloaded."""
+    offline = _datasets()[1]  # offline: the local cache is read, nothing to probe
     if not offline and not _hub_reachable():
         raise UserError(
-            "cannot reach the Hugging Face hub for wikitext2; pass a local copy, e.g. --eval wikitext2_test.raw "
+            "cannot reach the Hugging Face hub for wikitext2; pass a local copy as a text file (wikitext2_test.raw) "
             "(a copy `datasets` cached earlier loads with HF_DATASETS_OFFLINE=1)"
         )
+
+
+def _wikitext2() -> str:
+    datasets = _datasets()[0]
+    _check_wikitext2()
     try:
         data = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     except Exception as exc:  # no cached copy offline, a broken download, ...
         raise UserError(
-            f"cannot load wikitext2 ({type(exc).__name__}); pass a local copy, e.g. --eval wikitext2_test.raw"
+            f"cannot load wikitext2 ({type(exc).__name__}); pass a local copy as a text file (wikitext2_test.raw)"
         ) from None
     return "\n\n".join(data["text"])
 
 
 def _read_file(path: Path) -> str:
-    check_source(str(path))
+    """A UTF-8 text file's text, LF line ends; UserError for a missing, binary or non-UTF-8 file."""
+    if not path.is_file():
+        raise UserError(f"text source {path} is neither {' nor '.join(SOURCES)} nor an existing file")
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}): check its permissions") from None
+    try:
+        decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
-    return raw.replace("\r\n", "\n").replace("\r", "\n")
+    if "\0" in decoded:  # valid UTF-8, yet no text holds NUL bytes: an archive, weights, an image ...
+        raise UserError(f"{path} is a binary file, not text: give a UTF-8 text file")
+    return decoded.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def check_source(source: str) -> None:
-    """UserError unless `source` names a text source, without reading it."""
-    if source not in SOURCES and not Path(source).expanduser().is_file():
-        raise UserError(f"text source {source} is neither {' nor '.join(SOURCES)} nor an existing file")
+def check_source(source: str, read: bool = False) -> None:
+    """UserError unless `source` names a text source. With `read`, also what can be known
+    before a model is loaded: a file is read (empty? binary? UTF-8?), wikitext2's hub probed."""
+    if source in SOURCES:
+        if read and source == "wikitext2":
+            _check_wikitext2()
+        return
+    path = Path(source).expanduser()
+    if not read:
+        if not path.is_file():
+            raise UserError(f"text source {source} is neither {' nor '.join(SOURCES)} nor an existing file")
+        return
+    _nonempty(source, _read_file(path))
+
+
+def _nonempty(source: str, text: str) -> str:
+    if not text.strip():
+        raise UserError(f"text source {source} is empty; give a file with some text in it")
+    return text
 
 
 def read_text(source: str) -> Text:
@@ -118,13 +154,13 @@ def read_text(source: str) -> Text:
         text = _wikitext2()
     else:
         text = _read_file(Path(source).expanduser())
-    if not text.strip():
-        raise UserError(f"text source {source} is empty; give a file with some text in it")
-    return Text(source, text)
+    return Text(source, _nonempty(source, text))
 
 
 def tokenize(text: Text, tokenizer) -> torch.Tensor:
     """The token ids of the whole text, 1-D int64, without special tokens."""
+    import torch
+
     ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
@@ -139,7 +175,7 @@ def _check_length(ids: torch.Tensor, seqlen: int, need: int, what: str) -> None:
     if len(ids) < need:
         raise UserError(
             f"the {what} text has {len(ids)} tokens, too short for a window of {seqlen}; "
-            "use a longer text or a smaller --seqlen"
+            f"use a longer text or a smaller {setting('seqlen')}"
         )
 
 
@@ -150,6 +186,8 @@ def calibration_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int = 0) -
     _check_length(ids, seqlen, seqlen + 1, "calibration")
     rng = random.Random(seed)  # same draws as random.seed(seed) + random.randint
     starts = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(n)]
+    import torch
+
     return torch.stack([ids[s : s + seqlen] for s in starts])
 
 
@@ -177,7 +215,8 @@ def heldout_windows(ids: torch.Tensor, seqlen: int, windows: int) -> torch.Tenso
     tail = split_heldout(ids)[1]
     if len(tail) < seqlen:
         raise UserError(
-            f"--epsilon auto scores epsilons on the last {HELDOUT_FRACTION:.0%} of the calibration text "
-            f"({len(tail)} tokens), too short for a window of {seqlen}; use a longer --calib text or a smaller --seqlen"
+            f"{setting('epsilon')} auto scores epsilons on the last {HELDOUT_FRACTION:.0%} of the calibration "
+            f"text ({len(tail)} tokens), too short for a window of {seqlen}; "
+            f"use a longer {setting('calib')} text or a smaller {setting('seqlen')}"
         )
     return evaluation_windows(tail, seqlen, windows)
