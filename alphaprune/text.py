@@ -111,7 +111,7 @@ def _wikitext2() -> str:
 def _read_file(path: Path) -> str:
     """A UTF-8 text file's text, LF line ends; UserError for a missing, binary or non-UTF-8 file."""
     if not path.is_file():
-        raise UserError(f"text source {path} is neither {' nor '.join(SOURCES)} nor an existing file")
+        raise _no_such_source(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -125,6 +125,13 @@ def _read_file(path: Path) -> str:
     return decoded.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _no_such_source(source) -> UserError:
+    return UserError(
+        f"text source {source} is neither {' nor '.join(SOURCES)} nor an existing file: "
+        "check the path, or name one of those sources"
+    )
+
+
 def check_source(source: str, read: bool = False) -> None:
     """UserError unless `source` names a text source. With `read`, also what can be known
     before a model is loaded: a file is read (empty? binary? UTF-8?), wikitext2's hub probed."""
@@ -135,7 +142,7 @@ def check_source(source: str, read: bool = False) -> None:
     path = Path(source).expanduser()
     if not read:
         if not path.is_file():
-            raise UserError(f"text source {source} is neither {' nor '.join(SOURCES)} nor an existing file")
+            raise _no_such_source(source)
         return
     _nonempty(source, _read_file(path))
 

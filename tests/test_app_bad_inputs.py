@@ -94,14 +94,15 @@ def _model_spec_cases(tmp):
     (tmp / "notes.txt").write_text("hello")
     (tmp / "bert").mkdir()
     (tmp / "bert" / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    (tmp / "bert" / "model.safetensors").write_bytes(b"x")  # weights present: the config decides
     return {
         "unknown name": ("no-such-model", ["unknown model 'no-such-model'", "use smollm2-135m"]),
         "missing .gguf": (str(tmp / "missing.gguf"), ["no such GGUF file"]),
-        "garbage .gguf": (str(tmp / "garbage.gguf"), ["does not start with the GGUF magic bytes"]),
-        "empty .gguf": (str(tmp / "empty.gguf"), ["cannot load", "empty"]),
-        "truncated .gguf": (str(tmp / "truncated.gguf"), ["cannot load"]),
+        "garbage .gguf": (str(tmp / "garbage.gguf"), ["is not a GGUF file", "give a .gguf model file"]),
+        "empty .gguf": (str(tmp / "empty.gguf"), ["is empty, not a GGUF model"]),
+        "truncated .gguf": (str(tmp / "truncated.gguf"), ["damaged or truncated", "get it again"]),
         "folder without config.json": (str(tmp / "no-config"), ["folder without config.json", "save_pretrained"]),
-        "folder without weights": (str(tmp / "no-weights"), ["cannot load"]),
+        "folder without weights": (str(tmp / "no-weights"), ["has no weights", "save_pretrained"]),
         "a file that is no model": (str(tmp / "notes.txt"), ["is not a model", "give a .gguf file"]),
         "not a causal LM": (str(tmp / "bert"), ["not a causal language model"]),
     }
@@ -139,7 +140,7 @@ def _upload(at, name: str, data: bytes):
 
 
 UPLOAD_CASES = {
-    "a non-model file": ("notes.gguf", b"just some notes\n" * 20, ["notes.gguf does not start with the GGUF magic"]),
+    "a non-model file": ("notes.gguf", b"just some notes\n" * 20, ["notes.gguf is not a GGUF file"]),
     "a zip that is no zip": ("model.zip", b"PK but not really", ["model.zip is not a readable zip archive"]),
     "a zip with ../": (
         "escape.zip",

@@ -263,7 +263,7 @@ def test_three_browser_sessions_at_once(tmp_path):
 
     assert overlapped >= 1, "session 3's sliders never moved while both prunes ran: not a concurrency test"
     for n, (pruner, windows) in PRUNERS.items():
-        assert f"{pruner}, alphapruning, unstructured;" in shown[n]["caption"]
+        assert f"{pruner}, alphapruning at 0.7, unstructured;" in shown[n]["caption"]
         assert f"evaluation {windows} windows" in shown[n]["caption"]
     assert shown[1]["id"] != shown[2]["id"] and shown[1]["pruned"] != shown[2]["pruned"]
 

@@ -204,16 +204,21 @@ def _kill(home: Path, args: list[str], sig: int, point, rng: random.Random) -> C
     return cli
 
 
-def _fault_case(home: Path, args: list[str], kind: str | None, points: dict, extra=lambda: None, also=None):
+def _fault_case(
+    home: Path, args: list[str], kind: str | None, points: dict, extra=lambda: None, also=None, redo=lambda: None
+):
     """SIGKILL, then SIGINT, then an uninterrupted run of `args`, the state checked after each.
 
     `points[sig]` = (inside, span): the kill comes a random fraction of `span` s after
     `inside(cli)` first holds. `extra()` checks more state; `also` is one more folder the
-    command writes into (besides the cache and data folders)."""
+    command writes into (besides the cache and data folders). `redo()` runs before each kill
+    and removes what a killed run may have finished and cached (checked whole just before),
+    so that the next run does the step again instead of reading it."""
     rng = random.Random(f"{SEED}|{args}")
     folders = [home / "cache", home / "data"] + ([also] if also else [])
     rows = _check_store(home, kind)
     for sig in (signal.SIGKILL, signal.SIGINT):
+        redo()
         before = set(_temporaries(*folders))
         cli = _kill(home, args, sig, points[sig], rng)
         try:
@@ -249,7 +254,7 @@ def baseline(tmp_path_factory):
     home = tmp_path_factory.mktemp("baseline")
     spans = {}
     cli = Cli(home, ["analyze", "--out", "analysis.json"])
-    loading = cli.wait_for(_on_stderr(cli, "loading "), "loading")
+    loading = cli.wait_for(_on_stderr(cli, "de-quantizing GGUF tensors"), "dequantizing")
     writing = cli.wait_for(_temporary_in(home / "cache" / "models"), "the dequantized model's write")
     loaded = cli.wait_for(_on_stderr(cli, "loaded in"), "loaded")
     analysing = cli.wait_for(_on_stderr(cli, "analyze:"), "analysis")
@@ -305,10 +310,16 @@ def test_kill_during_dequantization(tmp_path, baseline):
     out = tmp_path / "analysis.json"
     points = {
         signal.SIGKILL: (lambda cli: _temporary_in(models), spans["write"]),
-        signal.SIGINT: (_stderr_says("loading "), spans["dequantize"]),
+        signal.SIGINT: (_stderr_says("de-quantizing GGUF tensors"), spans["dequantize"]),
     }
-    _fault_case(tmp_path, ["analyze", "--out", "analysis.json"], None, points, lambda: _check_out(out))
-    assert (models / _model_folder(baseline["home"]).name / "config.json").is_file()
+    done = models / _model_folder(baseline["home"]).name
+
+    def redo():
+        if (done / "config.json").is_file():  # the killed run published it: dequantize again
+            shutil.rmtree(done)
+
+    _fault_case(tmp_path, ["analyze", "--out", "analysis.json"], None, points, lambda: _check_out(out), redo=redo)
+    assert (done / "config.json").is_file()
     _same_analysis(json.loads(out.read_text()), baseline["analysis"])
 
 
@@ -316,7 +327,12 @@ def test_kill_during_dequantization(tmp_path, baseline):
 def test_kill_during_analysis(home, baseline):
     out = home / "analysis.json"
     points = _both(_stderr_says("analyze:"), baseline["spans"]["analysis"])
-    _fault_case(home, ["analyze", "--out", "analysis.json"], None, points, lambda: _check_out(out))
+
+    def redo():  # an analysis the killed run finished and cached would be read, not redone
+        for entry in (home / "cache" / "analyses").glob("[!.]*.npz"):
+            entry.unlink()
+
+    _fault_case(home, ["analyze", "--out", "analysis.json"], None, points, lambda: _check_out(out), redo=redo)
     assert list((home / "cache" / "analyses").glob("[!.]*.npz")), "the analysis was not cached"
     _same_analysis(json.loads(out.read_text()), baseline["analysis"])
 
@@ -353,7 +369,15 @@ def test_kill_during_save(home, baseline):
 def test_kill_during_eval(home, baseline):
     out = home / "eval.json"
     points = _both(_stderr_says("perplexity:"), baseline["spans"]["eval"])
-    _fault_case(home, [*EVAL, "--out", "eval.json"], "eval", points, lambda: _check_out(out))
+    cached = home / "cache" / "perplexity.json"  # a finished evaluation is read from here next time
+    _fault_case(
+        home,
+        [*EVAL, "--out", "eval.json"],
+        "eval",
+        points,
+        lambda: _check_out(out),
+        redo=lambda: cached.unlink(missing_ok=True),
+    )
     got = json.loads(out.read_text())["perplexity"]
     assert math.isfinite(got) and got == pytest.approx(baseline["eval"]["perplexity"], rel=1e-6)
 
