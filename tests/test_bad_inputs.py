@@ -10,7 +10,9 @@ user's files are byte-identical afterwards (every file under the case's folders 
 
 docs/reliability.md lists every case (a test checks it). Cases that need no model fail
 before torch is imported (a fraction of a second); a few load a tiny model folder; one
-(marked slow) the real default model.
+(marked slow) the real default model. The cases run WORKERS at a time (fixture `outcomes`,
+each in its own folders, hashed right before and after its own subprocess); each still
+passes or fails by name in test_bad_input.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ DOC = ROOT / "docs" / "reliability.md"
 CORPUS = "It was the best of times, it was the worst of times. " * 60
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TIMEOUT_S = 600  # a guard against hangs only
+WORKERS = (os.cpu_count() or 1) + 1  # cases run at once: a case's start-up is CPU, plus a little disk
 ERROR_LINE = re.compile(r"^alphaprune( [a-z]+)?: error: ")
 UNREACHABLE_HUB = "http://127.0.0.1:9"  # the discard port: refused at once on any machine
 
@@ -546,19 +550,83 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-def run_case(case: Case, ctx: Ctx) -> str:
-    """Run one case and assert the four properties; returns its error line."""
-    if case.setup is not None:
-        case.setup(ctx)
+@dataclass
+class Outcome:
+    """What one case's run left behind: its process and the watched files' hashes right before
+    and right after it, or the exception that stopped it (re-raised by its test)."""
+
+    ctx: Ctx
+    proc: subprocess.CompletedProcess | None = None
+    before: dict[str, str] = field(default_factory=dict)
+    after: dict[str, str] = field(default_factory=dict)
+    pwned: bool = False
+    error: Exception | None = None
+
+
+def _unlock(ctx: Ctx) -> None:
+    for path in (ctx.work / "ro",):  # the read-only set-ups: let the folder be cleaned up
+        if path.exists():
+            path.chmod(0o700)
+
+
+def prepare_case(case: Case, ctx: Ctx) -> Outcome | None:
+    """Run the case's set-up (in the calling thread: set-ups import torch and transformers,
+    which is not done from worker threads); an Outcome holding the error if it failed."""
+    try:
+        if case.setup is not None:
+            case.setup(ctx)
+    except Exception as exc:
+        _unlock(ctx)
+        return Outcome(ctx, error=exc)
+    return None
+
+
+def execute_case(case: Case, ctx: Ctx) -> Outcome:
+    """Hash the watched folders, run the case's subprocess, hash them again (safe in a thread:
+    every case has its own user, data and cache folders; the shared ones are only read)."""
     watched = (ctx.work, ctx.data, ctx.cache, ctx.tiny.parent)
-    before = snapshot(*watched)
-    proc = run_cli([ctx.fill(a) for a in case.argv], _env(ctx, case))
+    try:
+        before = snapshot(*watched)
+        proc = run_cli([ctx.fill(a) for a in case.argv], _env(ctx, case))
+        return Outcome(ctx, proc, before, snapshot(*watched), (ctx.work / "PWNED").exists())
+    except Exception as exc:
+        return Outcome(ctx, error=exc)
+    finally:
+        _unlock(ctx)
+
+
+def check_case(case: Case, outcome: Outcome) -> str:
+    """Assert the four properties on a case's outcome; returns its error line."""
+    if outcome.error is not None:
+        raise outcome.error
+    proc = outcome.proc
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
     line = error_line(proc.stderr)
     assert case.expect in line, line
-    assert snapshot(*watched) == before, "a stored file, cache entry or user file changed"
+    assert outcome.after == outcome.before, "a stored file, cache entry or user file changed"
+    assert not outcome.pwned  # the malicious pickle was never unpickled
     return line
+
+
+def run_all(cases: list[Case], make_ctx: Callable[[Case], Ctx], before_slow=lambda: None) -> dict[str, Outcome]:
+    """Run `cases`, WORKERS subprocesses at a time (each spends seconds importing torch); id -> Outcome.
+    Folders and set-ups are made here, one case after another, while earlier cases run; the
+    slow cases go last, once `before_slow()` (it dequantizes the real model) has returned."""
+    futures, done = {}, {}
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for case in sorted(cases, key=lambda c: c.slow):  # stable: catalogue order otherwise
+            if case.slow and before_slow is not None:
+                before_slow()
+                before_slow = None
+            ctx = make_ctx(case)
+            failed = prepare_case(case, ctx)
+            if failed is not None:
+                done[case.id] = failed
+            else:
+                futures[case.id] = pool.submit(execute_case, case, ctx)
+        done.update({id: future.result() for id, future in futures.items()})
+    return done
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -651,20 +719,30 @@ def test_the_catalogue_is_large_and_ids_unique():
     assert len(ids) == len(set(ids)) and len(ids) >= 40
 
 
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory, seeded, hub) -> dict[str, Outcome]:
+    """Every selected (and not skipped) case of test_bad_input, run at once; id -> Outcome."""
+    selected = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if item.path == Path(__file__)
+        and getattr(item, "originalname", "") == "test_bad_input"
+        and item.get_closest_marker("skip") is None
+    }
+    cases = [case for case in CASES if case.id in selected]
+    model_cache = lambda: Path(os.environ["ALPHAPRUNE_CACHE"])  # noqa: E731  (holds the real model)
+
+    def make_ctx(case: Case) -> Ctx:
+        folder = tmp_path_factory.mktemp(case.id)
+        return _ctx(folder, seeded, hub, model_cache() if case.slow else None)
+
+    load_real_model = lambda: request.getfixturevalue("real_model")  # noqa: E731  (dequantized once)
+    return run_all(cases, make_ctx, load_real_model)
+
+
 @pytest.mark.parametrize("case", [_param(case) for case in CASES])
-def test_bad_input(case: Case, tmp_path, seeded, hub, request):
-    model_cache = None
-    if case.slow:
-        request.getfixturevalue("real_model")  # dequantized once into the session's cache
-        model_cache = Path(os.environ["ALPHAPRUNE_CACHE"])
-    ctx = _ctx(tmp_path, seeded, hub, model_cache)
-    try:
-        run_case(case, ctx)
-    finally:
-        for path in (ctx.work / "ro",):  # let pytest clean up
-            if path.exists():
-                path.chmod(0o700)
-    assert not (ctx.work / "PWNED").exists()  # the malicious pickle was never unpickled
+def test_bad_input(case: Case, outcomes):
+    check_case(case, outcomes[case.id])
 
 
 def test_no_pickle_is_unpickled_even_past_the_folder_check(tmp_path, seeded, hub):
@@ -762,20 +840,23 @@ def _measure_all() -> dict[str, str]:
         from alphaprune.models import load_model
 
         load_model("smollm2-135m")  # dequantized into env-cache, for the slow cases
-        lines = {}
-        for i, case in enumerate(CASES):
+        url = f"http://127.0.0.1:{server.server_port}"
+        folders = iter(range(len(CASES)))
+
+        def make_ctx(case: Case) -> Ctx:
             model_cache = tmp / "env-cache" if case.slow else None
-            url = f"http://127.0.0.1:{server.server_port}"
-            ctx = _ctx(tmp / f"case{i}", (tiny, corpus, *seed), url, model_cache)
+            return _ctx(tmp / f"case{next(folders)}", (tiny, corpus, *seed), url, model_cache)
+
+        root_skipped = {case.id for case in CASES if case.root_skips and IS_ROOT}
+        outcomes = run_all([case for case in CASES if case.id not in root_skipped], make_ctx)
+        lines = {}
+        for case in CASES:
             try:
-                if case.root_skips and IS_ROOT:
+                if case.id in root_skipped:
                     raise AssertionError("(root)")
-                lines[case.id] = _generic(run_case(case, ctx), ctx)
+                lines[case.id] = _generic(check_case(case, outcomes[case.id]), outcomes[case.id].ctx)
             except AssertionError as exc:
                 lines[case.id] = f"(not measured here: {str(exc).splitlines()[0]}) {case.expect}"
-            finally:
-                if (ctx.work / "ro").exists():
-                    (ctx.work / "ro").chmod(0o700)
             print(f"{case.id}: {lines[case.id]}", file=sys.stderr)
         server.shutdown()
     return lines
