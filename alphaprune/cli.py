@@ -22,10 +22,12 @@ flag is answered at once. The catalogue of bad inputs: docs/reliability.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from alphaprune import atomic
 from alphaprune.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -223,6 +225,10 @@ def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
         raise UserError(f"--out must end with {' or '.join(suffixes)}, got {path.name}")
     if not path.parent.exists():
         raise UserError(f"--out folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder: give a file name, e.g. {path / ('result' + suffixes[0])}")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write into the --out folder {path.parent}: give a writable folder")
 
 
 def cmd_analyze(args) -> int:
@@ -349,7 +355,7 @@ def _save(result, loaded, path: Path) -> None:
 def _write_json(path: Path, doc) -> None:
     import json
 
-    path.write_text(json.dumps(doc, indent=1, allow_nan=True))
+    atomic.write_text(path, json.dumps(doc, indent=1, allow_nan=True))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -406,12 +412,13 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
                 "unclipped": allocation.raw,
             }
         )
-        frame.to_csv(path, index=False)
+        with atomic.atomic_file(path, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
         print(f"wrote {path}", file=sys.stderr)
     else:
         from alphaprune.export import llmcompressor_recipe
 
-        path.write_text(llmcompressor_recipe(allocation.ratios, pruner))
+        atomic.write_text(path, llmcompressor_recipe(allocation.ratios, pruner))
         print(f"wrote {path}", file=sys.stderr)
 
 

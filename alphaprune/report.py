@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from alphaprune import atomic
 from alphaprune.analysis import Analysis
 
 
@@ -36,9 +37,10 @@ def _json_safe(value):
 def write_analysis(result: Analysis, path: Path) -> None:
     """JSON (the whole document) or CSV (the layer table), by the file's suffix."""
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(_json_safe(result.to_dict()), indent=1))
+        atomic.write_text(path, json.dumps(_json_safe(result.to_dict()), indent=1))
     else:
-        analysis_frame(result).to_csv(path, index=False)
+        with atomic.atomic_file(path, "w", newline="") as handle:
+            analysis_frame(result).to_csv(handle, index=False)
 
 
 def model_summary(loaded) -> dict:

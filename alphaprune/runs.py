@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 import alphaprune
+from alphaprune import atomic
 from alphaprune.errors import UserError
 from alphaprune.paths import check_writable, data_dir
 
@@ -365,16 +366,17 @@ class RunStore:
         if not path.parent.is_dir():
             raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
         records = self.list(model, kind, sweep)
-        tmp = path.with_name(path.name + ".tmp")  # written then renamed: never half a file at `path`
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            if suffix == ".json":
-                json.dump([r.to_dict() for r in records], f, indent=1, allow_nan=False)
-            else:
-                columns, rows = flat_rows(records)
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        os.replace(tmp, path)
+        try:  # never half a file at `path` (alphaprune.atomic)
+            with atomic.atomic_file(path, "w", newline="", encoding="utf-8") as f:
+                if suffix == ".json":
+                    json.dump([r.to_dict() for r in records], f, indent=1, allow_nan=False)
+                else:
+                    columns, rows = flat_rows(records)
+                    writer = csv.DictWriter(f, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(rows)
+        except OSError as exc:
+            raise UserError(f"cannot export to {path} ({exc.strerror or exc}): give a writable file path") from None
         return path
 
 

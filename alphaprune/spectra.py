@@ -72,7 +72,7 @@ def _gram_eigvalsh_cpu(weight: torch.Tensor, use64: bool) -> np.ndarray:
     out = syevr(gram, compute_v=0, lower=0, overwrite_a=1)  # (w, z, m, isuppz, info)
     values, info = out[0], out[-1]
     if info != 0:  # a Gram that overflowed (inf entries); a finite symmetric matrix never fails
-        raise RuntimeError(f"LAPACK syevr failed with info={info}")
+        raise np.linalg.LinAlgError(f"LAPACK syevr failed with info={info}")
     return np.asarray(values, dtype=np.float64)
 
 
@@ -87,7 +87,7 @@ def _eig(weight: torch.Tensor, use64: bool, dev: torch.device) -> np.ndarray:
             ev = _gram_eigvalsh_cpu(weight, use64)
         else:
             ev = _gram_eigvalsh_torch(weight, torch.float64 if use64 else torch.float32, dev)
-    except (RuntimeError, np.linalg.LinAlgError):  # LAPACK gives up on a Gram holding inf
+    except (np.linalg.LinAlgError, torch.linalg.LinAlgError):  # LAPACK gives up on a Gram holding inf
         ev = np.array([np.inf])
     if not np.isfinite(ev).all():
         if not use64:

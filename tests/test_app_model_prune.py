@@ -274,4 +274,5 @@ def test_high_sparsity_few_samples_on_the_default_model_keeps_the_run():
     assert result.config.allocation == "alphapruning" and result.config.sparsity == 0.7
     assert 1.0 < result.ppl_before < result.ppl_after
     assert at.metric[1].value == f"{result.ppl_after:.2f}"
-    assert all("spectra of the pruned model" in e.value for e in at.error)  # at most the optional step
+    no_errors(at)  # and the spectra of the pruned model fit too (the histogram fix in alphaprune/fits.py)
+    assert len(at.session_state[session.PRUNED_ANALYSIS].prunable) == 210

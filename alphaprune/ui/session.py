@@ -162,6 +162,7 @@ def _load_in_thread(spec: str, trust: bool, name: str | None, tick: Callable[[fl
     add_script_run_ctx(thread, get_script_run_ctx())  # the cache works as on the script's thread
     start = time.perf_counter()
     thread.start()
+    tick(0.0)  # the stage is shown at once, however quick the load
     while thread.is_alive():
         tick(time.perf_counter() - start)
         thread.join(0.5)

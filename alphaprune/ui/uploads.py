@@ -19,13 +19,13 @@ Streamlit in this module, so it is tested like the library):
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import stat
 import zipfile
 from pathlib import Path
 
+from alphaprune import atomic
 from alphaprune.errors import UserError
 from alphaprune.paths import cache_dir
 
@@ -46,14 +46,21 @@ def _safe_name(name: str) -> str:
 
 
 def save_upload(name: str, data: bytes, kind: str) -> Path:
-    """The upload written under cache_dir()/uploads/<kind>/<sha1 of data>/<name>; its path."""
+    """The upload written under cache_dir()/uploads/<kind>/<sha1 of data>/<name>; its path.
+
+    Written atomically (alphaprune.atomic): two sessions uploading the same file at once
+    each write their own temporary, and the same bytes end under the one name."""
     digest = hashlib.sha1(data).hexdigest()[:16]
     target = cache_dir() / "uploads" / kind / digest / _safe_name(name)
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-        tmp.write_bytes(data)
-        tmp.replace(target)  # atomic: no half file under the final name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(target, data)
+        except OSError as exc:
+            raise UserError(
+                f"cannot keep the upload {_safe_name(name)} in {target.parent} ({exc.strerror or exc}): "
+                "set ALPHAPRUNE_CACHE to a writable folder with free space"
+            ) from None
     return target
 
 
@@ -89,32 +96,21 @@ def _check_archive(archive: zipfile.ZipFile, root: Path, zip_name: str, limit_mb
         )
 
 
-def _publish(tmp: Path, folder: Path) -> None:
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        if not folder.is_dir():  # else another session unpacked the same upload first
-            raise
-
-
 def unpack_zip(path: Path, limit_mb: int) -> Path:
-    """The folder a checked .zip is unpacked into (next to it, once)."""
+    """The folder a checked .zip is unpacked into (next to it, once; atomically, and a folder
+    another session unpacked from the same upload meanwhile is kept)."""
     folder = path.with_suffix("")
     if folder.is_dir():
         return folder
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
     try:
         with zipfile.ZipFile(path) as archive:
             _check_archive(archive, folder, path.name, limit_mb)
-            shutil.rmtree(tmp, ignore_errors=True)
-            archive.extractall(tmp)
-        _publish(tmp, folder)
+            with atomic.atomic_folder(folder, replace=False) as tmp:
+                archive.extractall(tmp)
     except zipfile.BadZipFile:
         raise UserError(f"{path.name} is not a readable zip archive; zip the model folder again") from None
     except OSError as exc:
         raise UserError(f"cannot unpack {path.name}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
