@@ -7,9 +7,11 @@ default model (load, analyse, move a slider, prune, see perplexity).
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from tests.conftest import tiny_llama, tiny_tokenizer
+from tests.test_app_model_prune import app as _app
+from tests.test_app_model_prune import load as _load
+from tests.test_app_model_prune import no_errors as _no_errors
 
 PAGES = ("pages/model.py", "pages/spectra.py", "pages/allocation.py", "pages/prune.py", "pages/runs.py")
 PAGES += ("pages/about.py",)
@@ -29,23 +31,6 @@ def tiny_folder(tmp_path):
     tiny_llama(layers=2).save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     return tmp_path
-
-
-def _app(timeout: int = 120) -> AppTest:
-    return AppTest.from_file("../app.py", default_timeout=timeout).run()
-
-
-def _load(at: AppTest, spec: str | None) -> AppTest:
-    if spec is not None:
-        at.radio(key="model_source").set_value(FOLDER_SOURCE).run()
-        at.text_input(key="model_spec").set_value(spec).run()
-    at.button(key="load").click().run()
-    return at
-
-
-def _no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 @pytest.mark.parametrize("page", PAGES)
