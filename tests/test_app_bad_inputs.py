@@ -15,6 +15,7 @@ sequence length over the model's context).
 from __future__ import annotations
 
 import io
+import re
 import stat
 import zipfile
 
@@ -245,3 +246,16 @@ def test_sequence_length_over_the_context(pruned):
     prune(pruned)
     one_line_error(pruned, "seqlen 512 exceeds the model's context of 256 tokens")
     assert state(pruned) == before
+
+
+def test_the_doc_lists_every_app_case():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    listed = set(re.findall(r"^\| `(test_[^`]+)` \|", doc[doc.index("## App") :], flags=re.M))
+    cases = [f"test_bad_model_spec[{c}]" for c in MODEL_SPEC_CASES]
+    cases += [f"test_bad_model_upload[{c}]" for c in UPLOAD_CASES] + [f"test_bad_text_upload[{c}]" for c in TEXT_CASES]
+    parametrized = {"test_bad_model_spec", "test_bad_model_upload", "test_bad_text_upload"}
+    cases += [name for name in globals() if name.startswith("test_") and name not in parametrized]
+    cases.remove("test_the_doc_lists_every_app_case")
+    assert set(cases) <= listed, sorted(set(cases) - listed)
