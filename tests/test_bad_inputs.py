@@ -172,7 +172,9 @@ def _foreign_folder(ctx: Ctx) -> None:
 TINY = ("--model", "{T}")
 DATA = ("--calib", "{C}", "--eval", "{C}", "--calib-samples", "2", "--seqlen", "32", "--eval-windows", "2")
 PRUNE = ("prune", *TINY, "--pruner", "magnitude", *DATA)
-HUB_LOCAL = {"HF_HOME": "{W}/../hf", "HF_HUB_OFFLINE": None, "HF_TOKEN": None}  # an empty hub cache, not watched
+# An empty hub cache (not watched), and no proxy: the hub cases talk to 127.0.0.1 directly.
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+HUB_LOCAL = {"HF_HOME": "{W}/../hf", "HF_HUB_OFFLINE": None, "HF_TOKEN": None, **dict.fromkeys(PROXIES)}
 
 
 def _cases() -> list[Case]:
