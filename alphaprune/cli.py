@@ -342,13 +342,9 @@ def _check_save(path: Path | None) -> None:
 
 
 def _save(result, loaded, path: Path) -> None:
-    from alphaprune.export import save_pruned
+    from alphaprune.export import save_result
 
-    meta = {k: v for k, v in result.to_dict().items() if k in ("model", "ppl_before", "ppl_after", "actual_sparsity")}
-    meta.update(result.config.to_dict())
-    folder = save_pruned(
-        result.model, loaded.tokenizer, path, result.allocation.ratios, result.allocation.block_ratios, meta
-    )
+    folder = save_result(result, loaded.tokenizer, path)
     print(f"saved the pruned model to {folder}", file=sys.stderr)
 
 

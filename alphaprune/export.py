@@ -245,6 +245,15 @@ def save_pruned(
     return target
 
 
+def save_result(result, tokenizer, directory: str | os.PathLike) -> Path:
+    """save_pruned for a pipeline.PruneResult: its pruned model and ratios, with the run's
+    own settings and measured numbers as the metadata (the CLI and the app save the same)."""
+    meta = {k: v for k, v in result.to_dict().items() if k in ("model", "ppl_before", "ppl_after", "actual_sparsity")}
+    meta.update(result.config.to_dict())
+    ratios, blocks = result.allocation.ratios, result.allocation.block_ratios
+    return save_pruned(result.model, tokenizer, directory, ratios, blocks, meta)
+
+
 def load_ratios(directory: str | os.PathLike) -> ExportedRatios:
     """Read `alphaprune_ratios.json` from an export folder."""
     path = Path(directory).expanduser() / RATIOS_FILE

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from alphaprune.errors import UserError
-from alphaprune.export import save_pruned
+from alphaprune.export import save_result
 from alphaprune.generate import generate
 from alphaprune.pipeline import run_prune
 from alphaprune.plots import before_after_figure
@@ -193,12 +193,8 @@ folder = st.text_input(
 )
 st.caption(f"Writes to `{Path(folder).expanduser().resolve()}` (a relative folder is relative to `{Path.cwd()}`).")
 if st.button("Save the pruned model", key="save_button"):
-    meta = {"model": loaded.name, "ppl_before": result.ppl_before, "ppl_after": result.ppl_after}
-    meta.update(config.to_dict())
-    try:
-        path = save_pruned(
-            result.model, loaded.tokenizer, folder, result.allocation.ratios, result.allocation.block_ratios, meta
-        )
+    try:  # the run's own settings, not the widgets' current ones
+        path = save_result(result, loaded.tokenizer, folder)
         st.success(f"Saved to `{path}`")
     except Exception as exc:
         st.error(failure(exc, "saving"))

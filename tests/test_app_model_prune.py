@@ -245,10 +245,16 @@ def test_save_folder_says_where_and_saves_there(tiny_folder, tmp_path):
         at
     )
     at.text_input(key="save_folder").set_value(str(tmp_path / "out")).run()
+    at.selectbox(key="prune_pruner").set_value("wanda").run()  # changed after the run: not what was saved
     at.button(key="save_button").click().run()
     no_errors(at)
     assert at.success[-1].value == f"Saved to `{tmp_path / 'out'}`"
     assert (tmp_path / "out" / "config.json").exists()
+    from alphaprune.export import load_ratios
+
+    meta = load_ratios(tmp_path / "out").metadata  # the run's settings and numbers, as the CLI saves them
+    result = at.session_state[session.RESULT]
+    assert meta["pruner"] == "magnitude" and meta["actual_sparsity"] == pytest.approx(result.actual_sparsity)
 
 
 def test_messages_name_the_apps_widgets_not_cli_flags(tiny_folder):
