@@ -184,17 +184,24 @@ def _check_out(path: Path) -> None:
 # ---------------------------------------------------------------- kill twice, then finish
 
 
-def _kill(home: Path, args: list[str], sig: int, point, rng: random.Random) -> Cli:
-    """Start `args`; once `inside(cli)` holds, wait a random fraction of `span` s and send `sig`."""
+def _kill(home: Path, args: list[str], sig: int, point, rng: random.Random, redo=lambda: None) -> Cli:
+    """Start `args`; once `inside(cli)` holds, wait a random fraction of `span` s and send `sig`.
+
+    Where the run finished its work before the signal landed (exit 0: nothing was
+    interrupted), it is tried again with a sooner kill point, `redo()` first."""
     inside, span = point
-    cli = Cli(home, args)
-    entered = cli.wait_for(inside(cli), "the step to start")
-    delay = rng.uniform(0.05, 0.6) * span
-    time.sleep(delay)
-    cli.where = f"{sig!r} {delay:.2f} s after the step began at {entered:.1f} s (seed {SEED})"
-    assert cli.proc.poll() is None, f"{args} ended before the kill point, {cli.where}: the kill tests nothing"
-    cli.proc.send_signal(sig)
-    code = cli.finish()
+    for attempt in range(4):
+        redo()
+        cli = Cli(home, args)
+        entered = cli.wait_for(inside(cli), "the step to start")
+        delay = rng.uniform(0.05, 0.6) * span / 4**attempt
+        time.sleep(delay)
+        cli.where = f"{sig!r} {delay:.2f} s after the step began at {entered:.1f} s (seed {SEED}, try {attempt + 1})"
+        if cli.proc.poll() is None:
+            cli.proc.send_signal(sig)
+        code = cli.finish()
+        if code != 0:
+            break
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL, f"exit {code}, {cli.where}"
     else:  # Ctrl-C: one line, no traceback
@@ -218,9 +225,8 @@ def _fault_case(
     folders = [home / "cache", home / "data"] + ([also] if also else [])
     rows = _check_store(home, kind)
     for sig in (signal.SIGKILL, signal.SIGINT):
-        redo()
         before = set(_temporaries(*folders))
-        cli = _kill(home, args, sig, points[sig], rng)
+        cli = _kill(home, args, sig, points[sig], rng, redo)
         try:
             now = _check_store(home, kind)
             assert rows <= now <= rows + 1  # at most the killed run, whole, if it got that far
