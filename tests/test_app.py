@@ -10,20 +10,13 @@ import pytest
 
 from tests.conftest import tiny_llama, tiny_tokenizer
 from tests.test_app_model_prune import app as _app
+from tests.test_app_model_prune import clear_streamlit_caches  # noqa: F401 (an autouse fixture, used here too)
 from tests.test_app_model_prune import load as _load
 from tests.test_app_model_prune import no_errors as _no_errors
 
 PAGES = ("pages/model.py", "pages/spectra.py", "pages/allocation.py", "pages/prune.py", "pages/runs.py")
 PAGES += ("pages/about.py",)
 FOLDER_SOURCE = "Hub id, folder or .gguf path"
-
-
-@pytest.fixture(autouse=True)
-def clear_streamlit_caches():
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 @pytest.fixture
