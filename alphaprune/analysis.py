@@ -1,8 +1,12 @@
 """Analyse a model: every weight matrix's spectrum, its power-law fits and metrics.
 
-    from alphaprune.analysis import analyze
+    from alphaprune.analysis import analyze, analyze_checkpoint
     result = analyze(model, model_name="smollm2-135m")   # Analysis
     result.layers[5].alpha_peak, result.eigenvalues["model.layers.0.mlp.up_proj"]
+
+    from alphaprune.checkpoint import checkpoint_location, open_checkpoint
+    ckpt = open_checkpoint(checkpoint_location("smollm2-135m"))   # or a folder / .gguf
+    result = analyze_checkpoint(ckpt, "smollm2-135m")    # the same Analysis, from the files
 
 Per matrix (alphaprune/arch.py says which): eigenvalues (alphaprune/spectra.py), the four
 xmin rules (alphaprune/fits.py) and the other metrics (alphaprune/metrics.py).
@@ -11,11 +15,17 @@ Speed: on a CPU the matrices are spread over one worker process per core (forked
 weights are shared, never copied or pickled), each with one BLAS thread: the LAPACK
 tridiagonal reduction does not scale over threads, but two matrices at once do. Results
 are cached on disk by a fingerprint of the weights (alphaprune/cache.py).
+
+From files (`analyze_checkpoint`): the model is never instantiated; each matrix is read from
+the checkpoint (alphaprune/checkpoint.py), cast to float32, measured by the same
+`measure_weight` and freed, each forked worker reading its own. The fingerprint is that of
+the float32 weights, so both paths give the same results and share cache entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import time
@@ -28,6 +38,7 @@ from torch import nn
 
 from alphaprune import cache
 from alphaprune.arch import MatrixRef, all_matrices
+from alphaprune.checkpoint import Checkpoint
 from alphaprune.errors import UserError
 from alphaprune.fits import XMIN_RULES, fit_all
 from alphaprune.metrics import mp_fit, spectral_metrics
@@ -132,8 +143,15 @@ class Analysis:
 
 
 def measure_matrix(ref: MatrixRef, precision: str = "auto", device: str = "auto") -> tuple[np.ndarray, LayerMetrics]:
-    """Eigenvalues and all metrics of one matrix; UserError naming it if its weights are not finite."""
-    weight = ref.weight()
+    """Eigenvalues and all metrics of one matrix of a model in memory (see measure_weight)."""
+    return measure_weight(ref, ref.weight(), precision, device)
+
+
+def measure_weight(
+    ref: MatrixRef, weight: torch.Tensor, precision: str = "auto", device: str = "auto"
+) -> tuple[np.ndarray, LayerMetrics]:
+    """Eigenvalues and all metrics of `weight` (out, in), the matrix `ref` names; UserError
+    naming it if its weights are not finite. Both paths (model in memory, files) use it."""
     if not bool(torch.isfinite(weight).all()):
         raise UserError(
             f"{ref.name} holds NaN or infinite weights, so it has no spectrum: the checkpoint is damaged "
@@ -164,8 +182,11 @@ def measure_matrix(ref: MatrixRef, precision: str = "auto", device: str = "auto"
     return evals, LayerMetrics(**fields)
 
 
-# The forked workers read the matrices from this module global (shared memory, no pickling).
-_POOL_JOB: tuple[list[MatrixRef], str] | None = None
+Reader = Callable[[MatrixRef], torch.Tensor]  # ref -> its weight as (out, in)
+
+# The forked workers read the matrices from this module global (shared memory, no pickling):
+# the refs, the precision and the reader (a model's weights, or a checkpoint's files).
+_POOL_JOB: tuple[list[MatrixRef], str, Reader] | None = None
 
 
 def _pool_init() -> None:
@@ -185,8 +206,9 @@ def _pool_init() -> None:
 
 
 def _pool_task(index: int) -> tuple[int, np.ndarray, LayerMetrics]:
-    refs, precision = _POOL_JOB
-    evals, metrics = measure_matrix(refs[index], precision, "cpu")
+    refs, precision, read = _POOL_JOB
+    ref = refs[index]
+    evals, metrics = measure_weight(ref, read(ref), precision, "cpu")  # the weight is freed on return
     return index, evals, metrics
 
 
@@ -196,8 +218,10 @@ def _workers(device: str, n_jobs: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _measure_all(refs: list[MatrixRef], precision: str, device: str, progress: Progress | None):
-    """(eigenvalues, metrics) for every ref, in order; progress after each matrix."""
+def _measure_all(
+    refs: list[MatrixRef], precision: str, device: str, progress: Progress | None, read: Reader = MatrixRef.weight
+):
+    """(eigenvalues, metrics) for every ref, in order, each weight from `read`; progress after each matrix."""
     global _POOL_JOB
     results: list = [None] * len(refs)
     workers = _workers(device, len(refs))
@@ -208,12 +232,12 @@ def _measure_all(refs: list[MatrixRef], precision: str, device: str, progress: P
 
     if workers == 1:
         for i, ref in enumerate(refs):
-            results[i] = measure_matrix(ref, precision, device)
+            results[i] = measure_weight(ref, read(ref), precision, device)
             report(i + 1)
         return results
     # Largest first, so the pool does not finish waiting on one big matrix.
     order = sorted(range(len(refs)), key=lambda i: -refs[i].params)
-    _POOL_JOB = (refs, precision)
+    _POOL_JOB = (refs, precision, read)
     try:
         with multiprocessing.get_context("fork").Pool(workers, initializer=_pool_init) as pool:
             for done, (i, evals, metrics) in enumerate(pool.imap_unordered(_pool_task, order), start=1):
@@ -237,12 +261,69 @@ def analyze(
     progress: Progress | None = None,
 ) -> Analysis:
     """Spectra and metrics of every prunable matrix plus embeddings / LM head."""
+    refs = all_matrices(model)
+    fingerprint = (lambda: cache.weights_fingerprint(refs)) if use_cache else None
+    return _analyze(refs, MatrixRef.weight, fingerprint, model_name, precision, device, progress)
+
+
+def _checkpoint_weight(ckpt: Checkpoint, ref: MatrixRef) -> torch.Tensor:
+    """`ref`'s weight (out, in) read from the files, in float32 (what a float32 load holds)."""
+    w = ckpt.tensor(ref.tensor_name).to(torch.float32)  # bf16 / fp16 -> float32 is exact
+    return w.t() if ref.transposed else w
+
+
+def _stored_weight(ckpt: Checkpoint, ref: MatrixRef) -> torch.Tensor:
+    return ckpt.tensor(ref.tensor_name)  # the module's layout, the stored dtype
+
+
+def analyze_checkpoint(
+    ckpt: Checkpoint,
+    model_name: str = "model",
+    precision: str = "auto",
+    device: str = "auto",
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> Analysis:
+    """`analyze` of the model a checkpoint holds, read from its files one matrix at a time.
+
+    The matrices come from the config's meta-device skeleton (alphaprune/arch.py); each is
+    read, cast to float32, measured and freed before the next (in each worker of the pool),
+    so results, fingerprint and cache entry equal `analyze` of the float32 model in memory.
+    Peak memory: about one matrix, its Gram matrix and its eigenvalues per worker.
+    """
+    refs = all_matrices(ckpt.skeleton())
+    for ref in refs:
+        ckpt.shape(ref.tensor_name)  # UserError now, before any work, when a matrix is missing
+    fingerprint = None
+    if use_cache:
+
+        def fingerprint() -> str:  # a first pass over the files: each matrix read, hashed as float32, freed
+            def step(done: int) -> None:
+                if progress is not None:
+                    progress(0.0, f"fingerprint {done}/{len(refs)}")
+
+            read = functools.partial(_stored_weight, ckpt)
+            return cache.weights_fingerprint(refs, read, as_dtype=torch.float32, threads=2, progress=step)
+
+    read = functools.partial(_checkpoint_weight, ckpt)
+    return _analyze(refs, read, fingerprint, model_name, precision, device, progress)
+
+
+def _analyze(
+    refs: list[MatrixRef],
+    read: Reader,
+    fingerprint_fn: Callable[[], str] | None,
+    model_name: str,
+    precision: str,
+    device: str,
+    progress: Progress | None,
+) -> Analysis:
+    """The cached analysis of `refs`, each weight from `read`; no cache without `fingerprint_fn`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = str(resolve_device(device))
     start = time.perf_counter()
-    refs = all_matrices(model)
-    fingerprint = cache.weights_fingerprint(refs) if use_cache else None
+    fingerprint = fingerprint_fn() if fingerprint_fn is not None else None
     if fingerprint is not None:
         entry = cache.load_entry(_cache_key(fingerprint, precision))
         if entry is not None and [r["name"] for r in entry[0]] == [ref.name for ref in refs]:
@@ -251,7 +332,7 @@ def analyze(
                 progress(1.0, "spectra loaded from cache")
             seconds = time.perf_counter() - start
             return Analysis(model_name, fingerprint, precision, dev, seconds, True, layers, entry[1])
-    results = _measure_all(refs, precision, dev, progress)
+    results = _measure_all(refs, precision, dev, progress, read)
     layers = tuple(metrics for _, metrics in results)
     evals = {ref.name: ev for ref, (ev, _) in zip(refs, results, strict=True)}
     if fingerprint is not None:

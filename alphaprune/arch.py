@@ -8,6 +8,10 @@ every causal LM of transformers (LLaMA/Mistral/Qwen2/Gemma/Phi, GPT-2, OPT, GPT-
     from alphaprune.arch import find_blocks, prunable_matrices, display_matrices
     blocks = find_blocks(model)            # Blocks(path="model.layers", modules=[...])
     mats = prunable_matrices(model)        # one MatrixRef per Linear/Conv1D in a block
+    mats[0].tensor_name                    # "model.layers.0.self_attn.q_proj.weight"
+
+A model on the meta device (alphaprune.checkpoint.skeleton) works the same: the refs then
+give names and shapes, and the weights are read from the checkpoint by `tensor_name`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class MatrixRef:
     def shape(self) -> tuple[int, int]:
         rows, cols = self.module.weight.shape[:2]
         return (cols, rows) if self.transposed else (rows, cols)
+
+    @property
+    def tensor_name(self) -> str:
+        """The weight's key in model.state_dict() (and in a checkpoint's files)."""
+        return f"{self.name}.weight"
 
     @property
     def params(self) -> int:
