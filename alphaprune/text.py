@@ -8,17 +8,26 @@ The one place that knows how a text source is read (method.md sections 5-6):
   network), documents joined by "\\n\\n" as in the Wanda / SparseGPT evaluation code.
 - a path to a UTF-8 text file (CRLF and CR line ends are normalised to LF).
 
-A text is tokenised once (no special tokens added). Calibration takes N random windows
-(`random.seed(seed)`, start = randint(0, len - seqlen - 1), as the reference code);
-evaluation takes the first W non-overlapping windows (all by default).
+A text is tokenised once, whole, with the tokenizer's default special tokens, as the
+Wanda / SparseGPT data code does (`tokenizer("\\n\\n".join(docs), return_tensors="pt")`): a
+tokenizer that adds a BOS puts one at the very start of the text, not one per window. The
+same ids serve calibration (as the reference's wikitext2 loader, which draws its windows
+from the once-tokenised train text; our sources are one text, never a set of documents to
+tokenise one by one as its C4 loader does) and evaluation, so that the same text gives the
+same ids either way. Calibration takes N random windows (`random.seed(seed)`, start =
+randint(0, len - seqlen - 1), as the reference code); evaluation takes the first W
+non-overlapping windows (all by default). `protocol(tokenizer)` says what was added, for
+the run record.
 
     ids = token_ids("python-docs", tokenizer)             # 1-D LongTensor
     calib = calibration_windows(ids, n=32, seqlen=1024, seed=0)   # (32, 1024)
     test = evaluation_windows(ids, seqlen=1024, windows=32)       # (32, 1024)
+    protocol(tokenizer).as_dict()   # {"special_tokens": True, "bos": 1, "eos": None, "joined": "\\n\\n"}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -34,6 +43,7 @@ if TYPE_CHECKING:  # imported where tensors are made: checking a source or the h
     import torch
 
 SOURCES = ("python-docs", "wikitext2")  # named sources; anything else is a file path
+JOIN = "\n\n"  # the named sources join their documents with this, as the reference's evaluation code
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class Text:
 def _python_docs() -> str:
     from pydoc_data.topics import topics  # stdlib: a dict topic -> help text
 
-    return "\n\n".join(topics[key] for key in sorted(topics))
+    return JOIN.join(topics[key] for key in sorted(topics))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -105,7 +115,7 @@ def _wikitext2() -> str:
         raise UserError(
             f"cannot load wikitext2 ({type(exc).__name__}); pass a local copy as a text file (wikitext2_test.raw)"
         ) from None
-    return "\n\n".join(data["text"])
+    return JOIN.join(data["text"])
 
 
 def _read_file(path: Path) -> str:
@@ -165,11 +175,51 @@ def read_text(source: str) -> Text:
 
 
 def tokenize(text: Text, tokenizer) -> torch.Tensor:
-    """The token ids of the whole text, 1-D int64, without special tokens."""
+    """The token ids of the whole text, 1-D int64, with the tokenizer's default special
+    tokens (a BOS at the very start where it adds one): the reference protocol."""
     import torch
 
-    ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text.text)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How `tokenize` turns a text into ids, for the run record: the tokenizer's default
+    special tokens, and which ones that puts at the very start (bos) and end (eos) of a text:
+    an id, None when it adds none, or a tuple of ids when it adds several."""
+
+    special_tokens: bool
+    bos: int | tuple[int, ...] | None
+    eos: int | tuple[int, ...] | None
+    joined: str = JOIN
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def adds_tokens(self) -> bool:
+        """False when the ids are those of the text alone (as before BOS-aware tokenization)."""
+        return self.bos is not None or self.eos is not None
+
+
+_PROBE = "Hello world"  # any plain text: the special tokens show as what surrounds its ids
+
+
+def _added(ids: list[int]) -> int | tuple[int, ...] | None:
+    return None if not ids else ids[0] if len(ids) == 1 else tuple(ids)
+
+
+def protocol(tokenizer) -> Protocol:
+    """What `tokenize` adds with this tokenizer: the ids around a probe text's own ids."""
+    plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(_PROBE)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return Protocol(True, _added(full[:start]), _added(full[start + len(plain) :]))
+    # the special tokens changed how the text itself splits (no tokenizer known here does):
+    # record the first and last ids where they differ from the plain ones
+    return Protocol(True, full[0] if full[:1] != plain[:1] else None, full[-1] if full[-1:] != plain[-1:] else None)
 
 
 def token_ids(source: str, tokenizer) -> torch.Tensor:

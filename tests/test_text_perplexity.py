@@ -1,7 +1,9 @@
-"""Text sources, calibration / evaluation windows, perplexity against a hand computation."""
+"""Text sources, calibration / evaluation windows, the tokenization protocol (a BOS-adding
+tokenizer against the reference protocol), perplexity against a hand computation."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from alphaprune import text
 from alphaprune.errors import UserError
 from alphaprune.perplexity import perplexity
+from alphaprune.synthetic import byte_tokenizer
 from tests.conftest import tiny_llama, tiny_tokenizer
 
 
@@ -104,9 +107,90 @@ def test_too_short_text():
         text.evaluation_windows(torch.arange(50), 64)
 
 
-def test_tokenize_adds_no_special_tokens():
+def test_tokenize_with_a_tokenizer_that_adds_nothing():
     ids = text.tokenize(text.Text("x", "abc"), tiny_tokenizer())
     assert ids.tolist() == [65, 66, 67]
+    assert text.protocol(tiny_tokenizer()) == text.Protocol(True, None, None, "\n\n")
+    assert not text.protocol(tiny_tokenizer()).adds_tokens
+
+
+def _bos_eos_tokenizer():
+    """byte_tokenizer with a post-processor that adds </s> at the end as well."""
+    from tokenizers import processors
+
+    tokenizer = byte_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    return tokenizer
+
+
+def test_protocol_says_what_the_tokenizer_adds():
+    bos = text.protocol(byte_tokenizer())
+    assert bos.as_dict() == {"special_tokens": True, "bos": 1, "eos": None, "joined": "\n\n"} and bos.adds_tokens
+    assert json.loads(json.dumps(bos.as_dict())) == bos.as_dict()  # fits a run record as it is
+    both = text.protocol(_bos_eos_tokenizer())
+    assert (both.bos, both.eos) == (1, 2)
+    ids = text.tokenize(text.Text("x", "ab"), _bos_eos_tokenizer()).tolist()
+    assert ids[0] == 1 and ids[-1] == 2 and len(ids) == 4  # once for the whole text
+
+
+DOCS = [
+    " = Valkyria Chronicles III = \n",
+    " Senjo no Valkyria 3 : Unrecorded Chronicles is a tactical role @-@ playing video game . \n",
+    " The game began development in 2010 , carrying over a large portion of the work . \n" * 3,
+    " = = Gameplay = = \n",
+]
+
+
+def _reference_perplexity(model, tokenizer, docs, seqlen):
+    """The Wanda / SparseGPT evaluation loop written out: the joined text tokenised once with
+    the tokenizer's defaults, consecutive windows, each window's mean loss times seqlen."""
+    testenc = tokenizer("\n\n".join(docs), return_tensors="pt").input_ids  # (1, L)
+    nsamples = testenc.numel() // seqlen
+    nlls = []
+    for i in range(nsamples):
+        batch = testenc[:, i * seqlen : (i + 1) * seqlen]
+        logits = model(batch).logits  # (1, seqlen, vocab)
+        loss = torch.nn.CrossEntropyLoss()(logits[:, :-1, :].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        nlls.append(loss.float() * seqlen)
+    return torch.exp(torch.stack(nlls).sum() / (nsamples * seqlen)).item()
+
+
+def test_perplexity_equals_the_reference_protocol_with_a_bos_tokenizer(tmp_path):
+    from alphaprune.models import LoadedModel
+    from alphaprune.pipeline import run_eval
+
+    path = tmp_path / "test.raw"
+    path.write_text("\n\n".join(DOCS))
+    model, tokenizer = tiny_llama(), byte_tokenizer()
+    loaded = LoadedModel("tiny-bos", "test", "memory", model, tokenizer, "float32", "cpu", 0.0, False)
+    ours = run_eval(loaded, str(path), seqlen=32, windows=None)[0]
+    with torch.no_grad():
+        expected = _reference_perplexity(model, tokenizer, DOCS, 32)
+    assert ours == pytest.approx(expected, rel=1e-6)
+
+
+def test_calibration_windows_equal_the_reference_loader_with_a_bos_tokenizer(tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text("\n\n".join(DOCS))
+    tokenizer = byte_tokenizer()
+    ours = text.calibration_windows(text.token_ids(str(path), tokenizer), n=4, seqlen=16, seed=2)
+    trainenc = tokenizer(path.read_text(), return_tensors="pt").input_ids  # the reference's wikitext2 loader
+    random.seed(2)
+    starts = [random.randint(0, trainenc.shape[1] - 16 - 1) for _ in range(4)]
+    assert torch.equal(ours, torch.cat([trainenc[:, i : i + 16] for i in starts]))
+    assert int(text.token_ids(str(path), tokenizer)[0]) == tokenizer.bos_token_id
+
+
+@pytest.mark.slow
+def test_default_model_tokenizer_adds_nothing_so_its_numbers_stay(real_model):
+    """SmolLM2's tokenizer adds no BOS or EOS: its ids, hence its perplexities, are today's."""
+    tokenizer = real_model.tokenizer
+    assert text.protocol(tokenizer).as_dict() == {"special_tokens": True, "bos": None, "eos": None, "joined": "\n\n"}
+    source = text.read_text("python-docs")
+    plain = tokenizer(source.text, add_special_tokens=False)["input_ids"]
+    assert text.tokenize(source, tokenizer).tolist() == plain
 
 
 def _hand_perplexity(model, windows):
