@@ -8,10 +8,12 @@ on demand under the name it has in `model.state_dict()`:
 
 - safetensors: `safetensors.safe_open` (memory-mapped), opened per read, so the pages
   read are unmapped again afterwards and the resident set stays about one tensor.
-- GGUF: the tensor table is read once with `gguf.GGUFReader`; a read maps only that
-  tensor's bytes, dequantizes them with `gguf.dequantize` and applies transformers' own
-  GGUF name map and tensor processor (the q/k un-permutation of LLaMA-style models), so a
-  tensor equals what `from_pretrained(gguf_file=...)` puts in the model, in float32.
+- GGUF: the tensor table is read once (transformers' header reader; gguf.GGUFReader for
+  what it refuses), the config as AutoConfig derives it; a read maps only that tensor's
+  bytes, dequantizes them with `gguf.dequantize` and applies transformers' own GGUF name
+  map and tensor processor (the q/k un-permutation of LLaMA-style models), so a tensor
+  equals what `from_pretrained(gguf_file=...)` puts in the model, in float32. Opening
+  SmolLM2's GGUF takes ~8 s (transformers parses the whole vocabulary for the config).
 
 Tied weights: a head tied to the embedding has no stored tensor of its own; its name
 reads the embedding's (and the other way round when only the head was stored).
@@ -126,6 +128,7 @@ class Checkpoint:
         raise NotImplementedError
 
     def nbytes(self) -> int:
+        """Bytes of all weights as stored (GGUF: quantized), each tied tensor counted once."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

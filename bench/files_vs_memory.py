@@ -50,10 +50,10 @@ def time_paths(model_spec: str, matrices: int, repeats: int, threads: int, gguf:
 
     from alphaprune.models import load_model
 
-    os.environ["ALPHAPRUNE_CACHE"] = tempfile.mkdtemp(prefix="files-vs-memory-")  # cold analyses
     loaded = load_model(model_spec)  # fills the dequantized cache folder the files path reads
     # The files: what checkpoint_location picks (the dequantized cache folder), or the GGUF itself.
     ckpt = open_checkpoint(loaded_gguf(model_spec) if gguf else checkpoint_location(model_spec))
+    os.environ["ALPHAPRUNE_CACHE"] = tempfile.mkdtemp(prefix="files-vs-memory-")  # cold analyses from here
     refs = {r.name: r for r in all_matrices(loaded.model)}
     file_refs = all_matrices(ckpt.skeleton())[:matrices]
     print(f"{model_spec}: files {ckpt.location} ({ckpt.kind}, {ckpt.dtype})")

@@ -203,6 +203,16 @@ def test_bad_checkpoints_are_one_line_user_errors(tmp_path, saved):
     (tmp_path / "fake.gguf").write_bytes(b"GGUF" + b"\0" * 20)
     assert "damaged or truncated" in message(tmp_path / "fake.gguf")
 
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "lfm2.gguf"), "lfm2")  # transformers' newer GGUF loader's
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert "cannot read tensor by tensor" in message(tmp_path / "lfm2.gguf")
+
     import shutil
 
     broken = tmp_path / "broken"
