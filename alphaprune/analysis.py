@@ -215,6 +215,11 @@ def _pool_task(index: int) -> tuple[int, np.ndarray, LayerMetrics]:
 def _workers(device: str, n_jobs: int) -> int:
     if device != "cpu" or n_jobs < 8 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
+    return analysis_workers()
+
+
+def analysis_workers() -> int:
+    """Processes a CPU analysis of a model runs at once (each holds one matrix's work)."""
     return max(1, min(os.cpu_count() or 1, 8))
 
 

@@ -57,10 +57,18 @@ def _progress_bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[],
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from alphaprune.models import DEFAULT_MODEL, DEVICES, DTYPES
+    from alphaprune.preflight import OFFLOADS
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled alias, .gguf file, model folder or hub id")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument(
+        "--offload",
+        default="auto",
+        choices=OFFLOADS,
+        help="none: whole model in memory; cpu: held in memory, run block by block; "
+        "disk: read block by block from its files; auto: the first that fits (measured free memory)",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code (off by default)")
 
 
@@ -136,7 +144,7 @@ def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluat
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     _add_allocation_args(p)
-    # checked by PruneConfig.validate: alphaprune.pruners (the list's home) imports torch
+    # checked by PruneConfig.validate (alphaprune/config.py), which names the setting to change
     p.add_argument("--pruner", default="wanda", help="magnitude, wanda or sparsegpt")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
     _add_data_args(p)
@@ -188,7 +196,7 @@ def _add_runs(sub) -> None:
     p.set_defaults(func=cmd_runs)
 
 
-def _load(args):
+def _load(args, dtype: str | None = None):
     from alphaprune.models import load_model
 
     if args.trust_remote_code:
@@ -197,7 +205,8 @@ def _load(args):
             "use it only for a model whose source you trust",
             file=sys.stderr,
         )
-    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    dtype = dtype or args.dtype
+    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
 def _preflight(args, texts: tuple[str, ...] = (), store: bool = False) -> None:
@@ -218,6 +227,33 @@ def _preflight(args, texts: tuple[str, ...] = (), store: bool = False) -> None:
         text.check_source(source, read=True)
 
 
+def _plan(args, step: str, **work):
+    """(preflight plan, checkpoint) for `step` on the model's files: in memory or streamed
+    (alphaprune/preflight.py). Under --offload auto a model whose files cannot be opened
+    for streaming (a hub id not downloaded, a damaged file), or a GGUF not yet dequantized
+    (opening one takes ~8 s), takes the in-memory path, whose loading then says what is
+    wrong or refuses it with numbers: (None, None)."""
+    from alphaprune.checkpoint import checkpoint_location, open_checkpoint
+    from alphaprune.preflight import ModelShape, Work, plan_step
+    from alphaprune.spectra import resolve_device
+
+    try:
+        location = checkpoint_location(args.model)
+        if args.offload == "auto" and location.endswith(".gguf"):
+            return None, None  # quantized, so small: loading it (and its memory check) is the plan
+        ckpt = open_checkpoint(location)
+        skeleton = ckpt.skeleton()
+    except Exception:
+        if args.offload == "auto":
+            return None, None
+        raise
+    device = str(resolve_device(args.device))
+    compute = 4 if args.dtype == "float32" or (args.dtype == "auto" and device == "cpu") else 2  # as load_model
+    shape = ModelShape.from_model(skeleton, ckpt.dtype.itemsize)
+    plan = plan_step(step, shape, Work(compute_bytes=compute, **work), args.offload, device=device)
+    return plan, ckpt
+
+
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
     if path is None:
         return
@@ -234,20 +270,18 @@ def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:
 def cmd_analyze(args) -> int:
     _check_out(args.out, (".json", ".csv"))
     _preflight(args)
-    from alphaprune.analysis import analyze  # imports torch: after the checks
+    from alphaprune.analysis import analysis_workers
     from alphaprune.report import analysis_frame, write_analysis
 
-    loaded = _load(args)
-    print(f"loaded in {loaded.seconds_load:.1f} s ({loaded.source}, {loaded.device})", file=sys.stderr)
+    plan, ckpt = _plan(args, "analyze", workers=analysis_workers())
     update, close = _progress_bar("analyze")
     try:
-        result = analyze(
-            loaded.model, args.model, args.precision, loaded.device, use_cache=not args.no_cache, progress=update
-        )
+        result = _analyze(args, plan, ckpt, update)
     finally:
         close()
     cached = " (cache)" if result.from_cache else ""
-    print(f"analysed {len(result.layers)} matrices in {result.seconds_analysis:.2f} s{cached}", file=sys.stderr)
+    where = "from the files" if plan is not None and plan.streamed else "in memory"
+    print(f"analysed {len(result.layers)} matrices {where} in {result.seconds_analysis:.2f} s{cached}", file=sys.stderr)
     if args.out is None:
         columns = ["name", "shape", "alpha_peak", "alpha_mid", "alpha_ks", "D_peak", "stable_rank"]
         print(analysis_frame(result)[columns].to_string(index=False))
@@ -257,8 +291,21 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _analyze(args, plan, ckpt, progress):
+    """From the files when the plan streams (no model is built), else of the loaded model."""
+    from alphaprune.analysis import analyze, analyze_checkpoint
+
+    use_cache = not args.no_cache
+    if plan is not None and plan.streamed:
+        print(f"alphaprune: {plan.describe()}: {ckpt.location}", file=sys.stderr)
+        return analyze_checkpoint(ckpt, args.model, args.precision, args.device, use_cache, progress)
+    loaded = _load(args)
+    print(f"loaded in {loaded.seconds_load:.1f} s ({loaded.source}, {loaded.device})", file=sys.stderr)
+    return analyze(loaded.model, args.model, args.precision, loaded.device, use_cache=use_cache, progress=progress)
+
+
 def _config(args, **override):
-    from alphaprune.pipeline import PruneConfig
+    from alphaprune.config import PruneConfig
 
     names = ("sparsity", "pruner", "allocation", "epsilon", "metric", "mapping", "pattern", "owl_m", "owl_lambda")
     names += ("calib", "calib_samples", "seqlen", "seed", "eval", "eval_windows", "batch_size")
@@ -299,12 +346,15 @@ def _run_one(loaded, config, analysis, sweep=None):
 
 
 def _summary(result, run_id: int) -> str:
+    from alphaprune.preflight import WHERE
+
     clipped = f", {len(result.allocation.clipped)} matrices held at a bound" if result.allocation.clipped else ""
     eps = f" epsilon {result.config.epsilon:g}" if result.config.allocation == "alphapruning" else ""
     return (
         f"run {run_id}: {result.config.pruner} {result.config.allocation}{eps} {result.config.pattern}: "
         f"perplexity {result.ppl_before:.3f} -> {result.ppl_after:.3f}, "
-        f"sparsity {result.actual_sparsity:.4f}{clipped}, {result.seconds['total']:.0f} s"
+        f"sparsity {result.actual_sparsity:.4f}{clipped}, {result.seconds['total']:.0f} s, "
+        f"{WHERE[(result.offload or {}).get('offload', 'none')]}"
     )
 
 
@@ -318,6 +368,10 @@ def cmd_prune(args) -> int:
     _check_out(args.out, (".json",))
     _check_save(args.save)
     _preflight(args, _texts_read(config), store=True)
+    samples = config.calib_samples if config.needs_calibration else 0
+    plan, ckpt = _plan(args, "prune", samples=samples, seqlen=config.seqlen, batch=1, pruner=config.pruner)
+    if plan is not None and plan.streamed:
+        return _prune_streamed(args, config, plan, ckpt)
     loaded = _load(args)
     result, run_id = _run_one(loaded, config, _analysis_for(loaded, config))
     print(_summary(result, run_id))
@@ -331,6 +385,46 @@ def cmd_prune(args) -> int:
     if args.out is not None:
         _write_json(args.out, {"run_id": run_id, **result.to_dict()})
     return 0
+
+
+def _prune_streamed(args, config, plan, ckpt) -> int:
+    """cmd_prune block by block: from the files ("disk") or from the model held in memory
+    ("cpu"); the pruned model is written to --save (or a temporary folder) as it goes."""
+    from alphaprune.offload import check_streamed, run_streamed
+    from alphaprune.runs import RunStore
+    from alphaprune.stream import MemorySource, source_tokenizer
+
+    if args.prompt is not None:
+        raise UserError("--prompt needs the pruned model in memory, which a streamed run never holds: drop it")
+    check_streamed(ckpt.skeleton(), config)
+    tokenizer = source_tokenizer(ckpt)
+    source = ckpt
+    if plan.path == "cpu":
+        source = MemorySource(_load(args, dtype=_stored_dtype(ckpt)).model, tokenizer)
+    print(f"alphaprune: {plan.describe()}", file=sys.stderr)
+    update, close = _progress_bar(f"{config.pruner} {config.sparsity:g}")
+    try:
+        result = run_streamed(source, tokenizer, args.model, config, args.save, plan, progress=update,
+                              device=_device(args))  # fmt: skip
+    finally:
+        close()
+    run_id = RunStore().add(result.record())
+    print(_summary(result, run_id))
+    if result.saved is not None:
+        print(f"saved the pruned model to {result.saved}", file=sys.stderr)
+    if args.out is not None:
+        _write_json(args.out, {"run_id": run_id, **result.to_dict()})
+    return 0
+
+
+def _stored_dtype(ckpt) -> str:
+    return str(ckpt.dtype).removeprefix("torch.")
+
+
+def _device(args) -> str:
+    from alphaprune.spectra import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _check_save(path: Path | None) -> None:
@@ -419,8 +513,7 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from alphaprune.pipeline import PruneConfig, check_context, run_eval
-    from alphaprune.runs import RunRecord, RunStore, library_versions
+    from alphaprune.config import PruneConfig
 
     _check_out(args.out, (".json",))
     checked = PruneConfig(
@@ -428,18 +521,21 @@ def cmd_eval(args) -> int:
     )
     checked.validate()  # the same checks and words as a prune run's
     _preflight(args, (args.eval,), store=True)
-    loaded = _load(args)
-    check_context(loaded.model, args.seqlen)
+    from alphaprune.runs import RunRecord, RunStore, library_versions
+
+    windows = args.eval_windows or 64  # the estimate's guess when all windows are asked for
+    plan, ckpt = _plan(args, "eval", samples=windows, seqlen=args.seqlen, batch=args.batch_size)
     update, close = _progress_bar("perplexity")
     try:
-        ppl, seconds, fp = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, update)
+        ppl, seconds, fp, device, protocol = _evaluate(args, plan, ckpt, update)
     finally:
         close()
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
-    settings.update(batch_size=args.batch_size, device=str(loaded.device))
+    settings.update(batch_size=args.batch_size, device=device, offload=plan.path if plan is not None else "none")
+    settings["protocol"] = protocol
     record = RunRecord(
         kind="eval",
-        model=loaded.name,
+        model=args.model,
         fingerprint=fp,
         settings=settings,
         ppl_after=ppl,
@@ -449,8 +545,31 @@ def cmd_eval(args) -> int:
     run_id = RunStore().add(record)
     print(f"run {run_id}: perplexity {ppl:.4f} ({args.eval}, seqlen {args.seqlen}, {seconds:.0f} s)")
     if args.out is not None:
-        _write_json(args.out, {"run_id": run_id, "model": loaded.name, "perplexity": ppl, **settings})
+        _write_json(args.out, {"run_id": run_id, "model": args.model, "perplexity": ppl, **settings})
     return 0
+
+
+def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict]:
+    """(perplexity, seconds, fingerprint, device, tokenization protocol): block by block
+    when the plan streams."""
+    from alphaprune.pipeline import check_context, run_eval
+    from alphaprune.text import protocol
+
+    if plan is not None and plan.streamed:
+        from alphaprune.offload import eval_streamed
+        from alphaprune.stream import MemorySource, source_tokenizer
+
+        tokenizer = source_tokenizer(ckpt)
+        source = ckpt if plan.path == "disk" else MemorySource(_load(args, _stored_dtype(ckpt)).model, tokenizer)
+        print(f"alphaprune: {plan.describe()}", file=sys.stderr)
+        device = _device(args)
+        got = eval_streamed(source, tokenizer, args.eval, args.seqlen, args.eval_windows, args.batch_size,
+                            progress, device)  # fmt: skip
+        return (*got, device, protocol(tokenizer).as_dict())
+    loaded = _load(args)
+    check_context(loaded.model, args.seqlen)
+    got = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, progress)
+    return (*got, str(loaded.device), protocol(loaded.tokenizer).as_dict())
 
 
 def cmd_sweep(args) -> int:

@@ -40,6 +40,7 @@ SETTING_NAMES: dict[str, tuple[str, str]] = {
     "batch_size": ("--batch-size", "Batch size"),
     "save": ("--save", "Folder"),
     "trust_remote_code": ("--trust-remote-code", "Trust remote code"),
+    "offload": ("--offload", "Offload"),
 }
 INTERFACES = ("cli", "app")
 _MARK = re.compile(r"«([a-z_]+)»")

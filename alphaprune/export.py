@@ -218,16 +218,6 @@ def save_pruned(
     target = Path(directory).expanduser().resolve()
     check_save_folder(target)
     ordered = _in_module_order(model, ratios)
-    recipe = llmcompressor_recipe(
-        ordered, str(metadata.get("pruner", "magnitude")), str(metadata.get("pattern", "unstructured"))
-    )
-    record = {
-        "format": FORMAT,
-        "metadata": metadata,
-        "ratios": ordered,
-        "block_ratios": [float(r) for r in block_ratios],
-        "measured": _zero_fractions(model, ordered),
-    }
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -237,12 +227,26 @@ def save_pruned(
             _save_model(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            (tmp / RECIPE_FILE).write_text(recipe)
-            # Written last: its presence marks a complete alphaprune export.
-            (tmp / RATIOS_FILE).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+            write_export_files(tmp, ordered, block_ratios, _zero_fractions(model, ordered), metadata)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target
+
+
+def write_export_files(folder: Path, ratios: dict, block_ratios, measured: dict, metadata: dict) -> None:
+    """The recipe and the ratios JSON of an export, into the (temporary) folder being written
+    with the model; the streamed save (alphaprune/stream.py) calls it before publishing."""
+    pruner, pattern = str(metadata.get("pruner", "magnitude")), str(metadata.get("pattern", "unstructured"))
+    record = {
+        "format": FORMAT,
+        "metadata": metadata,
+        "ratios": ratios,
+        "block_ratios": [float(r) for r in block_ratios],
+        "measured": measured,
+    }
+    (Path(folder) / RECIPE_FILE).write_text(llmcompressor_recipe(ratios, pruner, pattern))
+    # Written last: its presence marks a complete alphaprune export.
+    (Path(folder) / RATIOS_FILE).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
 
 
 def save_result(result, tokenizer, directory: str | os.PathLike) -> Path:

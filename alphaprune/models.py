@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -179,11 +178,10 @@ def _check_causal(config, spec: str) -> None:
 
 
 def available_memory_bytes() -> int | None:
-    """Memory available to this process (Linux), None where unknown."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Memory available to this process, None where unknown (alphaprune/preflight.py)."""
+    from alphaprune.preflight import memory_available
+
+    return memory_available()
 
 
 def _check_memory(config, dtype: torch.dtype, spec: str) -> None:

@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,111 +29,16 @@ from torch import nn
 from alphaprune import allocation as alloc
 from alphaprune import atomic, cache, text
 from alphaprune.arch import all_matrices, prunable_matrices
+from alphaprune.config import PruneConfig  # noqa: F401  (re-exported: pipeline.PruneConfig)
 from alphaprune.errors import UserError, setting
 from alphaprune.paths import cache_dir
+from alphaprune.patterns import check_pattern
 from alphaprune.perplexity import perplexity
 from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
-from alphaprune.pruners import PRUNERS, check_pattern, parse_pattern
 
 Progress = Callable[[float, str], None]
-_LABELS = {  # how a message names a number before saying which setting holds it
-    "sparsity": "sparsity", "ceiling": "the per-matrix ceiling", "owl_m": "OWL's outlier threshold M",
-    "owl_lambda": "OWL's lambda", "epsilon": "epsilon", "calib_samples": "calibration samples",
-    "seqlen": "sequence length", "batch_size": "batch size", "eval_windows": "evaluation windows",
-}  # fmt: skip
 EPSILON_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 HELDOUT_WINDOWS = 8
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """Every setting of a pruning run (the CLI flags and the app's widgets map onto it)."""
-
-    sparsity: float = 0.5
-    pruner: str = "wanda"
-    allocation: str = "uniform"
-    epsilon: float | None = alloc.DEFAULT_EPSILON  # None: chosen on held-out calibration text
-    metric: str = alloc.DEFAULT_METRIC
-    mapping: str = "block"
-    pattern: str = "unstructured"
-    block_list: tuple[float, ...] | None = None
-    owl_m: float = alloc.OWL_M
-    owl_lambda: float = alloc.OWL_LAMBDA
-    ceiling: float = alloc.DEFAULT_CEILING
-    calib: str = "python-docs"
-    calib_samples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    eval: str = "python-docs"
-    eval_windows: int | None = None
-    batch_size: int = 1
-
-    def validate(self) -> None:
-        """UserError with what to change, before any work starts (and before a model is loaded)."""
-        if self.pruner not in PRUNERS:
-            raise UserError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
-        if self.allocation not in alloc.METHODS:
-            raise UserError(f"allocation must be one of {', '.join(alloc.METHODS)}, got {self.allocation!r}")
-        self._check_numbers()
-        nm = parse_pattern(self.pattern)
-        if nm is not None and self.allocation != "uniform":
-            raise UserError(
-                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} uniform"
-            )
-        if nm is not None and abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
-            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; set {setting('sparsity')} to it")
-        if self.allocation != "list":
-            alloc.check_target(self.sparsity, self.ceiling)
-        elif not self.block_list:
-            raise UserError(f"allocation 'list' needs one sparsity per block: set {setting('block_list')}")
-        else:
-            alloc.check_list(self.block_list, self.ceiling)
-        if self.allocation == "alphapruning":
-            alloc.check_metric(self.metric)
-        if self.mapping not in alloc.MAPPINGS:
-            raise UserError(f"mapping must be one of {', '.join(alloc.MAPPINGS)}, got {self.mapping!r}")
-        text.check_source(self.calib)  # named sources and existing files; read later
-        text.check_source(self.eval)
-
-    def _check_numbers(self) -> None:
-        """Every number finite and in its range; the message names the setting to change."""
-        reals = {"sparsity": self.sparsity, "ceiling": self.ceiling, "owl_m": self.owl_m}
-        reals.update(owl_lambda=self.owl_lambda, epsilon=self.epsilon if self.epsilon is not None else 0.0)
-        for name, value in reals.items():
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                raise UserError(f"{_LABELS[name]} must be a number, not {value}; set {setting(name)}")
-        for name in ("epsilon", "owl_lambda"):
-            if reals[name] < 0:
-                raise UserError(f"{_LABELS[name]} must be a number >= 0, got {reals[name]}; set {setting(name)}")
-        if self.owl_m <= 0:
-            raise UserError(f"{_LABELS['owl_m']} must be a number > 0, got {self.owl_m}; set {setting('owl_m')}")
-        least = {"calib_samples": 1, "seqlen": 2, "batch_size": 1}
-        if self.eval_windows is not None:
-            least["eval_windows"] = 1
-        for name, low in least.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"{_LABELS[name]} must be a whole number >= {low}, got {value}; set {setting(name)}")
-
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        return parse_pattern(self.pattern)
-
-    @property
-    def auto_epsilon(self) -> bool:
-        return self.epsilon is None and self.allocation == "alphapruning"
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.pruner != "magnitude" or self.allocation == "owl" or self.auto_epsilon
-
-    def to_dict(self) -> dict:
-        """Every setting; epsilon None where it does not apply (only AlphaPruning has one)."""
-        out = dataclasses.asdict(self)
-        out["block_list"] = list(self.block_list) if self.block_list else None
-        if self.allocation != "alphapruning":
-            out["epsilon"] = None
-        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +58,9 @@ class PruneResult:
     model: nn.Module | None = field(default=None, repr=False)
     windows_measured: int | None = None  # evaluation windows actually used (the text may hold fewer)
     dense_fingerprint_after: str | None = None  # the dense model's, measured again after pruning
+    offload: dict | None = None  # the preflight's plan (alphaprune/preflight.py): which path ran
+    saved: str | None = None  # the folder a streamed run wrote the pruned model into
+    protocol: dict | None = None  # how the texts were tokenized (text.protocol)
 
     def record(self, sweep: str | None = None):
         """The run-history record of this run (alphaprune/runs.py)."""
@@ -163,6 +70,13 @@ class PruneResult:
         settings["clipped"] = list(self.allocation.clipped)
         settings["eval_windows_measured"] = self.windows_measured
         settings["dense_fingerprint_after"] = self.dense_fingerprint_after
+        settings["offload"] = (self.offload or {}).get("offload", "none")
+        if self.offload:
+            settings["preflight"] = self.offload
+        if self.saved:
+            settings["saved"] = self.saved
+        if self.protocol is not None:
+            settings["protocol"] = self.protocol
         if self.model is not None:  # rounding differs across devices: part of what was measured
             settings["device"] = str(next(self.model.parameters()).device)
         if self.epsilon_search:
@@ -219,8 +133,14 @@ def _ppl_cache_key(fp: str, source: text.Text, seqlen: int, windows: int, device
 def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torch.Tensor, batch_size: int, progress):
     """Perplexity of the unpruned model, from the cache when measured before."""
     device = next(model.parameters()).device.type
+    return cached_perplexity(fp, source, windows, device, lambda: perplexity(model, windows, batch_size, progress))
+
+
+def cached_perplexity(fp: str, source: text.Text, windows: torch.Tensor, device: str, compute: Callable[[], float]):
+    """A dense model's perplexity on `windows` of `source`, computed by `compute()` only once
+    per weights fingerprint (in memory or streamed: both give the same number)."""
     key = _ppl_cache_key(fp, source, windows.shape[1], windows.shape[0], device)
-    return float(_json_cache("perplexity.json", key, lambda: perplexity(model, windows, batch_size, progress)))
+    return float(_json_cache("perplexity.json", key, compute))
 
 
 def _json_cache(name: str, key: str, compute: Callable[[], object]):
@@ -256,11 +176,12 @@ def _read_json(path) -> dict:
     return known if isinstance(known, dict) else {}
 
 
-def cached_outliers(model: nn.Module, calib: torch.Tensor, m: float, progress=None) -> list[float]:
-    """OWL's outlier ratios (a dense calibration pass), cached: they depend on no sparsity."""
+def cached_outliers(model, calib: torch.Tensor, m: float, progress=None, fp=None, compute=None) -> list[float]:
+    """OWL's outlier ratios (a dense calibration pass), cached: they depend on no sparsity.
+    A streamed run passes its weights' fingerprint `fp` and its own `compute()`."""
     digest = hashlib.sha1(calib.numpy().tobytes()).hexdigest()[:16]
-    key = f"{fingerprint(model)[:32]}|{digest}|{tuple(calib.shape)}|{m}"
-    return _json_cache("owl.json", key, lambda: owl_outlier_ratios(model, calib, m, progress))
+    key = f"{(fp or fingerprint(model))[:32]}|{digest}|{tuple(calib.shape)}|{m}"
+    return _json_cache("owl.json", key, compute or (lambda: owl_outlier_ratios(model, calib, m, progress)))
 
 
 def _analysis_layers(model: nn.Module, name: str, analysis):
@@ -320,36 +241,41 @@ def check_context(model: nn.Module, seqlen: int) -> None:
         raise UserError(f"seqlen {seqlen} exceeds the model's context of {limit} tokens; lower {setting('seqlen')}")
 
 
-def _check_resources(model: nn.Module, config: PruneConfig) -> None:
-    """A seqlen the model cannot take, or no memory for the pruned copy: say so up front."""
-    from alphaprune.models import available_memory_bytes
-
-    check_context(model, config.seqlen)
+def check_matrices(model: nn.Module, config: PruneConfig) -> None:
+    """An N:M pattern every matrix can take, one listed sparsity per block (a skeleton will do)."""
     matrices = prunable_matrices(model)
     for mat in matrices:  # before any minutes are spent on the dense perplexity
         check_pattern(config.nm, mat.shape[1], mat.name)
     if config.allocation == "list":
         alloc.check_list_length(config.block_list, len({mat.block for mat in matrices}))
+
+
+def _check_resources(model: nn.Module, config: PruneConfig) -> None:
+    """A seqlen the model cannot take, or no memory for the pruned copy: say so up front."""
+    from alphaprune.models import available_memory_bytes
+
+    check_context(model, config.seqlen)
+    check_matrices(model, config)
     need = sum(p.numel() * p.element_size() for p in model.parameters())
     have = available_memory_bytes()
     if have is not None and need > 0.8 * have:
         raise UserError(
-            f"pruning needs a copy of the model ({need / 2**30:.1f} GiB) but {have / 2**30:.1f} GiB is free; "
-            "close other runs or use a smaller model"
+            f"pruning in memory needs a copy of the model ({need / 2**30:.1f} GiB) but {have / 2**30:.1f} GiB is "
+            f"free; set {setting('offload')} cpu (block by block, no copy) or close other runs"
         )
 
 
-def _texts(loaded, config: PruneConfig):
+def read_texts(tokenizer, config: PruneConfig):
     """(evaluation text, its windows, calibration token ids or None): every text error first."""
     eval_text = text.read_text(config.eval)
-    eval_ids = text.tokenize(eval_text, loaded.tokenizer)
+    eval_ids = text.tokenize(eval_text, tokenizer)
     eval_windows = text.evaluation_windows(eval_ids, config.seqlen, config.eval_windows)
     calib_ids = None
     if not config.needs_calibration:
         text.check_source(config.calib)  # a bad source is an error even when this run does not read it
         return eval_text, eval_windows, calib_ids
     calib_text = text.read_text(config.calib)
-    calib_ids = text.tokenize(calib_text, loaded.tokenizer)
+    calib_ids = text.tokenize(calib_text, tokenizer)
     text.calibration_windows(calib_ids[: config.seqlen + 1], 1, config.seqlen)  # long enough?
     if config.auto_epsilon:
         text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
@@ -375,7 +301,7 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     config.validate()
     model, clock, seconds = loaded.model, time.perf_counter(), {}
     _check_resources(model, config)
-    eval_text, eval_windows, calib_ids = _texts(loaded, config)
+    eval_text, eval_windows, calib_ids = read_texts(loaded.tokenizer, config)
     calib = None
     if calib_ids is not None:
         calib = text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)
@@ -418,6 +344,7 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
         pruned,
         windows_measured=len(eval_windows),
         dense_fingerprint_after=fp_after,
+        protocol=text.protocol(loaded.tokenizer).as_dict(),
     )
 
 

@@ -24,32 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from alphaprune.errors import UserError
-
-PRUNERS = ("magnitude", "wanda", "sparsegpt")
-PATTERNS = ("unstructured", "2:4", "4:8")
-BLOCKSIZE = 128  # SparseGPT's columns per block (the reference's default)
-NM = tuple[int, int]
-
-
-def parse_pattern(pattern: str) -> NM | None:
-    """'unstructured' -> None; 'N:M' -> (N, M) with 0 < N < M."""
-    if pattern == "unstructured":
-        return None
-    try:
-        n, m = (int(x) for x in pattern.split(":"))
-    except ValueError:
-        raise UserError(f"pattern must be 'unstructured' or N:M such as 2:4, got {pattern!r}") from None
-    if not 0 < n < m:
-        raise UserError(f"in an N:M pattern 0 < N < M must hold, got {pattern!r}")
-    if BLOCKSIZE % m:  # SparseGPT picks N:M groups inside its column blocks
-        raise UserError(f"in an N:M pattern M must divide {BLOCKSIZE} (e.g. 2:4, 4:8), got {pattern!r}")
-    return n, m
-
-
-def check_pattern(nm: NM | None, columns: int, name: str = "a matrix") -> None:
-    if nm is not None and columns % nm[1]:
-        raise UserError(f"N:M pattern {nm[0]}:{nm[1]} does not divide the rows of {name} ({columns} inputs)")
+from alphaprune.patterns import BLOCKSIZE, NM, PATTERNS, PRUNERS, check_pattern, parse_pattern  # noqa: F401
 
 
 def _nm_mask(score: torch.Tensor, nm: NM) -> torch.Tensor:
