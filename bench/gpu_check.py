@@ -63,7 +63,7 @@ def _cli(args: list[str], work: Path, timeout: float | None = None) -> dict:
 
 
 def cmd_analysis(a) -> None:
-    ns = argparse.Namespace(preset=a.preset, dir=a.dir.resolve(), rewrite=False, seed=0, shard_gb=2.0)
+    ns = argparse.Namespace(preset=a.preset, dir=a.dir.resolve(), rewrite=False, seed=0, shard_gb=1.0)
     ckpt, config, nbytes = scale.checkpoint(ns, a.layers)
     work = a.out / "work-analysis"
     offload = ["--offload", "auto"] if scale.has_offload() else []

@@ -438,7 +438,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "scale.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "scale.md")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-gb", type=float, default=2.0, help="safetensors shard size of the checkpoints")
+    p.add_argument("--shard-gb", type=float, default=1.0, help="safetensors shard size of the checkpoints (GiB)")
     p.add_argument("--memory-gb", type=float, help="memory the in-memory path may use (default: 90%% of available)")
     p.add_argument("--timeout", type=float, help="seconds per step before it is stopped")
     p.add_argument("--rewrite", action="store_true", help="write the checkpoints again even if present")
