@@ -137,10 +137,11 @@ def commands(step: str, ckpt: Path, out: Path, path: str | None, extra: list[str
     return cmd + offload + extra
 
 
-def measure(cmd: list[str], work: Path, timeout: float | None) -> dict:
-    """Run `cmd` in a fresh wrapper process; its rc, wall time, peak RSS and output."""
+def measure(cmd: list[str], work: Path, timeout: float | None, cache: Path | None = None) -> dict:
+    """Run `cmd` in a fresh wrapper process; its rc, wall time, peak RSS and output. Its
+    cache folder is `cache`, by default a fresh one in `work` (nothing from earlier steps)."""
     report = work / "rusage.json"
-    env = {**os.environ, "ALPHAPRUNE_CACHE": str(work / "cache"), "ALPHAPRUNE_DATA": str(work / "data")}
+    env = {**os.environ, "ALPHAPRUNE_CACHE": str(cache or work / "cache"), "ALPHAPRUNE_DATA": str(work / "data")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run(
