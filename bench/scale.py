@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -188,9 +189,10 @@ def estimate_in_memory(step: str, ckpt_bytes: int) -> float:
 def available_bytes(limit_gb: float | None) -> float:
     if limit_gb is not None:
         return limit_gb * 2**30
-    import psutil
+    from alphaprune.models import available_memory_bytes
 
-    return 0.9 * psutil.virtual_memory().available
+    have = available_memory_bytes()
+    return math.inf if have is None else 0.9 * have  # unknown: try, the step's own checks refuse
 
 
 def run_layers(args, layers: int, offload: bool, extra: list[str]) -> list[dict]:
@@ -353,9 +355,8 @@ def acceptance(rows: list[dict]) -> list[str]:
 
 
 def section(rows: list[dict], offload: bool) -> str:
-    import psutil
-
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {total / 2**30:.0f} GiB RAM"
     lines = [
         BEGIN,
         "",
