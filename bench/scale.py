@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -137,10 +138,11 @@ def commands(step: str, ckpt: Path, out: Path, path: str | None, extra: list[str
     return cmd + offload + extra
 
 
-def measure(cmd: list[str], work: Path, timeout: float | None) -> dict:
-    """Run `cmd` in a fresh wrapper process; its rc, wall time, peak RSS and output."""
+def measure(cmd: list[str], work: Path, timeout: float | None, cache: Path | None = None) -> dict:
+    """Run `cmd` in a fresh wrapper process; its rc, wall time, peak RSS and output. Its
+    cache folder is `cache`, by default a fresh one in `work` (nothing from earlier steps)."""
     report = work / "rusage.json"
-    env = {**os.environ, "ALPHAPRUNE_CACHE": str(work / "cache"), "ALPHAPRUNE_DATA": str(work / "data")}
+    env = {**os.environ, "ALPHAPRUNE_CACHE": str(cache or work / "cache"), "ALPHAPRUNE_DATA": str(work / "data")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run(
@@ -187,9 +189,10 @@ def estimate_in_memory(step: str, ckpt_bytes: int) -> float:
 def available_bytes(limit_gb: float | None) -> float:
     if limit_gb is not None:
         return limit_gb * 2**30
-    import psutil
+    from alphaprune.models import available_memory_bytes
 
-    return 0.9 * psutil.virtual_memory().available
+    have = available_memory_bytes()
+    return math.inf if have is None else 0.9 * have  # unknown: try, the step's own checks refuse
 
 
 def run_layers(args, layers: int, offload: bool, extra: list[str]) -> list[dict]:
@@ -352,9 +355,8 @@ def acceptance(rows: list[dict]) -> list[str]:
 
 
 def section(rows: list[dict], offload: bool) -> str:
-    import psutil
-
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {total / 2**30:.0f} GiB RAM"
     lines = [
         BEGIN,
         "",
@@ -438,7 +440,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "scale.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "scale.md")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-gb", type=float, default=2.0, help="safetensors shard size of the checkpoints")
+    p.add_argument("--shard-gb", type=float, default=1.0, help="safetensors shard size of the checkpoints (GiB)")
     p.add_argument("--memory-gb", type=float, help="memory the in-memory path may use (default: 90%% of available)")
     p.add_argument("--timeout", type=float, help="seconds per step before it is stopped")
     p.add_argument("--rewrite", action="store_true", help="write the checkpoints again even if present")
