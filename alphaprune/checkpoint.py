@@ -49,13 +49,14 @@ _ST_DTYPES = {  # safetensors' dtype strings -> torch
 }  # fmt: skip
 
 
-def skeleton(config) -> nn.Module:
-    """The causal LM of `config` on the meta device (no memory), its tied weights tied."""
+def skeleton(config, dtype: torch.dtype | None = None) -> nn.Module:
+    """The causal LM of `config` on the meta device (no memory), its tied weights tied;
+    parameters in `dtype` (default: transformers' own choice)."""
     from transformers import AutoModelForCausalLM
 
     models._quiet_transformers()
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
     model.tie_weights()
     return model.eval()
 

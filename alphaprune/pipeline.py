@@ -125,9 +125,12 @@ def fingerprint(model: nn.Module) -> str:
     return cache.weights_fingerprint(all_matrices(model))
 
 
-def _ppl_cache_key(fp: str, source: text.Text, seqlen: int, windows: int, device: str = "cpu") -> str:
-    where = "" if device == "cpu" else f"|{device}"  # CPU keys as before; a GPU rounds differently
-    return f"{fp[:32]}|{source.digest}|{seqlen}|{windows}{where}"
+def _ppl_cache_key(fp: str, source: text.Text, windows: torch.Tensor, device: str = "cpu") -> str:
+    """The weights, the text, and the windows' own ids: two tokenizers (or one that adds a BOS
+    since text.tokenize keeps special tokens) never share an entry."""
+    where = "" if device == "cpu" else f"|{device}"  # a GPU rounds differently
+    ids = hashlib.sha1(windows.numpy().tobytes()).hexdigest()[:12]
+    return f"{fp[:32]}|{source.digest}|{windows.shape[1]}|{windows.shape[0]}|{ids}{where}"
 
 
 def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torch.Tensor, batch_size: int, progress):
@@ -139,7 +142,7 @@ def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torc
 def cached_perplexity(fp: str, source: text.Text, windows: torch.Tensor, device: str, compute: Callable[[], float]):
     """A dense model's perplexity on `windows` of `source`, computed by `compute()` only once
     per weights fingerprint (in memory or streamed: both give the same number)."""
-    key = _ppl_cache_key(fp, source, windows.shape[1], windows.shape[0], device)
+    key = _ppl_cache_key(fp, source, windows, device)
     return float(_json_cache("perplexity.json", key, compute))
 
 

@@ -124,11 +124,10 @@ class Entry:
 
 
 def skeleton(config, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """The causal LM of `config` on the meta device, in `dtype`: shapes and names, no memory."""
-    from transformers import AutoModelForCausalLM
+    """The causal LM of `config` on the meta device, in `dtype` (alphaprune/checkpoint.py)."""
+    from alphaprune.checkpoint import skeleton as meta_skeleton
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return meta_skeleton(config, dtype)
 
 
 def entries(model: nn.Module) -> list[Entry]:
