@@ -390,14 +390,14 @@ def cmd_prune(args) -> int:
 def _prune_streamed(args, config, plan, ckpt) -> int:
     """cmd_prune block by block: from the files ("disk") or from the model held in memory
     ("cpu"); the pruned model is written to --save (or a temporary folder) as it goes."""
-    from alphaprune.offload import check_streamed, run_streamed
+    from alphaprune.offload import check_streamed, checkpoint_tokenizer, run_streamed
     from alphaprune.runs import RunStore
-    from alphaprune.stream import MemorySource, source_tokenizer
+    from alphaprune.stream import MemorySource
 
     if args.prompt is not None:
         raise UserError("--prompt needs the pruned model in memory, which a streamed run never holds: drop it")
     check_streamed(ckpt.skeleton(), config)
-    tokenizer = source_tokenizer(ckpt)
+    tokenizer = checkpoint_tokenizer(ckpt)
     source = ckpt
     if plan.path == "cpu":
         source = MemorySource(_load(args, dtype=_stored_dtype(ckpt)).model, tokenizer)
@@ -556,10 +556,10 @@ def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict]
     from alphaprune.text import protocol
 
     if plan is not None and plan.streamed:
-        from alphaprune.offload import eval_streamed
-        from alphaprune.stream import MemorySource, source_tokenizer
+        from alphaprune.offload import checkpoint_tokenizer, eval_streamed
+        from alphaprune.stream import MemorySource
 
-        tokenizer = source_tokenizer(ckpt)
+        tokenizer = checkpoint_tokenizer(ckpt)
         source = ckpt if plan.path == "disk" else MemorySource(_load(args, _stored_dtype(ckpt)).model, tokenizer)
         print(f"alphaprune: {plan.describe()}", file=sys.stderr)
         device = _device(args)

@@ -65,6 +65,16 @@ def check_streamed(skeleton, config: PruneConfig) -> None:
     pipeline.check_matrices(skeleton, config)
 
 
+def checkpoint_tokenizer(ckpt):
+    """The tokenizer stored with a checkpoint; UserError when it has none (texts need one)."""
+    from alphaprune.stream import stored_tokenizer
+
+    tokenizer = stored_tokenizer(ckpt)
+    if tokenizer is None:
+        raise UserError(f"{ckpt.location} has no tokenizer files: save the tokenizer into the model folder too")
+    return tokenizer
+
+
 def _save_folder(save: str | Path | None) -> tuple[Path, bool]:
     """(folder the shards go to, whether it is a temporary one)."""
     if save is not None:
@@ -122,8 +132,9 @@ def run_streamed(source, tokenizer, name: str, config: PruneConfig, save=None, p
     allocating = pipeline._stage(progress, 0.3, 0.4, "allocation")
     allocation = _allocation(source, skeleton, config, analysis, calib, fp, allocating, name, device)
     seconds["allocation"] = time.perf_counter() - t
+    meta = {"model": name, "ppl_before": ppl_before, **config.to_dict()}
     pruned, ppl_after, folder = _prune_and_measure(source, tokenizer, allocation, config, calib, eval_windows, save,
-                                                   progress, device, seconds)  # fmt: skip
+                                                   progress, device, seconds, meta)  # fmt: skip
     seconds["total"] = time.perf_counter() - clock
     return pipeline.PruneResult(
         name, fp, config, allocation, ppl_before, ppl_after, pruned.actual_sparsity, pruned.matrix_sparsity,
@@ -133,7 +144,8 @@ def run_streamed(source, tokenizer, name: str, config: PruneConfig, save=None, p
     )  # fmt: skip
 
 
-def _prune_and_measure(source, tokenizer, allocation, config, calib, eval_windows, save, progress, device, seconds):
+def _prune_and_measure(source, tokenizer, allocation, config, calib, eval_windows, save, progress, device, seconds,
+                       meta):  # fmt: skip
     """(stream_prune's result, perplexity of the pruned folder, the folder or None when it
     was a temporary one, removed once measured)."""
     from alphaprune.checkpoint import open_checkpoint
@@ -143,17 +155,41 @@ def _prune_and_measure(source, tokenizer, allocation, config, calib, eval_window
     try:
         t = time.perf_counter()
         pruning = pipeline._stage(progress, 0.4, 0.75, config.pruner)
+        finish = None if temporary else _export_files(allocation, config, meta)
         pruned = stream_prune(source, allocation.ratios, config.pruner, config.nm, calib, folder, pruning, device,
-                              tokenizer=tokenizer)  # fmt: skip
+                              tokenizer=tokenizer, finish=finish)  # fmt: skip
         seconds["prune"] = time.perf_counter() - t
         t = time.perf_counter()
         after = pipeline._stage(progress, 0.75, 1.0, "perplexity")
         ppl_after = stream_perplexity(open_checkpoint(str(folder)), eval_windows, config.batch_size, after, device)
         seconds["eval_after"] = time.perf_counter() - t
+        if not temporary:
+            _record_after(folder, ppl_after, pruned.actual_sparsity)
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
     return pruned, ppl_after, None if temporary else str(folder)
+
+
+def _export_files(allocation, config: PruneConfig, meta: dict):
+    """stream_prune's `finish`: the ratios JSON and recipe of an alphaprune export, written
+    into the folder before it appears (as export.save_pruned writes them)."""
+    from alphaprune.export import write_export_files
+
+    return lambda folder, zeros: write_export_files(folder, allocation.ratios, allocation.block_ratios, zeros, meta)
+
+
+def _record_after(folder: Path, ppl_after: float, sparsity: float) -> None:
+    """The perplexity after, measured on the saved folder, added to its ratios JSON (atomically)."""
+    import json
+
+    from alphaprune import atomic
+    from alphaprune.export import RATIOS_FILE
+
+    path = Path(folder) / RATIOS_FILE
+    record = json.loads(path.read_text())
+    record["metadata"].update(ppl_after=ppl_after, actual_sparsity=sparsity)
+    atomic.write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 def _recheck(source, fp: str) -> str | None:

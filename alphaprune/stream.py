@@ -249,8 +249,11 @@ def stream_prune(
     device="cpu",
     dtype: torch.dtype | None = None,
     tokenizer=None,
+    finish: Callable[[Path, dict[str, float]], None] | None = None,
 ) -> StreamResult:
-    """Prune `source` block by block into `save_folder` (see the module docstring)."""
+    """Prune `source` block by block into `save_folder` (see the module docstring).
+    `finish(folder, zeros per matrix)` writes more files into the folder before it appears
+    (alphaprune/export.py's ratios and recipe)."""
     run = _Onloader(source, device, dtype)
     blocks = matrices_by_block(run.model)
     check_prune(blocks, ratios, pruner, nm)
@@ -275,6 +278,8 @@ def stream_prune(
         shards.write(_outside_tensors(run, saved))
         shards.write_index()
         _write_config(tmp, run, saved, tokenizer)
+        if finish is not None:
+            finish(tmp, {name: z / n for name, (z, n) in zeros.items()})
     if progress is not None:
         progress(1.0, f"saved {save_folder}")
     total = sum(n for _, n in zeros.values())
@@ -335,12 +340,12 @@ def _write_config(folder: Path, run: _Onloader, dtype: torch.dtype, tokenizer) -
     config["architectures"] = [type(run.model).__name__]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if tokenizer is None:
-        tokenizer = run.source.tokenizer if isinstance(run.source, MemorySource) else _stored_tokenizer(run.source)
+        tokenizer = run.source.tokenizer if isinstance(run.source, MemorySource) else stored_tokenizer(run.source)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
 
-def _stored_tokenizer(checkpoint):
+def stored_tokenizer(checkpoint):
     """The tokenizer stored with a checkpoint (never looked up online), None when it has none."""
     from transformers import AutoTokenizer
 
