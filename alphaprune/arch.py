@@ -36,6 +36,14 @@ class Blocks:
     path: str
     modules: tuple[nn.Module, ...]
 
+    def prefix(self, index: int) -> str:
+        """How the names of block `index`'s modules and tensors start: 'model.layers.3.'."""
+        return f"{self.path}.{index}." if self.path else f"{index}."
+
+    def contains(self, name: str) -> bool:
+        """Whether a module or tensor name lies inside the decoder stack."""
+        return bool(self.path) and (name == self.path or name.startswith(self.path + "."))
+
 
 @dataclass(frozen=True, eq=False)
 class MatrixRef:
@@ -114,7 +122,7 @@ def prunable_matrices(model: nn.Module) -> list[MatrixRef]:
     refs: list[MatrixRef] = []
     for index, block in enumerate(blocks.modules):
         named = [(n, m) for n, m in block.named_modules() if _is_matrix_layer(m)]
-        prefix = f"{blocks.path}.{index}." if blocks.path else f"{index}."
+        prefix = blocks.prefix(index)
         for (rel, module), kind in zip(named, _kinds([n for n, _ in named]), strict=True):
             refs.append(
                 MatrixRef(
@@ -134,13 +142,12 @@ def display_matrices(model: nn.Module) -> list[MatrixRef]:
 
     A head tied to the input embedding shares its storage and is listed once.
     """
-    blocks_path = find_blocks(model).path
+    blocks = find_blocks(model)
     seen: set[int] = set()
     refs: list[MatrixRef] = []
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in model.named_modules():
-        inside_blocks = blocks_path and (name == blocks_path or name.startswith(blocks_path + "."))
-        is_embedding = isinstance(module, nn.Embedding) and not inside_blocks
+        is_embedding = isinstance(module, nn.Embedding) and not blocks.contains(name)
         if not (is_embedding or (head is not None and module is head)):
             continue
         weight = getattr(module, "weight", None)

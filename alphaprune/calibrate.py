@@ -11,6 +11,10 @@ of the already pruned blocks 0..k-1, and memory holds one block's activations at
         ...prune the block...
     sequential(model, windows, on_block, progress=cb)      # windows: (N, seqlen) token ids
 
+The block-by-block path (alphaprune/stream.py) uses the same pieces with one block in
+memory at a time: `capture_block_inputs` (the blocks may still be on the meta device),
+`feed` (inputs kept on the CPU, each moved to the compute device in turn) and `collect`.
+
 `InputStats` accumulates, per matrix, what the pruners need: the squared norm of every
 input feature (Wanda, OWL) and optionally X^T X (SparseGPT).
 """
@@ -33,8 +37,11 @@ class _Captured(Exception):
     """Raised by the hook on block 0 to stop the forward pass once its inputs are seen."""
 
 
-def capture_block_inputs(model: nn.Module, windows: torch.Tensor) -> tuple[list[torch.Tensor], list[dict]]:
-    """Per window: the hidden states entering block 0, (1, seqlen, hidden), and its kwargs."""
+def capture_block_inputs(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 1
+) -> tuple[list[torch.Tensor], list[dict]]:
+    """Per batch of windows: the hidden states entering block 0, (b, seqlen, hidden), and its
+    kwargs. Only the modules before block 0 run, so the blocks may still be on the meta device."""
     first = find_blocks(model).modules[0]
     inputs: list[torch.Tensor] = []
     kwargs: list[dict] = []
@@ -47,11 +54,11 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor) -> tuple[list[
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
+    device = next(p for p in model.parameters() if p.device.type != "meta").device  # the embeddings'
     try:
-        for window in windows:
+        for start in range(0, len(windows), batch_size):
             try:
-                model(input_ids=window[None].to(device), use_cache=False)
+                model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
             except _Captured:
                 pass
     finally:
@@ -64,19 +71,24 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
+def feed(block: nn.Module, inputs: list[torch.Tensor], kwargs: list[dict], device=None, keep: bool = False) -> None:
+    """Run every input (b, seqlen, hidden) through `block`, each moved to `device` (default:
+    where it is) on its own. keep=True replaces each input by the block's output, stored where
+    the input was (the CPU for the block-by-block path): the next block's inputs."""
+    for i, (x, kw) in enumerate(zip(inputs, kwargs, strict=True)):
+        out = _hidden(block(x if device is None else x.to(device), **kw))
+        if keep:
+            inputs[i] = out.to(x.device)
+
+
 @torch.no_grad()
 def sequential(model: nn.Module, windows: torch.Tensor, on_block: BlockVisitor, progress: Progress | None = None):
     """Visit every decoder block in order with the current calibration activations."""
     blocks = find_blocks(model).modules
     inputs, kwargs = capture_block_inputs(model, windows)
     for index, block in enumerate(blocks):
-
-        def run(block=block, inputs=inputs) -> None:
-            for x, kw in zip(inputs, kwargs, strict=True):
-                block(x, **kw)
-
-        on_block(index, block, run)
-        inputs = [_hidden(block(x, **kw)) for x, kw in zip(inputs, kwargs, strict=True)]
+        on_block(index, block, lambda block=block: feed(block, inputs, kwargs))
+        feed(block, inputs, kwargs, keep=True)
         if progress is not None:
             progress((index + 1) / len(blocks), f"block {index + 1}/{len(blocks)}")
 

@@ -284,6 +284,15 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, bool,
     return model.to(dtype), tok, False, str(path)
 
 
+def saved_config(config, dtype: str) -> dict:
+    """The config.json of a model folder written by hand: GGUF's quantization entry dropped
+    (the weights are already dequantized; transformers would refuse them) and `dtype` set."""
+    out = config.to_dict()
+    out.pop("quantization_config", None)
+    out["dtype"] = dtype
+    return out
+
+
 def _save_cache(model: nn.Module, tokenizer, folder: Path) -> None:
     """Write the dequantized model as a model folder that appears whole or not at all
     (alphaprune.atomic); a folder another process published meanwhile is kept."""
@@ -294,9 +303,7 @@ def _save_cache(model: nn.Module, tokenizer, folder: Path) -> None:
             # float32) weights and a config without the quantization entry by hand.
             from safetensors.torch import save_model
 
-            config = model.config.to_dict()
-            config.pop("quantization_config", None)
-            config["dtype"] = "float32"
+            config = saved_config(model.config, "float32")
             (tmp / "config.json").write_text(json.dumps(config, indent=1))
             save_model(model, str(tmp / "model.safetensors"))
             tokenizer.save_pretrained(tmp)

@@ -7,6 +7,9 @@ exp(sum_w seqlen * mean_loss_w / (W * seqlen)).
 
     ppl = perplexity(model, windows, batch_size=4, progress=cb)   # windows: (W, seqlen)
 
+A model too large for memory is evaluated block by block by alphaprune/stream.py, with
+the same loss (`nll_of_logits`).
+
 The log-softmax over the vocabulary is taken in float32 whatever the model's dtype, and in
 slices of the sequence so that (batch, seqlen, vocab) logits never sit in memory twice.
 """
@@ -23,9 +26,10 @@ from torch import nn
 Progress = Callable[[float, str], None]
 
 
-def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
-    """(sum of token NLLs, number of predicted tokens) for a (b, seqlen) batch."""
-    logits = model(input_ids=batch, use_cache=False).logits  # (b, seqlen, vocab)
+def nll_of_logits(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
+    """(sum of token NLLs, number of predicted tokens) of (b, seqlen, vocab) logits for the
+    (b, seqlen) token ids they were computed from. The one place the loss is computed: the
+    in-memory forward and the block-by-block one (alphaprune/stream.py) both end here."""
     targets = batch[:, 1:]  # (b, seqlen - 1)
     total = 0.0
     for start in range(0, logits.shape[1] - 1, 256):  # slices keep the float32 copy small
@@ -33,6 +37,11 @@ def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
         chunk = logits[:, start:stop].float()  # (b, s, vocab)
         total += float(F.cross_entropy(chunk.flatten(0, 1), targets[:, start:stop].flatten(), reduction="sum"))
     return total, targets.numel()
+
+
+def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
+    """(sum of token NLLs, number of predicted tokens) for a (b, seqlen) batch."""
+    return nll_of_logits(model(input_ids=batch, use_cache=False).logits, batch)
 
 
 @torch.no_grad()
