@@ -1,8 +1,9 @@
 """The app at scale (issue 10, item 6), with AppTest on a tiny bf16 LLaMA folder: the Model
 page's **Offload** choice, analysis straight from the files (no model loaded) that the
-Spectra and Allocation pages use, a streamed prune into a named save folder whose run
-record says "disk" and whose perplexities equal the in-memory run's, and a path that does
-not fit refused in one line with the numbers.
+Spectra and Allocation pages use, streamed prunes ("disk", "cpu") into a named save folder
+whose run records say which path ran and whose perplexities equal the in-memory run's, a
+streamed run without a save folder refused, and a path that does not fit refused in one
+line with the numbers.
 
     .venv/bin/python -m pytest tests/test_app_scale.py -q
 """
@@ -17,8 +18,12 @@ from alphaprune import preflight
 from alphaprune.runs import RunStore
 from alphaprune.ui import session
 from tests.conftest import tiny_llama, tiny_tokenizer
-from tests.test_app_model_prune import FOLDER_SOURCE, SMALL, no_errors
-from tests.test_app_model_prune import clear_streamlit_caches  # noqa: F401 (an autouse fixture, used here too)
+from tests.test_app_model_prune import (
+    FOLDER_SOURCE,
+    SMALL,
+    clear_streamlit_caches,  # noqa: F401 (an autouse fixture, used here too)
+    no_errors,
+)
 
 
 @pytest.fixture
@@ -73,21 +78,26 @@ def test_disk_analyses_from_the_files_and_the_spectra_page_shows_it(bf16_folder)
 
 
 def test_a_streamed_prune_into_a_named_folder_matches_the_in_memory_run(bf16_folder, tmp_path):
-    save = tmp_path / "pruned"
-    at = pruned(analysed(bf16_folder, "disk"), save)
-    no_errors(at)
-    streamed = RunStore().get(at.session_state[session.RUN_ID])
-    assert streamed.settings["offload"] == "disk" and streamed.settings["saved"] == str(save)
-    assert (save / "model.safetensors.index.json").is_file()
-    assert "Ran streamed from the files." in "\n".join(c.value for c in at.caption)
+    """disk (blocks read from the files) and cpu (the model held once, in bf16, streamed)."""
+    streamed = {}
+    for offload in ("disk", "cpu"):
+        save = tmp_path / f"pruned-{offload}"
+        at = pruned(analysed(bf16_folder, offload), save)
+        no_errors(at)
+        streamed[offload] = run = RunStore().get(at.session_state[session.RUN_ID])
+        assert run.settings["offload"] == offload and run.settings["saved"] == str(save)
+        assert (save / "model.safetensors.index.json").is_file()
+        assert at.session_state[session.RESULT].model is None  # no pruned copy in memory
+    assert "Ran streamed from memory." in "\n".join(c.value for c in at.caption)
 
     at = pruned(analysed(bf16_folder, "none"))  # the same settings, in memory
     no_errors(at)
     memory = RunStore().get(at.session_state[session.RUN_ID])
     assert memory.settings["offload"] == "none"
-    assert streamed.ppl_before == pytest.approx(memory.ppl_before, rel=1e-6)
-    assert streamed.ppl_after == pytest.approx(memory.ppl_after, rel=1e-6)
-    assert streamed.ppl_after != pytest.approx(memory.ppl_before, rel=1e-3)  # the pruning did something
+    for run in streamed.values():
+        assert run.ppl_before == pytest.approx(memory.ppl_before, rel=1e-6)
+        assert run.ppl_after == pytest.approx(memory.ppl_after, rel=1e-6)
+    assert memory.ppl_after != pytest.approx(memory.ppl_before, rel=1e-3)  # the pruning did something
 
 
 def test_a_streamed_prune_without_a_save_folder_is_refused_in_one_line(bf16_folder):
