@@ -50,14 +50,18 @@ Progress = Callable[[float, str], None]
 
 class MemorySource:
     """A dense model in memory as a weight source. Its tensors are read, never written:
-    blocks are copied one at a time, the other tensors used as they are."""
+    blocks are copied one at a time, the other tensors used as they are.
+
+    `dtype` is the dtype its checkpoint stores, in which a save is written (a bf16 checkpoint
+    loaded in float32 is saved in bf16 again); by default the model's own dtype."""
 
     location = "memory"
     kind = "memory"
 
-    def __init__(self, model: nn.Module, tokenizer=None):
+    def __init__(self, model: nn.Module, tokenizer=None, dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self._state = model.state_dict()  # name -> detached tensor sharing the model's storage
+        self._dtype = dtype if dtype is not None else next(model.parameters()).dtype
 
     @property
     def config(self):
@@ -65,7 +69,7 @@ class MemorySource:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self._dtype
 
     def names(self) -> list[str]:
         return list(self._state)
@@ -330,21 +334,21 @@ def _write_config(folder: Path, run: _Onloader, dtype: torch.dtype, tokenizer) -
     config = saved_config(run.source.config, _name(dtype))
     config["architectures"] = [type(run.model).__name__]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = tokenizer if tokenizer is not None else getattr(run.source, "tokenizer", None)
     if tokenizer is None:
-        tokenizer = _source_tokenizer(run.source)
+        tokenizer = run.source.tokenizer if isinstance(run.source, MemorySource) else _stored_tokenizer(run.source)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
 
-def _source_tokenizer(source):
-    """The tokenizer stored with a checkpoint, None when it has none."""
+def _stored_tokenizer(checkpoint):
+    """The tokenizer stored with a checkpoint (never looked up online), None when it has none."""
     from transformers import AutoTokenizer
 
-    location = Path(source.location)
-    options = {"gguf_file": location.name} if source.kind == "gguf" else {}
+    location = Path(checkpoint.location)
+    options = {"gguf_file": location.name} if checkpoint.kind == "gguf" else {}
+    where = str(location.parent if options else location)
     try:
-        return AutoTokenizer.from_pretrained(str(location.parent if options else location), **options)
+        return AutoTokenizer.from_pretrained(where, local_files_only=True, **options)
     except (OSError, ValueError, TypeError):
         return None
 

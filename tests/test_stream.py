@@ -177,6 +177,30 @@ def test_dense_memory_source_is_untouched_and_pruned_alike(tmp_path, arch):
     assert (tmp_path / "out" / "tokenizer.json").exists()
 
 
+def test_a_bf16_checkpoint_loaded_in_float32_is_saved_in_bf16(tmp_path):
+    folder = _checkpoint(tmp_path, "gpt2", torch.bfloat16)
+    dense, calib = _dense(folder), _windows(seed=4)
+    ratios = _ratios(dense)
+    stream_prune(open_checkpoint(folder), ratios, "sparsegpt", None, calib, tmp_path / "from-files")
+    stream_prune(MemorySource(dense, dtype=torch.bfloat16), ratios, "sparsegpt", None, calib, tmp_path / "from-memory")
+    files, memory = _saved_tensors(tmp_path / "from-files"), _saved_tensors(tmp_path / "from-memory")
+    assert files.keys() == memory.keys()
+    assert all(memory[name].dtype == torch.bfloat16 and torch.equal(memory[name], files[name]) for name in files)
+
+
+def test_the_tokenizer_is_saved_from_the_folder_and_never_looked_up_for_a_model_in_memory(tmp_path, monkeypatch):
+    import transformers
+
+    folder = _checkpoint(tmp_path, "llama", torch.float32)
+    ratios = _ratios(_dense(folder))
+    stream_prune(open_checkpoint(folder), ratios, "magnitude", None, None, tmp_path / "from-files")
+    assert (tmp_path / "from-files" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+    looked_up = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: looked_up.append(a))
+    stream_prune(MemorySource(_dense(folder)), ratios, "magnitude", None, None, tmp_path / "from-memory")
+    assert looked_up == [] and not (tmp_path / "from-memory" / "tokenizer.json").exists()
+
+
 def test_streamed_owl_ratios_equal_the_in_memory_ones(tmp_path):
     folder = _checkpoint(tmp_path, "llama", torch.bfloat16)
     calib = _windows(seed=3)
