@@ -15,6 +15,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from alphaprune import preflight
+from alphaprune.checkpoint import open_checkpoint
 from alphaprune.runs import RunStore
 from alphaprune.ui import session
 from tests.conftest import tiny_llama, tiny_tokenizer
@@ -87,6 +88,7 @@ def test_a_streamed_prune_into_a_named_folder_matches_the_in_memory_run(bf16_fol
         streamed[offload] = run = RunStore().get(at.session_state[session.RUN_ID])
         assert run.settings["offload"] == offload and run.settings["saved"] == str(save)
         assert (save / "model.safetensors.index.json").is_file()
+        assert open_checkpoint(str(save)).dtype == torch.bfloat16  # saved as stored, not as computed
         assert at.session_state[session.RESULT].model is None  # no pruned copy in memory
     assert "Ran streamed from memory." in "\n".join(c.value for c in at.caption)
 

@@ -419,7 +419,7 @@ def prune_streamed(config: PruneConfig, plan, ckpt, folder: Path, progress) -> P
     if plan.path == "cpu":
         stored = str(ckpt.dtype).removeprefix("torch.")
         model = loaded.model if loaded is not None else load_model(choice.spec, stored, "auto", choice.trust).model
-        source = MemorySource(model, tokenizer)
+        source = MemorySource(model, tokenizer, dtype=ckpt.dtype)  # saved in the checkpoint's dtype (bf16 stays bf16)
     analysis = st.session_state.get(ANALYSIS)
     device = str(resolve_device("auto"))
     return run_streamed(source, tokenizer, choice.name, config, folder, plan, analysis, progress, device)
