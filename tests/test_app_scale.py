@@ -119,3 +119,30 @@ def test_a_forced_path_that_does_not_fit_is_refused_with_the_numbers(bf16_folder
     message = at.error[0].value
     assert message.startswith("analyze streamed from the files needs about ") and "0.0 GiB is free" in message
     assert at.session_state[session.ANALYSIS] is None and at.session_state[session.FILES] is None
+
+
+def test_auto_loads_a_model_that_fits_and_prunes_it_streamed_when_its_copy_would_not(bf16_folder, monkeypatch):
+    """Free memory set between the estimates: the analysis fits in memory (the model is
+    loaded), pruning's copy does not, so auto streams the loaded model block by block."""
+    from alphaprune.analysis import analysis_workers
+    from alphaprune.preflight import HEADROOM, ModelShape, Work, estimate
+
+    shape = ModelShape.from_model(open_checkpoint(str(bf16_folder)).skeleton(), stored_bytes=2)
+    prune = Work(SMALL["prune_samples"], SMALL["prune_seqlen"], 1, "wanda")
+    need = {
+        "analyze": estimate("analyze", "none", shape, Work(workers=analysis_workers())),
+        "cpu": estimate("prune", "cpu", shape, prune),
+        "none": estimate("prune", "none", shape, prune),
+    }
+    ram = int(max(need["analyze"], need["cpu"]) / HEADROOM) + 1
+    assert ram * HEADROOM < need["none"]  # the copy does not fit
+    monkeypatch.setattr(preflight, "memory_available", lambda: ram)
+    at = analysed(bf16_folder, "auto")
+    no_errors(at)
+    assert at.session_state[session.MODEL] is not None  # loaded, analysed in memory
+    at = pruned(at, bf16_folder.parent / "pruned-auto")
+    no_errors(at)
+    assert any(c.value.startswith("Preflight: prune streamed from memory") for c in at.caption)
+    run = RunStore().get(at.session_state[session.RUN_ID])
+    assert run.settings["offload"] == "cpu" and at.session_state[session.RESULT].model is None
+    assert open_checkpoint(run.settings["saved"]).dtype == torch.bfloat16  # the float32 model saved as stored
