@@ -167,7 +167,8 @@ st.caption(
     f"Loaded {info.how}, {info.seconds:.1f} s. {summary['architecture']} ({summary['model_type']}): "
     f"{summary['blocks']} blocks at `{summary['blocks_path']}`, hidden size {summary['hidden_size']}, "
     f"{summary['heads']} attention heads, vocabulary {summary['vocab_size']}, context {summary['context']}; "
-    f"{loaded.dtype} on {loaded.device}, from {info.origin}. Pruning holds a second copy of the weights."
+    f"{loaded.dtype} on {loaded.device}, from {info.origin}. Pruning in memory works on a second copy; "
+    "streamed (**Offload** cpu, or auto when the copy does not fit) it needs none."
 )
 st.caption(f"Dense weights fingerprint `{dense_fingerprint(loaded)}` (pruning works on a copy: it never changes).")
 st.dataframe(summary["kinds"], hide_index=True, key="kinds_table")
