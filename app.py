@@ -8,7 +8,7 @@ library. The server listens on 127.0.0.1 only and takes uploads up to server.max
 
 import streamlit as st
 
-from alphaprune.ui.session import ANALYSIS, MODEL, RESULT, init_state
+from alphaprune.ui.session import ANALYSIS, FILES, MODEL, RESULT, init_state, model_name
 
 st.set_page_config(page_title="alphaprune", page_icon=":material/insights:", layout="wide")
 init_state()
@@ -32,7 +32,10 @@ status = st.sidebar.empty()
 def _sidebar_status() -> None:
     loaded, analysis, result = (st.session_state.get(k) for k in (MODEL, ANALYSIS, RESULT))
     with status.container():
-        st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
+        if loaded is None and st.session_state.get(FILES) is not None:
+            st.caption(f"Model: **{model_name()}**, analysed from its files (not loaded)")
+        else:
+            st.caption("Loaded model: " + (f"**{loaded.name}**" if loaded else "none"))
         if analysis is not None:
             st.caption(f"Analysed: {len(analysis.prunable)} prunable matrices")
         if result is not None:

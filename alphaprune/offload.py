@@ -95,6 +95,33 @@ def _allocation(source, skeleton, config: PruneConfig, analysis, calib, fp: str,
     return pipeline.make_allocation(skeleton, config, analysis, calib, progress, name, outliers)
 
 
+def plan_for(spec: str, step: str, offload: str = "auto", device: str = "auto", dtype: str = "auto", **work):
+    """(preflight plan, checkpoint) for `step` on the files of model `spec`: in memory or
+    streamed (alphaprune/preflight.py); `work` are preflight.Work's fields. Under offload
+    "auto" a model whose files cannot be opened for streaming (a hub id not downloaded, a
+    damaged file), or a GGUF not yet dequantized (opening one takes ~8 s), takes the
+    in-memory path, whose loading then says what is wrong or refuses it with numbers:
+    (None, None). A path that cannot fit: UserError with the numbers."""
+    from alphaprune.checkpoint import checkpoint_location, open_checkpoint
+    from alphaprune.preflight import ModelShape, Work, plan_step
+    from alphaprune.spectra import resolve_device
+
+    try:
+        location = checkpoint_location(spec)
+        if offload == "auto" and location.endswith(".gguf"):
+            return None, None  # quantized, so small: loading it (and its memory check) is the plan
+        ckpt = open_checkpoint(location)
+        skeleton = ckpt.skeleton()
+    except Exception:
+        if offload == "auto":
+            return None, None
+        raise
+    device = str(resolve_device(device))
+    compute = 4 if dtype == "float32" or (dtype == "auto" and device == "cpu") else 2  # as load_model
+    shape = ModelShape.from_model(skeleton, ckpt.dtype.itemsize)
+    return plan_step(step, shape, Work(compute_bytes=compute, **work), offload, device=device), ckpt
+
+
 def analyze_source(source, name: str, progress=None, precision: str = "auto", use_cache: bool = True):
     """The analysis of a weight source: from the files for a checkpoint, else of the model."""
     from alphaprune.analysis import analyze, analyze_checkpoint

@@ -15,12 +15,21 @@ from alphaprune.export import llmcompressor_recipe
 from alphaprune.pipeline import PruneConfig, cached_outliers, make_allocation
 from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
-from alphaprune.ui.session import ALLOC, ANALYSIS, MODEL, OUTLIERS, progress_callback, require
+from alphaprune.ui.session import (
+    ALLOC,
+    ANALYSIS,
+    MODEL,
+    OUTLIERS,
+    model_layout,
+    model_name,
+    progress_callback,
+    require,
+)
 
 st.title("Allocation")
 st.caption("Layer-wise sparsity from the spectra: higher alpha (less trained) -> more sparsity.")
 analysis = require(ANALYSIS, "Load and analyse a model first: the allocation is computed from its spectra.")
-loaded = st.session_state[MODEL]
+loaded = st.session_state[MODEL]  # None when the model was analysed from its files
 settings = st.session_state[ALLOC]
 METHODS = ("uniform", "alphapruning", "owl")
 
@@ -45,6 +54,12 @@ settings.update(method=method, sparsity=sparsity, ceiling=ceiling, epsilon=epsil
 settings.update(owl_m=owl_m, owl_lambda=owl_lambda)
 
 outliers = st.session_state.get(OUTLIERS)
+if method == "owl" and loaded is None:
+    st.info(
+        "OWL's outlier ratios need calibration passes through the model, which is not loaded (it was analysed "
+        "from its files): a streamed run on **Prune & evaluate** measures them block by block."
+    )
+    st.stop()
 if method == "owl" and (outliers is None or outliers[0] != owl_m):
     st.info("OWL needs the outlier ratios of every block, from calibration text (python-docs, 16 x 512 tokens).")
     if st.button("Compute outlier ratios", key="owl_compute"):
@@ -72,7 +87,7 @@ config = PruneConfig(
 )
 try:
     allocation = make_allocation(
-        loaded.model, config, analysis, outliers=outliers[1] if method == "owl" else None, name=loaded.name
+        model_layout(), config, analysis, outliers=outliers[1] if method == "owl" else None, name=model_name()
     )
 except UserError as exc:
     st.error(exc.render("app"))

@@ -1,5 +1,11 @@
-"""Prune & evaluate page: prune a copy with the chosen allocation, compare it with the dense model."""
+"""Prune & evaluate page: prune a copy with the chosen allocation, compare it with the dense model.
 
+When the preflight's plan streams (the Model page's **Offload**, or a model too large for
+memory), the run goes block by block through alphaprune/offload.py into a save folder the
+user names, and the pruned folder's perplexity is measured streamed too: no copy in memory.
+"""
+
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -9,10 +15,12 @@ from alphaprune.export import save_result
 from alphaprune.generate import generate
 from alphaprune.pipeline import run_prune
 from alphaprune.plots import before_after_figure
+from alphaprune.preflight import WHERE
 from alphaprune.pruners import PATTERNS, PRUNERS
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
+    FILES,
     GENERATIONS,
     MODEL,
     PRUNED_ANALYSIS,
@@ -20,10 +28,14 @@ from alphaprune.ui.session import (
     RUN_ID,
     TEXT_SOURCES,
     allocation_words,
+    check_stream_folder,
     failure,
     keep_result,
+    model_name,
     nm_override,
     prune_config,
+    prune_plan,
+    prune_streamed,
     pruned_spectra,
     require,
     say,
@@ -34,7 +46,9 @@ from alphaprune.ui.session import (
 )
 
 st.title("Prune & evaluate")
-loaded = require(MODEL, "Load a model first.")
+loaded = st.session_state.get(MODEL)  # None when the model was analysed from its files
+if loaded is None:
+    require(FILES, "Load a model first.")
 analysis = st.session_state.get(ANALYSIS)
 alloc = st.session_state[ALLOC]
 KEEP = {"persist_state": "session"}  # the value survives a page switch
@@ -82,13 +96,45 @@ samples = cols[0].number_input("Calibration samples", 1, 512, 16, key="prune_sam
 seqlen = cols[1].number_input("Sequence length", 16, 8192, 256, 16, key="prune_seqlen", **KEEP)
 windows = cols[2].number_input("Evaluation windows", 1, 1024, 8, key="prune_windows", **KEEP)
 seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="prune_seed", **KEEP)
-submitted = st.button("Prune and evaluate", key="prune_button", type="primary")
+
+
+def _config():
+    """The run the widgets describe."""
+    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed)
+
+
+def _plan():
+    """(plan, checkpoint, the one-line reason it cannot run or None)."""
+    try:
+        plan, ckpt = prune_plan(_config())
+    except Exception as exc:
+        return None, None, failure(exc, "planning the run")
+    if loaded is None and (plan is None or not plan.streamed):
+        why = "pruning in memory needs the model loaded, and it was analysed from its files"
+        return plan, ckpt, f"{why}: choose **Offload** disk or cpu on the Model page (or load it there with none)"
+    return plan, ckpt, None
+
+
+plan, ckpt, refused = _plan()
+streamed = plan is not None and plan.streamed
+if plan is not None:
+    st.caption(f"Preflight: {plan.describe()}.")
+if refused:
+    st.error(refused)
+stream_folder = None
+if streamed:
+    stream_folder = st.text_input(
+        "Save folder", key="stream_save", placeholder="pruned-model",
+        help="a streamed run writes the pruned model here block by block, then measures it from there", **KEEP,
+    ).strip()  # fmt: skip
+    st.caption(f"Required for a streamed run; a relative folder is relative to `{Path.cwd()}`.")
+submitted = st.button("Prune and evaluate", key="prune_button", type="primary", disabled=bool(refused))
 
 
 def _spectra_of_pruned(result, run_id) -> str | None:
     """The optional before/after spectra; the one-line error if they fail (the run stays)."""
     try:
-        pruned_spectra(result, loaded.name)
+        pruned_spectra(result, model_name())
     except Exception as exc:
         kept = f"the perplexities are kept (run {run_id})" if run_id else "the perplexities are kept"
         return failure(
@@ -101,7 +147,7 @@ def _run() -> list[str]:
     """Prune, keep the result, store it, then the optional steps; the errors of what failed."""
     with st.status("Pruning ...", expanded=True) as status:
         try:
-            result = run_prune(loaded, _config(), analysis, staged_progress())
+            result = _prune()
         except Exception as exc:
             status.update(label="Pruning failed; no run was stored", state="error", expanded=False)
             return [failure(exc, "pruning")]
@@ -120,9 +166,13 @@ def _run() -> list[str]:
     return errors
 
 
-def _config():
-    """The run the widgets describe."""
-    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed)
+def _prune():
+    """The run along the plan's path; the result says which (its offload)."""
+    if streamed:
+        folder = check_stream_folder(stream_folder)  # before any work
+        return prune_streamed(_config(), plan, ckpt, folder, staged_progress())
+    result = run_prune(loaded, _config(), analysis, staged_progress())
+    return dataclasses.replace(result, offload=plan.to_dict()) if plan is not None else result
 
 
 previous = st.session_state.get(RESULT)
@@ -152,12 +202,13 @@ cols[1].metric(
 cols[2].metric("Actual sparsity", f"{result.actual_sparsity:.4f}")
 cols[3].metric("Time", f"{result.seconds['total']:.0f} s")
 config = result.config
+ran = WHERE[(result.offload or {}).get("offload", "none")]
 measured = result.windows_measured or config.eval_windows
 fewer = f" (the text holds no more of the {config.eval_windows} asked for)" if measured < config.eval_windows else ""
 st.caption(
     f"{config.pruner}, {config.allocation} at {config.sparsity:g}, {config.pattern}; calibration "
     f"{config.calib_samples} x {config.seqlen} tokens of {shown(config.calib)}; evaluation "
-    f"{measured} windows{fewer} of {config.seqlen} tokens of {shown(config.eval)}."
+    f"{measured} windows{fewer} of {config.seqlen} tokens of {shown(config.eval)}. Ran {ran}."
 )
 pruned_analysis = st.session_state.get(PRUNED_ANALYSIS)
 if analysis is not None and pruned_analysis is not None:
@@ -168,6 +219,13 @@ elif analysis is not None and st.button("Measure the spectra", key="pruned_spect
         st.error(error)
     else:
         st.rerun()
+
+if result.model is None or loaded is None:  # streamed: neither model is in memory
+    st.info(
+        f"The pruned model is in `{result.saved}` (the run was {ran}): load that folder on the Model page "
+        "to generate with it."
+    )
+    st.stop()
 
 st.subheader("Dense and pruned, same prompt")
 prompt = st.text_input("Prompt", "The capital of France is", key="gen_prompt", **KEEP)

@@ -62,7 +62,7 @@ left.plotly_chart(runs_figure(view, "sparsity"), key="runs_sparsity_chart", widt
 if "epsilon" in view and view["epsilon"].notna().any():
     right.plotly_chart(runs_figure(view, "epsilon"), key="runs_eps_chart", width="stretch")
 wanted = ["id", "created", "kind", "model", "pruner", "allocation", "epsilon", "sparsity", "pattern"]
-wanted += ["ppl_before", "ppl_after", "actual_sparsity", "seconds_total"]
+wanted += ["ppl_before", "ppl_after", "actual_sparsity", "offload", "seconds_total"]  # offload: the path that ran
 st.dataframe(view[[c for c in wanted if c in view.columns]], hide_index=True, key="runs_table")
 
 left, mid, right = st.columns([2, 1, 1])

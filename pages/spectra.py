@@ -5,7 +5,6 @@ import streamlit as st
 import torch
 
 from alphaprune.analysis import METRIC_NAMES
-from alphaprune.arch import all_matrices
 from alphaprune.fits import XMIN_RULES
 from alphaprune.plots import (
     alpha_depth_figure,
@@ -16,11 +15,10 @@ from alphaprune.plots import (
 )
 from alphaprune.report import analysis_frame
 from alphaprune.spectra import eigenvalues
-from alphaprune.ui.session import ANALYSIS, MODEL, require
+from alphaprune.ui.session import ANALYSIS, matrix_weight, model_name, require
 
 st.title("Spectra")
 analysis = require(ANALYSIS, "Load and analyse a model first.")
-loaded = st.session_state[MODEL]
 
 
 @st.cache_data(show_spinner="Spectrum of a shuffled copy ...", max_entries=64)
@@ -40,8 +38,8 @@ layer, evals = analysis.layer(name), analysis.eigenvalues[name]
 show_random = st.toggle("Compare with a randomised copy (entries shuffled)", key="esd_random")
 random_evals = None
 if show_random:
-    ref = next(r for r in all_matrices(loaded.model) if r.name == name)
-    random_evals = randomised_eigenvalues(analysis.fingerprint or loaded.name, name, ref.weight())
+    weight = matrix_weight(name)  # from the loaded model, or read from the files
+    random_evals = randomised_eigenvalues(analysis.fingerprint or model_name(), name, weight)
 
 alpha, xmin = getattr(layer, f"alpha_{rule}"), getattr(layer, f"xmin_{rule}")
 cols = st.columns(5)

@@ -2,8 +2,14 @@
 
 The one place that knows the session-state keys. Pages read:
 MODEL (LoadedModel), LOAD_INFO (how the last press on Load went), ANALYSIS (Analysis),
+CHOICE (what the last press on Load chose: spec, name, offload), FILES (the checkpoint a model
+too large for memory was analysed from, instead of a MODEL), PLAN (that analysis's preflight plan),
 ALLOC (the allocation settings dict), OUTLIERS (OWL outlier ratios), RESULT (PruneResult
 of this session), RUN_ID (its id in the run history), PRUNED_ANALYSIS, GENERATIONS.
+
+Offload (alphaprune/preflight.py): when the plan for a step streams, the model is not loaded
+(analysis from the files) or not copied (pruning and evaluation block by block, through
+alphaprune/offload.py, into a save folder): no page holds a second copy of the model.
 
 The dense model is a cached resource shared by every session and is never modified
 (pruning works on a deep copy held in this session's state), so one user's pruning
@@ -25,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
@@ -33,7 +40,8 @@ from alphaprune import allocation as alloc
 from alphaprune.analysis import Analysis, analyze
 from alphaprune.errors import UserError
 from alphaprune.models import LoadedModel, load_model, resolve_spec
-from alphaprune.pipeline import PruneConfig, fingerprint
+from alphaprune.offload import plan_for, run_streamed
+from alphaprune.pipeline import PruneConfig, PruneResult, fingerprint
 from alphaprune.pruners import parse_pattern
 from alphaprune.runs import RunStore
 from alphaprune.ui import uploads
@@ -50,6 +58,15 @@ GENERATIONS = "generations"
 FINGERPRINT = "dense_fingerprint"  # (model object, short hex)
 UPLOADS = "uploads"  # file id of an upload -> (model spec or text path, the name it was uploaded as)
 UPLOAD_NAMES = "upload_names"  # stored path -> the name it was uploaded as
+CHOICE = "model_choice"  # Choice of the last successful press on Load
+FILES = "files_checkpoint"  # the checkpoint analysed from the files (no model loaded), else None
+PLAN = "analysis_plan"  # the preflight plan of the analysis (None: in memory, no plan made)
+OFFLOADS = {  # the preflight's words (alphaprune/preflight.py), explained
+    "auto": "auto: in memory when the model fits, else streamed",
+    "none": "none: load the model (pruning works on a copy)",
+    "cpu": "cpu: hold the model once, prune it block by block",
+    "disk": "disk: never load it; read blocks from the files",
+}
 
 DEFAULT_ALLOC = {
     "method": "alphapruning",
@@ -75,7 +92,8 @@ _worker = threading.local()  # set by cached_model's body: this call really load
 
 def init_state() -> None:
     """Defaults for every key, set once per session."""
-    for key in (MODEL, LOAD_INFO, ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS, FINGERPRINT):
+    for key in (MODEL, LOAD_INFO, ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS, FINGERPRINT,
+                CHOICE, FILES, PLAN):  # fmt: skip
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(ALLOC, dict(DEFAULT_ALLOC))
     st.session_state.setdefault(UPLOADS, {})
@@ -188,13 +206,73 @@ def load(spec: str, trust: bool, name: str | None, report: Callable[[str], None]
     return loaded, LoadInfo(time.perf_counter() - start, how, origin)
 
 
-def adopt_model(loaded: LoadedModel, info: LoadInfo) -> None:
+@dataclass(frozen=True)
+class Choice:
+    """What a press on Load chose: the later steps plan on the same files and offload."""
+
+    spec: str  # what load_model loads (an upload: its stored path)
+    name: str  # how the app names it
+    trust: bool
+    offload: str  # preflight.OFFLOADS
+
+
+def _forget_results() -> None:
+    for key in (ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
+        st.session_state[key] = None
+
+
+def adopt_model(loaded: LoadedModel, info: LoadInfo, choice: Choice | None = None, plan=None) -> None:
     """Make `loaded` this session's model; results of another model go."""
     previous = st.session_state.get(MODEL)
     if previous is None or previous.model is not loaded.model or previous.name != loaded.name:
-        for key in (ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
-            st.session_state[key] = None
+        _forget_results()
     st.session_state[MODEL], st.session_state[LOAD_INFO] = loaded, info
+    st.session_state[CHOICE] = choice or Choice(loaded.location, loaded.name, False, "auto")
+    st.session_state[FILES], st.session_state[PLAN] = None, plan
+
+
+def analysis_plan(spec: str, offload: str):
+    """(plan, checkpoint) of analysing `spec`: streamed means from the files, no model loaded;
+    (None, None) or a plan "none": load the model (offload.plan_for)."""
+    from alphaprune.analysis import analysis_workers
+
+    return plan_for(spec, "analyze", offload, workers=analysis_workers())
+
+
+def analyse_files(choice: Choice, plan, ckpt, progress: Callable[[float, str], None]) -> Analysis:
+    """Analyse from the files, one matrix at a time, and make the checkpoint this session's
+    model in place of a loaded one (which this session then lets go)."""
+    from alphaprune.analysis import analyze_checkpoint
+
+    result = analyze_checkpoint(ckpt, choice.name, progress=progress)
+    _forget_results()
+    st.session_state[MODEL], st.session_state[LOAD_INFO] = None, None
+    st.session_state[ANALYSIS], st.session_state[FILES], st.session_state[PLAN] = result, ckpt, plan
+    st.session_state[CHOICE] = choice
+    return result
+
+
+def model_name() -> str | None:
+    """The name of this session's model, loaded or analysed from its files."""
+    loaded, choice = st.session_state.get(MODEL), st.session_state.get(CHOICE)
+    return loaded.name if loaded is not None else (choice.name if choice is not None else None)
+
+
+def model_layout():
+    """The model's modules for what needs only shapes and names (allocation, matrix lists): the
+    loaded model, else the checkpoint's meta-device skeleton."""
+    loaded = st.session_state.get(MODEL)
+    return loaded.model if loaded is not None else st.session_state[FILES].skeleton()
+
+
+def matrix_weight(name: str):
+    """One matrix's weight, (out, in): from the loaded model, else read from the files."""
+    from alphaprune.arch import all_matrices
+
+    ref = next(r for r in all_matrices(model_layout()) if r.name == name)
+    if st.session_state.get(MODEL) is not None:
+        return ref.weight()
+    return st.session_state[FILES].tensor(ref.tensor_name)
 
 
 def run_analysis(loaded: LoadedModel, progress: Callable[[float, str], None]) -> Analysis:
@@ -307,9 +385,56 @@ def keep_result(result) -> int:
     return st.session_state[RUN_ID]
 
 
+def prune_plan(config: PruneConfig):
+    """(plan, checkpoint) of pruning with `config` under the Model page's offload choice."""
+    choice = st.session_state[CHOICE]
+    samples = config.calib_samples if config.needs_calibration else 0
+    work = {"samples": samples, "seqlen": config.seqlen, "batch": config.batch_size, "pruner": config.pruner}
+    plan, ckpt = plan_for(choice.spec, "prune", choice.offload, **work)
+    return plan, ckpt if ckpt is not None else st.session_state.get(FILES)
+
+
+def check_stream_folder(folder: str) -> Path:
+    """The save folder a streamed run writes into, checked before any work."""
+    from alphaprune.export import check_save_folder
+
+    if not folder:
+        raise UserError("a streamed run writes the pruned model as it goes: name a **Save folder** for it")
+    path = Path(folder).expanduser()
+    check_save_folder(path)
+    return path
+
+
+def prune_streamed(config: PruneConfig, plan, ckpt, folder: Path, progress) -> PruneResult:
+    """offload.run_streamed as the CLI runs it: from the files ("disk") or block by block from
+    the dense model in memory ("cpu": the loaded one, else loaded once in its stored dtype)."""
+    from alphaprune.spectra import resolve_device
+    from alphaprune.stream import MemorySource, source_tokenizer
+
+    choice, loaded = st.session_state[CHOICE], st.session_state.get(MODEL)
+    tokenizer = loaded.tokenizer if loaded is not None else source_tokenizer(ckpt)
+    if tokenizer is None:
+        raise UserError(f"{choice.name} has no tokenizer files beside its weights: save its tokenizer into the folder")
+    source = ckpt
+    if plan.path == "cpu":
+        stored = str(ckpt.dtype).removeprefix("torch.")
+        model = loaded.model if loaded is not None else load_model(choice.spec, stored, "auto", choice.trust).model
+        source = MemorySource(model, tokenizer, dtype=ckpt.dtype)  # saved in the checkpoint's dtype (bf16 stays bf16)
+    analysis = st.session_state.get(ANALYSIS)
+    device = str(resolve_device("auto"))
+    return run_streamed(source, tokenizer, choice.name, config, folder, plan, analysis, progress, device)
+
+
 def pruned_spectra(result, name: str) -> Analysis:
-    """Spectra of the pruned copy (an optional step: the page keeps the run if this fails)."""
-    pruned = analyze(result.model, f"{name} (pruned)", use_cache=False)
+    """Spectra of the pruned model (an optional step: the page keeps the run if this fails);
+    read from its save folder when the run was streamed (no pruned model in memory)."""
+    if result.model is None and result.saved:
+        from alphaprune.analysis import analyze_checkpoint
+        from alphaprune.checkpoint import open_checkpoint
+
+        pruned = analyze_checkpoint(open_checkpoint(result.saved), f"{name} (pruned)", use_cache=False)
+    else:
+        pruned = analyze(result.model, f"{name} (pruned)", use_cache=False)
     st.session_state[PRUNED_ANALYSIS] = pruned
     return pruned
 
