@@ -228,30 +228,11 @@ def _preflight(args, texts: tuple[str, ...] = (), store: bool = False) -> None:
 
 
 def _plan(args, step: str, **work):
-    """(preflight plan, checkpoint) for `step` on the model's files: in memory or streamed
-    (alphaprune/preflight.py). Under --offload auto a model whose files cannot be opened
-    for streaming (a hub id not downloaded, a damaged file), or a GGUF not yet dequantized
-    (opening one takes ~8 s), takes the in-memory path, whose loading then says what is
-    wrong or refuses it with numbers: (None, None)."""
-    from alphaprune.checkpoint import checkpoint_location, open_checkpoint
-    from alphaprune.preflight import ModelShape, Work, plan_step
-    from alphaprune.spectra import resolve_device
+    """(preflight plan, checkpoint) for `step`, or (None, None): the in-memory path
+    (alphaprune/offload.py's plan_for decides, for the app too)."""
+    from alphaprune.offload import plan_for
 
-    try:
-        location = checkpoint_location(args.model)
-        if args.offload == "auto" and location.endswith(".gguf"):
-            return None, None  # quantized, so small: loading it (and its memory check) is the plan
-        ckpt = open_checkpoint(location)
-        skeleton = ckpt.skeleton()
-    except Exception:
-        if args.offload == "auto":
-            return None, None
-        raise
-    device = str(resolve_device(args.device))
-    compute = 4 if args.dtype == "float32" or (args.dtype == "auto" and device == "cpu") else 2  # as load_model
-    shape = ModelShape.from_model(skeleton, ckpt.dtype.itemsize)
-    plan = plan_step(step, shape, Work(compute_bytes=compute, **work), args.offload, device=device)
-    return plan, ckpt
+    return plan_for(args.model, step, args.offload, args.device, args.dtype, **work)
 
 
 def _check_out(path: Path | None, suffixes: tuple[str, ...]) -> None:

@@ -166,7 +166,7 @@ def run_streamed(source, tokenizer, name: str, config: PruneConfig, save=None, p
     return pipeline.PruneResult(
         name, fp, config, allocation, ppl_before, ppl_after, pruned.actual_sparsity, pruned.matrix_sparsity,
         seconds, windows_measured=len(eval_windows), dense_fingerprint_after=_recheck(source, fp),
-        offload=plan.to_dict() if plan is not None else {"offload": "cpu" if hasattr(source, "model") else "disk"},
+        offload=_ran(plan, source, pruned),
         saved=folder, protocol=text.protocol(tokenizer).as_dict(),
     )  # fmt: skip
 
@@ -196,6 +196,14 @@ def _prune_and_measure(source, tokenizer, allocation, config, calib, eval_window
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
     return pruned, ppl_after, None if temporary else str(folder)
+
+
+def _ran(plan, source, pruned) -> dict:
+    """The run record's account of the path: the plan, and where and in which dtype the
+    blocks were computed and saved."""
+    ran = plan.to_dict() if plan is not None else {"offload": "cpu" if hasattr(source, "model") else "disk"}
+    ran.update(device=pruned.device, compute_dtype=pruned.dtype, saved_dtype=pruned.saved_dtype)
+    return ran
 
 
 def _export_files(allocation, config: PruneConfig, meta: dict):

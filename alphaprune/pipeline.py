@@ -73,6 +73,7 @@ class PruneResult:
         settings["offload"] = (self.offload or {}).get("offload", "none")
         if self.offload:
             settings["preflight"] = self.offload
+            settings.setdefault("device", self.offload.get("device"))
         if self.saved:
             settings["saved"] = self.saved
         if self.protocol is not None:

@@ -39,6 +39,8 @@ _F32_MIN_ASPECT = 2.0  # auto: float32 is tried only for matrices at least this 
 _F32_MIN_SIDE = 256  # auto: at or below, float64 always (cheap)
 _F32_LAMBDA_MIN_RATIO = 1e-3  # auto: float32 kept only if lambda_min >= this x lambda_max
 _F32_DISPLAY_MEDIAN_RATIO = 1e-3  # auto, display-only: float32 kept if median >= this x max
+_ROWS_CHUNKED = 64 * 2**20  # weights: above, the Gram is summed over blocks of rows (SmolLM2's largest: 28M)
+_ROWS_PER_BLOCK = 4096
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -59,21 +61,44 @@ def _gram_eigvalsh_cpu(weight: torch.Tensor, use64: bool) -> np.ndarray:
 
     Staying in one BLAS avoids torch's OpenMP threads spinning against OpenBLAS's.
     """
-    dtype = np.float64 if use64 else np.float32
-    syrk, syevr = (blas.dsyrk, lapack.dsyevr) if use64 else (blas.ssyrk, lapack.ssyevr)
+    syevr = lapack.dsyevr if use64 else lapack.ssyevr
     w = weight.detach().cpu()
-    if w.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 have no numpy view
-        w = w.float()
-    # A C-ordered (n, m) array is the Fortran-ordered (m, n) array a = W^T: no transposing
-    # copy (the embedding's alone took ~0.1 s), at most a contiguous dtype conversion.
-    a = np.ascontiguousarray(w.numpy(), dtype=dtype).T  # (m, n), Fortran order
-    # trans=1: a^T a = W W^T (n x n); trans=0: a a^T = W^T W (m x m). Pick the smaller Gram.
-    gram = syrk(1.0, a, trans=1 if a.shape[0] >= a.shape[1] else 0, lower=0)
+    gram = _gram_by_rows(w, use64) if w.numel() > _ROWS_CHUNKED else _gram_whole(w, use64)
     out = syevr(gram, compute_v=0, lower=0, overwrite_a=1)  # (w, z, m, isuppz, info)
     values, info = out[0], out[-1]
     if info != 0:  # a Gram that overflowed (inf entries); a finite symmetric matrix never fails
         raise np.linalg.LinAlgError(f"LAPACK syevr failed with info={info}")
     return np.asarray(values, dtype=np.float64)
+
+
+def _as_fortran_t(w: torch.Tensor, use64: bool) -> np.ndarray:
+    """W (n, m) as the Fortran-ordered (m, n) array a = W^T: a C-ordered (n, m) array is one,
+    so no transposing copy, at most a contiguous dtype conversion (bf16 / fp16 have no numpy view)."""
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()
+    return np.ascontiguousarray(w.numpy(), dtype=np.float64 if use64 else np.float32).T
+
+
+def _gram_whole(w: torch.Tensor, use64: bool) -> np.ndarray:
+    """The smaller Gram matrix in one syrk: trans=1: a^T a = W W^T; trans=0: a a^T = W^T W."""
+    syrk = blas.dsyrk if use64 else blas.ssyrk
+    a = _as_fortran_t(w, use64)  # (m, n)
+    return syrk(1.0, a, trans=1 if a.shape[0] >= a.shape[1] else 0, lower=0)
+
+
+def _gram_by_rows(w: torch.Tensor, use64: bool) -> np.ndarray:
+    """The smaller Gram of a huge matrix (an LM head, an embedding: ~1e8 weights) summed over
+    blocks of rows of the longer side, so that only one block is ever converted to float32 /
+    float64 (a bf16 weight read from the files is never copied whole). Same result on either
+    path (a float32 weight in memory is cut the same way), to the order of the sums."""
+    syrk = blas.dsyrk if use64 else blas.ssyrk
+    tall = w if w.shape[0] >= w.shape[1] else w.t()  # (long, short): Gram = tall^T tall
+    gram = None
+    for start in range(0, tall.shape[0], _ROWS_PER_BLOCK):
+        a = _as_fortran_t(tall[start : start + _ROWS_PER_BLOCK].contiguous(), use64)  # (short, rows)
+        gram = syrk(1.0, a, trans=0, lower=0) if gram is None else syrk(1.0, a, beta=1.0, c=gram, trans=0,
+                                                                         lower=0, overwrite_c=1)  # fmt: skip
+    return gram
 
 
 def _eig(weight: torch.Tensor, use64: bool, dev: torch.device) -> np.ndarray:

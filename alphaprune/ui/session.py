@@ -408,11 +408,12 @@ def check_stream_folder(folder: str) -> Path:
 def prune_streamed(config: PruneConfig, plan, ckpt, folder: Path, progress) -> PruneResult:
     """offload.run_streamed as the CLI runs it: from the files ("disk") or block by block from
     the dense model in memory ("cpu": the loaded one, else loaded once in its stored dtype)."""
+    from alphaprune.offload import checkpoint_tokenizer
     from alphaprune.spectra import resolve_device
-    from alphaprune.stream import MemorySource, source_tokenizer
+    from alphaprune.stream import MemorySource
 
     choice, loaded = st.session_state[CHOICE], st.session_state.get(MODEL)
-    tokenizer = loaded.tokenizer if loaded is not None else source_tokenizer(ckpt)
+    tokenizer = loaded.tokenizer if loaded is not None else checkpoint_tokenizer(ckpt)
     if tokenizer is None:
         raise UserError(f"{choice.name} has no tokenizer files beside its weights: save its tokenizer into the folder")
     source = ckpt
