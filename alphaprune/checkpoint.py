@@ -13,6 +13,7 @@ module is merged: the merge takes A's file whole. It reads only local safetensor
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -24,44 +25,39 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
 
 
 class Checkpoint:
-    """The safetensors files of a model folder, read lazily (safetensors memory-maps them)."""
+    """The safetensors files of a model folder, read one tensor at a time. Each read maps the
+    file and unmaps it again: kept open, the pages read stay in the process's RSS (ru_maxrss
+    counts mapped file pages), which then grows with every block read."""
 
     def __init__(self, location: str, config, files: dict[str, Path]):
         self.location, self.kind, self.config = location, "safetensors", config
         self._files = files  # tensor name -> file holding it
-        self._handles: dict[Path, object] = {}
 
-    def _handle(self, name: str):
+    def _read(self, name: str, what):
         from safetensors import safe_open
 
-        path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt")
-        return self._handles[path]
+        with safe_open(str(self._files[name]), framework="pt") as handle:
+            return what(handle)
 
     def names(self) -> list[str]:
         return list(self._files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        return tuple(self._read(name, lambda h: h.get_slice(name).get_shape()))
 
     def tensor(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        return self._read(name, lambda h: h.get_tensor(name))
 
     @property
     def dtype(self) -> torch.dtype:
         first = self.names()[0]
-        return _DTYPES[self._handle(first).get_slice(first).get_dtype()]
+        return _DTYPES[self._read(first, lambda h: h.get_slice(first).get_dtype())]
 
     def nbytes(self) -> int:
-        return sum(self.tensor_bytes(name) for name in self.names())
+        return sum(math.prod(self.shape(name)) * self._itemsize(name) for name in self.names())
 
-    def tensor_bytes(self, name: str) -> int:
-        piece = self._handle(name).get_slice(name)
-        count = 1
-        for size in piece.get_shape():
-            count *= size
-        return count * torch.finfo(_DTYPES[piece.get_dtype()]).bits // 8
+    def _itemsize(self, name: str) -> int:
+        return torch.finfo(_DTYPES[self._read(name, lambda h: h.get_slice(name).get_dtype())]).bits // 8
 
 
 def _weight_files(folder: Path) -> dict[str, Path]:
