@@ -140,6 +140,7 @@ class _Onloader:
     def drop(self, index: int | None = None) -> None:
         """Back to the meta device: block `index`, or the whole model (None)."""
         (self.model if index is None else self.blocks.modules[index]).to_empty(device="meta")
+        _give_back_freed_memory()
 
     def block_state(self, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Block `index`'s saved tensors on the CPU in `dtype`, named as in the model."""
@@ -198,6 +199,19 @@ class _Onloader:
     def outside_names(self) -> list[tuple[str, ...]]:
         """The saved tensors outside the blocks, one name group per tensor (the first is saved)."""
         return [g for g in dict.fromkeys(self.groups.values()) if not self.blocks.contains(g[0])]
+
+
+def _give_back_freed_memory() -> None:
+    """Return the memory of a dropped block to the OS. glibc keeps freed large buffers in its
+    heap once it has raised its mmap threshold, and the RSS would grow by about one block per
+    block (measured: +30 MB per 1024-wide bf16 block); malloc_trim gives them back. A no-op
+    where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _tied_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
