@@ -272,8 +272,10 @@ def analyze(
 
 
 def _checkpoint_weight(ckpt: Checkpoint, ref: MatrixRef) -> torch.Tensor:
-    """`ref`'s weight (out, in) read from the files, in float32 (what a float32 load holds)."""
-    w = ckpt.tensor(ref.tensor_name).to(torch.float32)  # bf16 / fp16 -> float32 is exact
+    """`ref`'s weight (out, in) read from the files in its stored dtype: spectra.py converts it
+    to float32 / float64 exactly as a float32 load would hold it (bf16 / fp16 -> float32 is
+    exact), a block of rows at a time for the largest matrices."""
+    w = ckpt.tensor(ref.tensor_name)
     return w.t() if ref.transposed else w
 
 
