@@ -172,7 +172,8 @@ def work_seconds(step: str, row: dict, work: Path) -> tuple[float | None, int | 
     """(seconds of the step's own work, matrices it covered) from what the CLI reported:
     analysis without the model load; pruning without texts and perplexities."""
     if step == "analyze":
-        found = re.search(r"analysed (\d+) matrices in ([\d.]+) s", row.get("stderr", ""))
+        said = r"analysed (\d+) matrices (?:in memory |from the files )?in ([\d.]+) s"
+        found = re.search(said, row.get("stderr", ""))
         return (float(found.group(2)), int(found.group(1))) if found else (None, None)
     if step == "prune":
         try:

@@ -235,7 +235,7 @@ def test_default_model_streamed_equals_the_run(real_model, tmp_path):
 
     config = pipeline.PruneConfig(sparsity=0.5, pruner="wanda", calib_samples=4, seqlen=128, eval_windows=2)
     fp = pipeline.fingerprint(real_model.model)
-    _, eval_windows, calib_ids = pipeline._texts(real_model, config)
+    _, eval_windows, calib_ids = pipeline.read_texts(real_model.tokenizer, config)
     calib = pipeline.text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)
     allocation = pipeline.make_allocation(real_model.model, config)
     pruned = pipeline.prune_copy(real_model.model, allocation, config, calib)

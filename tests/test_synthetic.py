@@ -114,18 +114,26 @@ def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):
 # holding the model (or a whole shard) would grow by the checkpoint's size. A tiny write first
 # imports everything the writer uses, so that the baseline holds the libraries.
 MID_SIZE = """
-import json, resource, sys
+import json, sys, threading, time
 from transformers import LlamaConfig
 from alphaprune import synthetic
 config = LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=32, num_attention_heads=8,
                      num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def rss():  # anonymous memory only: written file pages still in the page cache are not the writer's
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 synthetic.write_synthetic(sys.argv[1] + "-warmup", synthetic.tiny_llama())
-before = rss()
+before, samples, done = rss(), [], threading.Event()
+def sample():
+    while not done.is_set():
+        samples.append(rss())
+        time.sleep(0.005)
+thread = threading.Thread(target=sample)
+thread.start()
 synthetic.write_synthetic(sys.argv[1], config, shard_bytes=1 << 40)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+done.set()
+thread.join()
+peak = max(samples)
 print(json.dumps({"before": before, "peak": peak, "bytes": synthetic.checkpoint_bytes(config)}))
 """
 
