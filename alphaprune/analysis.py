@@ -265,7 +265,10 @@ def analyze(
     use_cache: bool = True,
     progress: Progress | None = None,
 ) -> Analysis:
-    """Spectra and metrics of every prunable matrix plus embeddings / LM head."""
+    """Spectra and metrics of every prunable matrix plus embeddings / LM head. `model`: an
+    nn.Module in memory, or a checkpoint.Checkpoint, then read from its files (_analyze_files)."""
+    if isinstance(model, Checkpoint):
+        return _analyze_files(model, model_name, precision, device, use_cache, progress)
     refs = all_matrices(model)
     fingerprint = (lambda: cache.weights_fingerprint(refs)) if use_cache else None
     return _analyze(refs, MatrixRef.weight, fingerprint, model_name, precision, device, progress)
@@ -283,14 +286,12 @@ def _stored_weight(ckpt: Checkpoint, ref: MatrixRef) -> torch.Tensor:
     return ckpt.tensor(ref.tensor_name)  # the module's layout, the stored dtype
 
 
-def analyze_checkpoint(
-    ckpt: Checkpoint,
-    model_name: str = "model",
-    precision: str = "auto",
-    device: str = "auto",
-    use_cache: bool = True,
-    progress: Progress | None = None,
-) -> Analysis:
+def analyze_checkpoint(ckpt: Checkpoint, *args, **kwargs) -> Analysis:
+    """`analyze` of the model a checkpoint holds, read from its files (same arguments)."""
+    return analyze(ckpt, *args, **kwargs)
+
+
+def _analyze_files(ckpt: Checkpoint, model_name: str, precision: str, device: str, use_cache: bool, progress):
     """`analyze` of the model a checkpoint holds, read from its files one matrix at a time.
 
     The matrices come from the config's meta-device skeleton (alphaprune/arch.py); each is

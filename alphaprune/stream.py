@@ -324,6 +324,34 @@ def _outside_tensors(run: _Onloader, dtype: torch.dtype) -> dict[str, torch.Tens
     return out
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A .safetensors file written tensor by tensor from the tensors' own memory (safetensors'
+    save_file first builds the whole file in memory: a second copy of a shard, ~0.5 GB for a
+    7B model's embedding and head). Layout: u64 header size, JSON header, the raw bytes."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in tensors.values():
+            f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
 class _Shards:
     """The safetensors shards of a save folder, written one at a time, and their index
     (the layout save_pretrained writes: model-0000i-of-0000n.safetensors)."""
@@ -334,10 +362,8 @@ class _Shards:
         self.total = 0  # bytes
 
     def write(self, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
         shard = f"model-{len(set(self.weight_map.values())) + 1:05d}-of-{self.count:05d}.safetensors"
-        save_file(tensors, str(self.folder / shard), metadata={"format": "pt"})
+        write_safetensors(self.folder / shard, tensors)
         self.weight_map.update(dict.fromkeys(tensors, shard))
         self.total += sum(t.numel() * t.element_size() for t in tensors.values())
 

@@ -70,22 +70,14 @@ def llama2_7b(layers: int = 32):
     )
 
 
-def tiny_llama(layers: int = 2, hidden: int = 64):
-    """A Llama a few hundred kB big, laid out like `llama2_7b` (for tests and `--preset tiny`)."""
+def tiny_llama(layers: int = 2, hidden: int = 64, **overrides):
+    """A Llama a few hundred kB big, laid out like `llama2_7b` (for tests and `--preset tiny`);
+    `overrides` are LlamaConfig fields (tests/conftest.py's tiny models are built from it)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden + 48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=320,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    fields = dict(intermediate_size=2 * hidden + 48, num_attention_heads=4, num_key_value_heads=4, vocab_size=320,
+                  max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, **{**fields, **overrides})
 
 
 def byte_tokenizer():

@@ -28,19 +28,15 @@ def _remove_session_folders():
 
 def tiny_llama(layers: int = 2, hidden: int = 64, tie: bool = True, seed: int = 0):
     """A random LLaMA-architecture causal LM small enough for unit tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from alphaprune.synthetic import tiny_llama as tiny_config
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden + 32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-    )
+    config = tiny_config(
+        layers, hidden, intermediate_size=2 * hidden + 32, num_key_value_heads=2, vocab_size=300,
+        max_position_embeddings=256, tie_word_embeddings=tie,
+    )  # fmt: skip
     return LlamaForCausalLM(config).eval()
 
 
