@@ -13,6 +13,7 @@ One slow test does the same on the default model against today's run path.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 
@@ -138,6 +139,30 @@ def test_one_block_resident_at_a_time(tmp_path, monkeypatch):
     stream_prune(source, _ratios(_dense(folder)), "wanda", None, _windows(), tmp_path / "out")
     stream_perplexity(source, _windows(2))
     assert resident == [[0], [1], [2]] * 2
+
+
+def _real_tensors_shaped(shape: tuple[int, ...]) -> int:
+    """Tensors of `shape` with real storage that Python still tracks (a cycle keeps them)."""
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and tuple(o.shape) == shape]
+    return sum(t.device.type != "meta" for t in alive)
+
+
+@pytest.mark.parametrize("step", ["perplexity", "prune"])
+def test_a_streamed_step_leaves_nothing_onloaded(tmp_path, step):
+    """Measured on a 7B-shaped model: a cycle kept the evaluation's embedding and head (1 GB
+    in float32) alive into the prune that followed, until a collection happened to run."""
+    folder = _checkpoint(tmp_path, "llama-untied", torch.bfloat16)
+    source, head = open_checkpoint(folder), tuple(_dense(folder).lm_head.weight.shape)
+    gc.collect()
+    gc.disable()  # only what the step itself frees counts
+    try:
+        if step == "perplexity":
+            stream_perplexity(source, _windows(2))
+        else:
+            stream_prune(source, _ratios(_dense(folder)), "wanda", None, _windows(), tmp_path / "out")
+        assert _real_tensors_shaped(head) == 0
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(
