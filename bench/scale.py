@@ -22,6 +22,7 @@ section is rewritten from it after every checkpoint.
 
     .venv/bin/python bench/scale.py --layers 2,8        # the small sizes (~1.3 and 5.2 GB of disk)
     .venv/bin/python bench/scale.py --layers 32 --paths auto   # the full 13.5 GB, 224 matrices
+    .venv/bin/python bench/scale.py --layers 32 --paths disk --steps analyze   # its analysis only
     .venv/bin/python bench/scale.py --preset tiny --layers 2 --results /tmp/s.json --doc /tmp/s.md
     .venv/bin/python bench/scale.py --layers 2 -- --device cpu  # flags after -- go to every step
     .venv/bin/python bench/scale.py --write-only --layers 32 --dir /data/ckpt   # checkpoint only
@@ -205,7 +206,7 @@ def run_layers(args, layers: int, offload: bool, extra: list[str]) -> list[dict]
     for path in paths:
         out = args.dir / f"{args.preset}-L{layers}-pruned-{path or 'default'}"
         pruned_ok = True
-        for step in STEPS:
+        for step in (s for s in STEPS if s in args.steps):
             row = {"preset": args.preset, "layers": layers, "path": path or "default", "step": step}
             row.update(checkpoint_gb=nbytes / 2**30, matrices=count)
             note = _skip_reason(args, step, path, nbytes, pruned_ok)
@@ -224,6 +225,8 @@ def run_layers(args, layers: int, offload: bool, extra: list[str]) -> list[dict]
 
 
 def _skip_reason(args, step: str, path: str | None, nbytes: int, pruned_ok: bool) -> str | None:
+    if step == "eval" and "prune" not in args.steps:
+        return "the prune step was not asked for (--steps)"
     if step == "eval" and not pruned_ok:
         return "no pruned folder: the prune step failed"
     if path in ("none", None):  # a CLI without --offload has only the in-memory path
@@ -426,6 +429,14 @@ def _paths(value: str) -> list[str]:
     return paths
 
 
+def _steps(value: str) -> list[str]:
+    steps = [s for s in value.split(",") if s]
+    bad = [s for s in steps if s not in STEPS]
+    if not steps or bad:
+        raise argparse.ArgumentTypeError(f"steps are {', '.join(STEPS)}, comma-separated; got {value!r}")
+    return steps
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     mine = argv[: argv.index("--")] if "--" in argv else argv
@@ -436,6 +447,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--preset", default="llama2-7b", choices=["llama2-7b", "tiny"], help="tiny: a quick try of the script"
     )
     p.add_argument("--layers", type=_layers, default=[2, 8], help="decoder blocks, comma-separated (2,8,32)")
+    p.add_argument("--steps", type=_steps, default=list(STEPS), help="steps to run, e.g. analyze (default all)")
     p.add_argument("--paths", type=_paths, default=["auto", "none"], help="--offload values to run, e.g. auto,none")
     p.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "alphaprune-bench" / "scale")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "scale.json")
