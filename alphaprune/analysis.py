@@ -13,7 +13,8 @@ xmin rules (alphaprune/fits.py) and the other metrics (alphaprune/metrics.py).
 
 Speed: on a CPU the matrices are spread over one worker process per core (forked, so the
 weights are shared, never copied or pickled), each with one BLAS thread: the LAPACK
-tridiagonal reduction does not scale over threads, but two matrices at once do. Results
+tridiagonal reduction does not scale over threads, but two matrices at once do. A huge
+display-only matrix (a 7B model's embedding or LM head) is measured one at a time. Results
 are cached on disk by a fingerprint of the weights (alphaprune/cache.py).
 
 From files (`analyze_checkpoint`): the model is never instantiated; each matrix is read from
@@ -24,6 +25,7 @@ the float32 weights, so both paths give the same results and share cache entries
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -42,7 +44,7 @@ from alphaprune.checkpoint import Checkpoint
 from alphaprune.errors import UserError
 from alphaprune.fits import XMIN_RULES, fit_all
 from alphaprune.metrics import mp_fit, spectral_metrics
-from alphaprune.spectra import PRECISIONS, eigenvalues, resolve_device
+from alphaprune.spectra import PRECISIONS, all_finite, eigenvalues, is_huge, resolve_device
 
 ANALYSIS_VERSION = 1  # bump when a metric's definition changes: old cache entries are ignored
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
@@ -152,7 +154,7 @@ def measure_weight(
 ) -> tuple[np.ndarray, LayerMetrics]:
     """Eigenvalues and all metrics of `weight` (out, in), the matrix `ref` names; UserError
     naming it if its weights are not finite. Both paths (model in memory, files) use it."""
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         raise UserError(
             f"{ref.name} holds NaN or infinite weights, so it has no spectrum: the checkpoint is damaged "
             "or a step before overflowed; reload the model from its files"
@@ -185,8 +187,9 @@ def measure_weight(
 Reader = Callable[[MatrixRef], torch.Tensor]  # ref -> its weight as (out, in)
 
 # The forked workers read the matrices from this module global (shared memory, no pickling):
-# the refs, the precision and the reader (a model's weights, or a checkpoint's files).
-_POOL_JOB: tuple[list[MatrixRef], str, Reader] | None = None
+# the refs, the precision, the reader (a model's weights, or a checkpoint's files) and the
+# lock that lets one huge matrix at a time be measured.
+_POOL_JOB: tuple[list[MatrixRef], str, Reader, object] | None = None
 
 
 def _pool_init() -> None:
@@ -206,10 +209,28 @@ def _pool_init() -> None:
 
 
 def _pool_task(index: int) -> tuple[int, np.ndarray, LayerMetrics]:
-    refs, precision, read = _POOL_JOB
+    refs, precision, read, huge_lock = _POOL_JOB
     ref = refs[index]
-    evals, metrics = measure_weight(ref, read(ref), precision, "cpu")  # the weight is freed on return
-    return index, evals, metrics
+    with huge_lock if _one_at_a_time(ref) else contextlib.nullcontext():
+        return index, *measure_weight(ref, read(ref), precision, "cpu")  # the weight is freed on return
+
+
+def _one_at_a_time(ref: MatrixRef) -> bool:
+    """A huge display-only matrix (a 7B model's embedding or LM head, ~0.45 GiB of work each):
+    the two of them measured at once would double the analysis' peak for no prunable layer."""
+    return not ref.prunable and is_huge(ref.params)
+
+
+def _pool_order(refs: list[MatrixRef]) -> list[int]:
+    """Largest first, so the pool does not end waiting on one big matrix; the huge display-only
+    ones spread over the run, so that the lock in _pool_task rarely waits."""
+    order = sorted(range(len(refs)), key=lambda i: -refs[i].params)
+    huge = [i for i in order if _one_at_a_time(refs[i])]
+    rest = [i for i in order if not _one_at_a_time(refs[i])]
+    gap = max(1, len(rest) // max(1, len(huge)))
+    for k, i in enumerate(huge):
+        rest.insert(k * (gap + 1), i)
+    return rest
 
 
 def _workers(device: str, n_jobs: int) -> int:
@@ -240,12 +261,11 @@ def _measure_all(
             results[i] = measure_weight(ref, read(ref), precision, device)
             report(i + 1)
         return results
-    # Largest first, so the pool does not finish waiting on one big matrix.
-    order = sorted(range(len(refs)), key=lambda i: -refs[i].params)
-    _POOL_JOB = (refs, precision, read)
+    context = multiprocessing.get_context("fork")
+    _POOL_JOB = (refs, precision, read, context.Lock())
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_pool_init) as pool:
-            for done, (i, evals, metrics) in enumerate(pool.imap_unordered(_pool_task, order), start=1):
+        with context.Pool(workers, initializer=_pool_init) as pool:
+            for done, (i, evals, metrics) in enumerate(pool.imap_unordered(_pool_task, _pool_order(refs)), start=1):
                 results[i] = (evals, metrics)
                 report(done)
     finally:

@@ -170,10 +170,11 @@ class Plan:
 
 
 def _matrix_work(shape: ModelShape) -> int:
-    """One matrix being analysed: float32 and float64 copies, the Gram matrix and LAPACK's
-    workspace of the same size. (out, in) -> 12 out*in + 16 min(out, in)^2 bytes."""
+    """One matrix being analysed (alphaprune/spectra.py): its stored bytes, one block of rows
+    (at most 4M weights) in float32 and float64, the Gram matrix and LAPACK's copy of it."""
     rows, cols = shape.largest_matrix
-    return rows * cols * (F32 + F64) + 2 * min(rows, cols) ** 2 * F64
+    block = min(rows * cols, 4 * 2**20)
+    return rows * cols * shape.stored_bytes + block * (F32 + F64) + 2 * min(rows, cols) ** 2 * F64
 
 
 def _forward_work(shape: ModelShape, work: Work) -> int:

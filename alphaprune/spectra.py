@@ -39,8 +39,9 @@ _F32_MIN_ASPECT = 2.0  # auto: float32 is tried only for matrices at least this 
 _F32_MIN_SIDE = 256  # auto: at or below, float64 always (cheap)
 _F32_LAMBDA_MIN_RATIO = 1e-3  # auto: float32 kept only if lambda_min >= this x lambda_max
 _F32_DISPLAY_MEDIAN_RATIO = 1e-3  # auto, display-only: float32 kept if median >= this x max
-_ROWS_CHUNKED = 64 * 2**20  # weights: above, the Gram is summed over blocks of rows (SmolLM2's largest: 28M)
-_ROWS_PER_BLOCK = 4096
+_ROWS_CHUNKED = 4 * 2**20  # weights: above, the Gram is summed over blocks of rows (SmolLM2: its embedding)
+_HUGE = 64 * 2**20  # weights: an embedding / LM head of a 7B model (131M); analysed one at a time
+_BLOCK_WEIGHTS = 4 * 2**20  # weights per block of rows: 16 MiB in float32, 32 MiB in float64
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -87,18 +88,33 @@ def _gram_whole(w: torch.Tensor, use64: bool) -> np.ndarray:
 
 
 def _gram_by_rows(w: torch.Tensor, use64: bool) -> np.ndarray:
-    """The smaller Gram of a huge matrix (an LM head, an embedding: ~1e8 weights) summed over
-    blocks of rows of the longer side, so that only one block is ever converted to float32 /
-    float64 (a bf16 weight read from the files is never copied whole). Same result on either
-    path (a float32 weight in memory is cut the same way), to the order of the sums."""
+    """The smaller Gram of a large matrix (above _ROWS_CHUNKED weights: every matrix of a 7B
+    model) summed over blocks of ~4M weights of rows of the longer side, so that only one
+    block is ever converted to float32 / float64 (a bf16 weight read from the files is never
+    copied whole). Same result on either path (a float32 weight in memory is cut the same
+    way); the Gram differs from one syrk only in the order of the sums."""
     syrk = blas.dsyrk if use64 else blas.ssyrk
     tall = w if w.shape[0] >= w.shape[1] else w.t()  # (long, short): Gram = tall^T tall
     gram = None
-    for start in range(0, tall.shape[0], _ROWS_PER_BLOCK):
-        a = _as_fortran_t(tall[start : start + _ROWS_PER_BLOCK].contiguous(), use64)  # (short, rows)
+    step = max(1, _BLOCK_WEIGHTS // tall.shape[1])
+    for start in range(0, tall.shape[0], step):
+        a = _as_fortran_t(tall[start : start + step].contiguous(), use64)  # (short, rows)
         gram = syrk(1.0, a, trans=0, lower=0) if gram is None else syrk(1.0, a, beta=1.0, c=gram, trans=0,
                                                                          lower=0, overwrite_c=1)  # fmt: skip
     return gram
+
+
+def is_huge(numel: int) -> bool:
+    """A matrix as large as a 7B model's embedding or LM head: its pages and blocks take ~0.45 GiB."""
+    return numel > _HUGE
+
+
+def all_finite(weight: torch.Tensor) -> bool:
+    """No NaN / inf in `weight`, checked a block of rows at a time: a whole-tensor isfinite of a
+    bf16 (32000, 4096) embedding holds a float32 copy and a bool mask at once (0.86 GiB)."""
+    rows = weight if weight.dim() > 1 else weight.reshape(1, -1)
+    step = max(1, _BLOCK_WEIGHTS // max(1, rows[0].numel()))
+    return all(bool(torch.isfinite(rows[i : i + step]).all()) for i in range(0, rows.shape[0], step))
 
 
 def _eig(weight: torch.Tensor, use64: bool, dev: torch.device) -> np.ndarray:
