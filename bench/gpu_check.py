@@ -11,7 +11,14 @@
 - agreement: `alphaprune prune` of the default model with Wanda and with SparseGPT, once with
   `--device cpu` and once with `--device cuda` (float32 both), each saved; then the saved
   folders' masks are compared matrix by matrix (fraction of weights whose zero/non-zero
-  state differs) and the perplexities side by side.
+  state differs) and the perplexities side by side. A side may name an offload path too:
+  `--devices cpu:none,cpu:disk` is the streamed path against the in-memory one (issue 10,
+  item 2), on a CPU-only machine:
+
+      python bench/gpu_check.py agreement --devices cpu:none,cpu:disk --pruners magnitude,wanda,sparsegpt \
+          --sparsity 0.7 --calib-samples 32 --seqlen 1024 --eval-windows 32 \
+          --calib ../shared/data/calib_python_docs.txt --eval ../shared/data/wikitext2_test.raw \
+          --prune-args "--allocation alphapruning --epsilon 0.3" --out /tmp/stream_check
 - throughput: the default model in bf16 on CUDA; tokens per second of
   alphaprune.perplexity.perplexity against a bare `model(input_ids, labels=input_ids)` loop
   over the same windows (fastest of --repeats), and both perplexities.
@@ -107,11 +114,14 @@ def _zeros(folder: Path) -> dict:
     return out
 
 
-def _prune(pruner: str, device: str, a, out: Path) -> dict:
+def _prune(pruner: str, side: str, a, out: Path) -> dict:
+    """One saved prune run; `side` is a device, or DEVICE:OFFLOAD (e.g. cpu:disk, streamed)."""
+    device, _, offload = side.partition(":")
     args = ["prune", "--model", a.model, "--pruner", pruner, "--sparsity", str(a.sparsity), "--device", device]
     args += ["--dtype", "float32", "--calib", a.calib, "--calib-samples", str(a.calib_samples)]
     args += ["--seqlen", str(a.seqlen), "--eval", a.eval, "--eval-windows", str(a.eval_windows)]
-    args += ["--save", str(out), "--out", str(out) + ".json"]
+    args += ["--save", str(out), "--out", str(out) + ".json", *(["--offload", offload] if offload else [])]
+    args += a.prune_args.split()
     row = _cli(args, out.parent / f"work-{out.name}")
     result = json.loads(Path(str(out) + ".json").read_text())
     return {
@@ -123,14 +133,14 @@ def _prune(pruner: str, device: str, a, out: Path) -> dict:
 
 
 def cmd_agreement(a) -> None:
-    """Each pruner on the reference device (CPU) and the tested one (CUDA); masks and perplexities."""
+    """Each pruner on the reference side (CPU) and the tested one (CUDA, or a streamed path); masks and perplexities."""
     ref, test = a.devices
     doc = {"model": a.model, "sparsity": a.sparsity, "calib_samples": a.calib_samples, "seqlen": a.seqlen}
-    doc.update(eval_windows=a.eval_windows, ref_device=ref, test_device=test, pruners={})
+    doc.update(eval_windows=a.eval_windows, ref_device=ref, test_device=test, prune_args=a.prune_args, pruners={})
     sides = (("ref", ref), ("test", test))
     for pruner in a.pruners:
         with tempfile.TemporaryDirectory(prefix="gpu_check-") as scratch:  # pruned folders stay out of OUT
-            folders = {side: Path(scratch) / f"{pruner}-{side}-{dev}" for side, dev in sides}
+            folders = {side: Path(scratch) / f"{pruner}-{side}-{dev.replace(':', '-')}" for side, dev in sides}
             runs = {side: _prune(pruner, dev, a, folders[side]) for side, dev in sides}
             masks = {side: _zeros(folders[side]) for side, _ in sides}
         one, two = masks["ref"], masks["test"]
@@ -249,7 +259,8 @@ def report_lines(out: Path) -> list[str]:
         lines += [
             "",
             f"{ag['model']}, {ag['calib_samples']} x {ag['seqlen']} calibration tokens, {ag['eval_windows']} "
-            f"evaluation windows, sparsity {ag['sparsity']}, float32, {test} against {ref}:",
+            f"evaluation windows, sparsity {ag['sparsity']}, float32, {test} against {ref}"
+            + (f" (`{ag['prune_args']}`):" if ag.get("prune_args") else ":"),
             "",
             f"| pruner | ppl {ref} | ppl {test} | rel. diff | masks identical | weights differing | worst matrix |",
             "|---|---:|---:|---:|---|---:|---:|",
@@ -305,7 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--device", default="cuda")
     s = sub.add_parser("agreement", parents=[shared, data])
     s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--devices", type=lambda v: v.split(","), default=["cpu", "cuda"], help="reference,tested")
+    s.add_argument(
+        "--devices",
+        type=lambda v: v.split(","),
+        default=["cpu", "cuda"],
+        help="reference,tested: each a device or DEVICE:OFFLOAD (cpu:none,cpu:disk: streamed vs in memory)",
+    )
+    s.add_argument("--prune-args", default="", help="more `alphaprune prune` flags for both sides, one string")
     s.add_argument("--pruners", type=lambda v: v.split(","), default=["wanda", "sparsegpt"])
     s.add_argument("--sparsity", type=float, default=0.5)
     s.add_argument("--calib-samples", type=int, default=32)
