@@ -43,6 +43,13 @@ SEED = int(os.environ.get("FAULT_SEED", random.SystemRandom().randrange(10**6)))
 TIMEOUT = 1800  # s; only guards against a hang (the shared test machine can be very slow)
 TEMPORARY = re.compile(r"\.tmp(\.|$)")  # any temporary name, alphaprune.atomic's or older ones
 
+# The children here get Ctrl-C as a user's terminal sends it. A suite started in the background
+# by a shell without job control (`cmd &` in a script, `nohup make test &`) inherits SIGINT
+# ignored, and an ignored signal stays ignored across exec: every child would then shrug the
+# signal off and finish (exit 0). A handler of this process's own is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # Small settings: python-docs text, 4 windows of 128 tokens, magnitude pruning (no calibration).
 PRUNE = ["prune", "--pruner", "magnitude", "--sparsity", "0.5", "--seqlen", "128", "--eval-windows", "4"]
 EVAL = ["eval", "--seqlen", "128", "--eval-windows", "4"]
