@@ -172,8 +172,10 @@ class Plan:
 def _matrix_work(shape: ModelShape) -> int:
     """One matrix being analysed (alphaprune/spectra.py): its stored bytes, one block of rows
     (at most 4M weights) in float32 and float64, the Gram matrix and LAPACK's copy of it."""
+    from alphaprune.spectra import BLOCK_WEIGHTS  # torch: loaded by then (the shape came from a skeleton)
+
     rows, cols = shape.largest_matrix
-    block = min(rows * cols, 4 * 2**20)
+    block = min(rows * cols, BLOCK_WEIGHTS)
     return rows * cols * shape.stored_bytes + block * (F32 + F64) + 2 * min(rows, cols) ** 2 * F64
 
 

@@ -41,7 +41,7 @@ _F32_LAMBDA_MIN_RATIO = 1e-3  # auto: float32 kept only if lambda_min >= this x 
 _F32_DISPLAY_MEDIAN_RATIO = 1e-3  # auto, display-only: float32 kept if median >= this x max
 _ROWS_CHUNKED = 4 * 2**20  # weights: above, the Gram is summed over blocks of rows (SmolLM2: its embedding)
 _HUGE = 64 * 2**20  # weights: an embedding / LM head of a 7B model (131M); analysed one at a time
-_BLOCK_WEIGHTS = 4 * 2**20  # weights per block of rows: 16 MiB in float32, 32 MiB in float64
+BLOCK_WEIGHTS = 4 * 2**20  # weights per block of rows: 16 MiB in float32, 32 MiB in float64
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -96,7 +96,7 @@ def _gram_by_rows(w: torch.Tensor, use64: bool) -> np.ndarray:
     syrk = blas.dsyrk if use64 else blas.ssyrk
     tall = w if w.shape[0] >= w.shape[1] else w.t()  # (long, short): Gram = tall^T tall
     gram = None
-    step = max(1, _BLOCK_WEIGHTS // tall.shape[1])
+    step = max(1, BLOCK_WEIGHTS // tall.shape[1])
     for start in range(0, tall.shape[0], step):
         a = _as_fortran_t(tall[start : start + step].contiguous(), use64)  # (short, rows)
         gram = syrk(1.0, a, trans=0, lower=0) if gram is None else syrk(1.0, a, beta=1.0, c=gram, trans=0,
@@ -113,7 +113,7 @@ def all_finite(weight: torch.Tensor) -> bool:
     """No NaN / inf in `weight`, checked a block of rows at a time: a whole-tensor isfinite of a
     bf16 (32000, 4096) embedding holds a float32 copy and a bool mask at once (0.86 GiB)."""
     rows = weight if weight.dim() > 1 else weight.reshape(1, -1)
-    step = max(1, _BLOCK_WEIGHTS // max(1, rows[0].numel()))
+    step = max(1, BLOCK_WEIGHTS // max(1, rows[0].numel()))
     return all(bool(torch.isfinite(rows[i : i + step]).all()) for i in range(0, rows.shape[0], step))
 
 
