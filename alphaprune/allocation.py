@@ -33,7 +33,6 @@ import numpy as np
 
 from alphaprune.errors import UserError, setting
 
-METHODS = ("uniform", "alphapruning", "owl", "list")
 MAPPINGS = ("block", "matrix")
 DEFAULT_CEILING = 0.99
 DEFAULT_EPSILON = 0.3

@@ -21,6 +21,13 @@ From files (`analyze_checkpoint`): the model is never instantiated; each matrix 
 the checkpoint (alphaprune/checkpoint.py), cast to float32, measured by the same
 `measure_weight` and freed, each forked worker reading its own. The fingerprint is that of
 the float32 weights, so both paths give the same results and share cache entries.
+
+FARMS (opt-in, alphaprune/farms.py): `analyze(model, farms=FarmsSettings())` adds each
+matrix's `alpha_farms` (the fit of its pooled sub-matrix spectrum; NaN when not asked for),
+a metric like any other (METRIC_NAMES). Its cache entry's key adds the settings' tag; the
+entry of the same analysis without FARMS is kept (and reused: then only FARMS is computed).
+
+    result = analyze(model, farms=FarmsSettings())        # result.layers[5].alpha_farms
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from alphaprune import cache
 from alphaprune.arch import MatrixRef, all_matrices
 from alphaprune.checkpoint import Checkpoint
 from alphaprune.errors import UserError
+from alphaprune.farms import FarmsSettings, farms_fit
 from alphaprune.fits import XMIN_RULES, fit_all
 from alphaprune.metrics import mp_fit, spectral_metrics
 from alphaprune.spectra import PRECISIONS, all_finite, eigenvalues, is_huge, resolve_device
@@ -89,6 +97,15 @@ class LayerMetrics:
     mp_edge_high: float
     mp_num_spikes: int
     mp_softrank: float
+    alpha_farms: float = float("nan")  # FARMS alpha (alphaprune/farms.py); NaN when not computed
+
+    def __eq__(self, other) -> bool:
+        """Field by field, NaN equal to NaN: a NaN read back from the cache's JSON or from a
+        worker's pickle is another float object, and tuple equality holds NaN == NaN only for
+        the same object."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -98,6 +115,10 @@ class LayerMetrics:
     @classmethod
     def from_dict(cls, data: dict) -> LayerMetrics:
         return cls(**{**data, "shape": tuple(data["shape"])})
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 # Numeric per-matrix quantities a user can plot or allocate by (identity fields excluded).
@@ -120,6 +141,7 @@ class Analysis:
     from_cache: bool
     layers: tuple[LayerMetrics, ...]
     eigenvalues: dict[str, np.ndarray] = field(repr=False)
+    farms: FarmsSettings | None = None  # the FARMS settings of the alpha_farms column, None: not computed
 
     @property
     def prunable(self) -> tuple[LayerMetrics, ...]:
@@ -132,28 +154,38 @@ class Analysis:
         raise KeyError(name)
 
     def to_dict(self) -> dict:
-        """The JSON document of `alphaprune analyze --out FILE.json`."""
-        return {
+        """The JSON document of `alphaprune analyze --out FILE.json` ("farms" only when computed)."""
+        out = {
             "model": self.model,
             "fingerprint": self.fingerprint,
             "precision": self.precision,
             "device": self.device,
             "seconds_analysis": self.seconds_analysis,
             "from_cache": self.from_cache,
-            "layers": [layer.to_dict() for layer in self.layers],
         }
+        if self.farms is not None:
+            out["farms"] = dataclasses.asdict(self.farms)
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        return out
 
 
-def measure_matrix(ref: MatrixRef, precision: str = "auto", device: str = "auto") -> tuple[np.ndarray, LayerMetrics]:
+def measure_matrix(
+    ref: MatrixRef, precision: str = "auto", device: str = "auto", farms: FarmsSettings | None = None
+) -> tuple[np.ndarray, LayerMetrics]:
     """Eigenvalues and all metrics of one matrix of a model in memory (see measure_weight)."""
-    return measure_weight(ref, ref.weight(), precision, device)
+    return measure_weight(ref, ref.weight(), precision, device, farms)
 
 
 def measure_weight(
-    ref: MatrixRef, weight: torch.Tensor, precision: str = "auto", device: str = "auto"
+    ref: MatrixRef,
+    weight: torch.Tensor,
+    precision: str = "auto",
+    device: str = "auto",
+    farms: FarmsSettings | None = None,
 ) -> tuple[np.ndarray, LayerMetrics]:
     """Eigenvalues and all metrics of `weight` (out, in), the matrix `ref` names; UserError
-    naming it if its weights are not finite. Both paths (model in memory, files) use it."""
+    naming it if its weights are not finite. Both paths (model in memory, files) use it.
+    With `farms`, alpha_farms too (else it stays NaN)."""
     if not all_finite(weight):
         raise UserError(
             f"{ref.name} holds NaN or infinite weights, so it has no spectrum: the checkpoint is damaged "
@@ -181,15 +213,18 @@ def measure_weight(
         mp_num_spikes=mp.num_spikes,
         mp_softrank=mp.softrank,
     )
+    if farms is not None:
+        fields["alpha_farms"] = farms_fit(weight, farms, device, precision).alpha
     return evals, LayerMetrics(**fields)
 
 
 Reader = Callable[[MatrixRef], torch.Tensor]  # ref -> its weight as (out, in)
+Task = Callable[[MatrixRef], object]  # ref -> what is measured on it (read inside)
 
 # The forked workers read the matrices from this module global (shared memory, no pickling):
-# the refs, the precision, the reader (a model's weights, or a checkpoint's files) and the
-# lock that lets one huge matrix at a time be measured.
-_POOL_JOB: tuple[list[MatrixRef], str, Reader, object] | None = None
+# the refs, the task (which reads a model's weights, or a checkpoint's files) and the lock
+# that lets one huge matrix at a time be measured.
+_POOL_JOB: tuple[list[MatrixRef], Task, object] | None = None
 
 
 def _pool_init() -> None:
@@ -208,11 +243,11 @@ def _pool_init() -> None:
     threadpool_limits(1)  # one BLAS thread per worker process
 
 
-def _pool_task(index: int) -> tuple[int, np.ndarray, LayerMetrics]:
-    refs, precision, read, huge_lock = _POOL_JOB
+def _pool_task(index: int) -> tuple[int, object]:
+    refs, task, huge_lock = _POOL_JOB
     ref = refs[index]
     with huge_lock if _one_at_a_time(ref) else contextlib.nullcontext():
-        return index, *measure_weight(ref, read(ref), precision, "cpu")  # the weight is freed on return
+        return index, task(ref)  # the weight task read is freed on return
 
 
 def _one_at_a_time(ref: MatrixRef) -> bool:
@@ -233,6 +268,16 @@ def _pool_order(refs: list[MatrixRef]) -> list[int]:
     return rest
 
 
+def _measure_task(read: Reader, precision: str, device: str, farms: FarmsSettings | None) -> Task:
+    """ref -> (eigenvalues, LayerMetrics): the whole measurement of one matrix."""
+    return lambda ref: measure_weight(ref, read(ref), precision, device, farms)
+
+
+def _farms_task(read: Reader, precision: str, device: str, farms: FarmsSettings) -> Task:
+    """ref -> alpha_farms only (the other metrics came from the cache)."""
+    return lambda ref: farms_fit(read(ref), farms, device, precision).alpha
+
+
 def _workers(device: str, n_jobs: int) -> int:
     if device != "cpu" or n_jobs < 8 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
@@ -244,37 +289,37 @@ def analysis_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _measure_all(
-    refs: list[MatrixRef], precision: str, device: str, progress: Progress | None, read: Reader = MatrixRef.weight
-):
-    """(eigenvalues, metrics) for every ref, in order, each weight from `read`; progress after each matrix."""
+def _measure_all(refs: list[MatrixRef], task: Task, device: str, progress: Progress | None, label: str = "spectra"):
+    """task(ref) for every ref, in order; progress after each matrix ("{label} 3/210")."""
     global _POOL_JOB
     results: list = [None] * len(refs)
     workers = _workers(device, len(refs))
 
     def report(done: int) -> None:
         if progress is not None:
-            progress(done / len(refs), f"spectra {done}/{len(refs)}")
+            progress(done / len(refs), f"{label} {done}/{len(refs)}")
 
     if workers == 1:
         for i, ref in enumerate(refs):
-            results[i] = measure_weight(ref, read(ref), precision, device)
+            results[i] = task(ref)
             report(i + 1)
         return results
     context = multiprocessing.get_context("fork")
-    _POOL_JOB = (refs, precision, read, context.Lock())
+    _POOL_JOB = (refs, task, context.Lock())
     try:
         with context.Pool(workers, initializer=_pool_init) as pool:
-            for done, (i, evals, metrics) in enumerate(pool.imap_unordered(_pool_task, _pool_order(refs)), start=1):
-                results[i] = (evals, metrics)
+            for done, (i, result) in enumerate(pool.imap_unordered(_pool_task, _pool_order(refs)), start=1):
+                results[i] = result
                 report(done)
     finally:
         _POOL_JOB = None
     return results
 
 
-def _cache_key(fingerprint: str, precision: str) -> str:
-    return f"{fingerprint[:32]}-{precision}-v{ANALYSIS_VERSION}"
+def _cache_key(fingerprint: str, precision: str, farms: FarmsSettings | None = None) -> str:
+    """The entry of an analysis; with FARMS its settings' tag is added (without: today's key)."""
+    key = f"{fingerprint[:32]}-{precision}-v{ANALYSIS_VERSION}"
+    return key if farms is None else f"{key}-{farms.tag()}"
 
 
 def analyze(
@@ -284,14 +329,18 @@ def analyze(
     device: str = "auto",
     use_cache: bool = True,
     progress: Progress | None = None,
+    farms: FarmsSettings | None = None,
 ) -> Analysis:
     """Spectra and metrics of every prunable matrix plus embeddings / LM head. `model`: an
-    nn.Module in memory, or a checkpoint.Checkpoint, then read from its files (_analyze_files)."""
+    nn.Module in memory, or a checkpoint.Checkpoint, then read from its files (_analyze_files).
+    `farms`: also each matrix's alpha_farms with these settings (alphaprune/farms.py)."""
+    if farms is not None:
+        farms.validate()
     if isinstance(model, Checkpoint):
-        return _analyze_files(model, model_name, precision, device, use_cache, progress)
+        return _analyze_files(model, model_name, precision, device, use_cache, progress, farms)
     refs = all_matrices(model)
     fingerprint = (lambda: cache.weights_fingerprint(refs)) if use_cache else None
-    return _analyze(refs, MatrixRef.weight, fingerprint, model_name, precision, device, progress)
+    return _analyze(refs, MatrixRef.weight, fingerprint, model_name, precision, device, progress, farms)
 
 
 def _checkpoint_weight(ckpt: Checkpoint, ref: MatrixRef) -> torch.Tensor:
@@ -311,7 +360,9 @@ def analyze_checkpoint(ckpt: Checkpoint, *args, **kwargs) -> Analysis:
     return analyze(ckpt, *args, **kwargs)
 
 
-def _analyze_files(ckpt: Checkpoint, model_name: str, precision: str, device: str, use_cache: bool, progress):
+def _analyze_files(
+    ckpt: Checkpoint, model_name: str, precision: str, device: str, use_cache: bool, progress, farms=None
+):
     """`analyze` of the model a checkpoint holds, read from its files one matrix at a time.
 
     The matrices come from the config's meta-device skeleton (alphaprune/arch.py); each is
@@ -334,7 +385,7 @@ def _analyze_files(ckpt: Checkpoint, model_name: str, precision: str, device: st
             return cache.weights_fingerprint(refs, read, as_dtype=torch.float32, threads=2, progress=step)
 
     read = functools.partial(_checkpoint_weight, ckpt)
-    return _analyze(refs, read, fingerprint, model_name, precision, device, progress)
+    return _analyze(refs, read, fingerprint, model_name, precision, device, progress, farms)
 
 
 def _analyze(
@@ -345,25 +396,53 @@ def _analyze(
     precision: str,
     device: str,
     progress: Progress | None,
+    farms: FarmsSettings | None = None,
 ) -> Analysis:
-    """The cached analysis of `refs`, each weight from `read`; no cache without `fingerprint_fn`."""
+    """The cached analysis of `refs`, each weight from `read`; no cache without `fingerprint_fn`.
+
+    With `farms`: its own entry if there is one; else the entry without FARMS plus a FARMS
+    pass only; else everything, saved under both keys (alpha_farms NaN in the plain one).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = str(resolve_device(device))
     start = time.perf_counter()
     fingerprint = fingerprint_fn() if fingerprint_fn is not None else None
+
+    def done(layers, evals, from_cache: bool) -> Analysis:
+        seconds = time.perf_counter() - start
+        return Analysis(model_name, fingerprint, precision, dev, seconds, from_cache, layers, evals, farms)
+
     if fingerprint is not None:
-        entry = cache.load_entry(_cache_key(fingerprint, precision))
-        if entry is not None and [r["name"] for r in entry[0]] == [ref.name for ref in refs]:
-            layers = tuple(LayerMetrics.from_dict(r) for r in entry[0])
+        entry = _load_cached(_cache_key(fingerprint, precision, farms), refs)
+        if entry is not None:
             if progress is not None:
                 progress(1.0, "spectra loaded from cache")
-            seconds = time.perf_counter() - start
-            return Analysis(model_name, fingerprint, precision, dev, seconds, True, layers, entry[1])
-    results = _measure_all(refs, precision, dev, progress, read)
-    layers = tuple(metrics for _, metrics in results)
-    evals = {ref.name: ev for ref, (ev, _) in zip(refs, results, strict=True)}
+            return done(*entry, from_cache=True)
+    plain = (
+        _load_cached(_cache_key(fingerprint, precision), refs)
+        if farms is not None and fingerprint is not None
+        else None
+    )
+    if plain is not None:  # the whole-matrix part is cached: FARMS only
+        alphas = _measure_all(refs, _farms_task(read, precision, dev, farms), dev, progress, "FARMS")
+        layers = tuple(dataclasses.replace(m, alpha_farms=a) for m, a in zip(plain[0], alphas, strict=True))
+        evals = plain[1]
+    else:
+        results = _measure_all(refs, _measure_task(read, precision, dev, farms), dev, progress)
+        layers = tuple(metrics for _, metrics in results)
+        evals = {ref.name: ev for ref, (ev, _) in zip(refs, results, strict=True)}
+        if fingerprint is not None and farms is not None:
+            unfarmed = [dataclasses.replace(m, alpha_farms=float("nan")).to_dict() for m in layers]
+            cache.save_entry(_cache_key(fingerprint, precision), unfarmed, evals)
     if fingerprint is not None:
-        cache.save_entry(_cache_key(fingerprint, precision), [m.to_dict() for m in layers], evals)
-    seconds = time.perf_counter() - start
-    return Analysis(model_name, fingerprint, precision, dev, seconds, False, layers, evals)
+        cache.save_entry(_cache_key(fingerprint, precision, farms), [m.to_dict() for m in layers], evals)
+    return done(layers, evals, from_cache=False)
+
+
+def _load_cached(key: str, refs: list[MatrixRef]) -> tuple[tuple[LayerMetrics, ...], dict[str, np.ndarray]] | None:
+    """(layers, eigenvalues) of a cache entry of exactly these matrices, or None."""
+    entry = cache.load_entry(key)
+    if entry is None or [r["name"] for r in entry[0]] != [ref.name for ref in refs]:
+        return None
+    return tuple(LayerMetrics.from_dict(r) for r in entry[0]), entry[1]

@@ -62,6 +62,13 @@ class MatrixRef:
         return (cols, rows) if self.transposed else (rows, cols)
 
     @property
+    def in_attention(self) -> bool:
+        """Whether the matrix belongs to its block's attention (self_attn, attn, self_attention,
+        attention: the names transformers' decoders give that submodule), not to its MLP."""
+        parent = self.name.rsplit(".", 2)[-2].lower() if self.name.count(".") >= 1 else ""
+        return "attn" in parent or "attention" in parent
+
+    @property
     def tensor_name(self) -> str:
         """The weight's key in model.state_dict() (and in a checkpoint's files)."""
         return f"{self.name}.weight"

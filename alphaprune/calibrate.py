@@ -16,7 +16,12 @@ memory at a time: `capture_block_inputs` (the blocks may still be on the meta de
 `feed` (inputs kept on the CPU, each moved to the compute device in turn) and `collect`.
 
 `InputStats` accumulates, per matrix, what the pruners need: the squared norm of every
-input feature (Wanda, OWL) and optionally X^T X (SparseGPT).
+input feature (Wanda, OWL, RIA), optionally X^T X (SparseGPT) and optionally the mean and
+variance of every feature over the calibration tokens (DSnoT):
+
+    stats = collect(refs, run, moments=True)
+    s = stats["model.layers.0.mlp.down_proj"]
+    s.col_sq, s.mean, s.var, s.window_sum             # (in,) each
 """
 
 from __future__ import annotations
@@ -101,16 +106,28 @@ class InputStats:
     and move perplexity by several percent (bench/reference_check.py measures it):
     col_sq = mean over samples of ||x_j||^2 (Wanda: scaler_row), and
     xtx = (2 / samples) sum_t x_t x_t^T (SparseGPT: H).
+
+    moments=True also keeps, in float64, the token count, the sum of every feature and its
+    sum of squared deviations from the mean (merged batch by batch, Chan et al.'s pairwise
+    update: no cancellation as in E[x^2] - E[x]^2). `mean` and `var` (population variance)
+    are then over all calibration tokens together; `window_sum` is the sum divided by the
+    number of samples (DSnoT's code: sum_metric_row, at the scale of one window). DSnoT's
+    code averages the variances of the windows instead, which leaves out the spread of the
+    windows' means.
     """
 
-    def __init__(self, columns: int, hessian: bool, device: torch.device):
+    def __init__(self, columns: int, hessian: bool, device: torch.device, moments: bool = False):
         self.samples = 0
         self.col_sq = torch.zeros(columns, device=device)  # (in,)
         self.xtx = torch.zeros(columns, columns, device=device) if hessian else None  # (in, in)
+        self.tokens = 0
+        self._sum = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
+        self._m2 = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
 
     def add(self, x: torch.Tensor) -> None:
         batch = x.shape[0] if x.dim() == 3 else 1
-        inp = x.reshape(-1, x.shape[-1]).t().float()  # (in, tokens)
+        rows = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        inp = rows.t()  # (in, tokens)
         before, self.samples = self.samples, self.samples + batch
         self.col_sq *= before / self.samples
         self.col_sq += torch.norm(inp, p=2, dim=1) ** 2 / self.samples
@@ -118,18 +135,61 @@ class InputStats:
             self.xtx *= before / self.samples
             inp = math.sqrt(2 / self.samples) * inp
             self.xtx += inp.matmul(inp.t())
+        if self._sum is not None:
+            self._add_moments(rows)
+
+    def _add_moments(self, rows: torch.Tensor) -> None:
+        """Merge one batch's sum and squared deviations (rows: (tokens, in), float32)."""
+        count = rows.shape[0]
+        batch_mean = rows.mean(dim=0)  # (in,)
+        batch_m2 = ((rows - batch_mean) ** 2).sum(dim=0).double()  # (in,)
+        total = self.tokens + count
+        if self.tokens:
+            delta = batch_mean.double() - self._sum / self.tokens  # (in,)
+            self._m2 += batch_m2 + delta**2 * (self.tokens * count / total)
+        else:
+            self._m2 += batch_m2
+        self._sum += rows.sum(dim=0, dtype=torch.float64)
+        self.tokens = total
+
+    def _moments(self) -> None:
+        if self._sum is None:
+            raise ValueError("these statistics were collected without moments=True")
+        if not self.tokens:
+            raise ValueError("no calibration tokens were seen")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(in,) float32: every feature's mean over all calibration tokens."""
+        self._moments()
+        return (self._sum / self.tokens).float()
+
+    @property
+    def var(self) -> torch.Tensor:
+        """(in,) float32: every feature's population variance over all calibration tokens."""
+        self._moments()
+        return (self._m2 / self.tokens).float()
+
+    @property
+    def window_sum(self) -> torch.Tensor:
+        """(in,) float32: every feature's sum over the tokens divided by the samples seen."""
+        self._moments()
+        return (self._sum / self.samples).float()
 
     def hessian(self) -> torch.Tensor:
         return self.xtx
 
 
-def collect(refs: Sequence[MatrixRef], run: Callable[[], None], hessian: bool = False) -> dict[str, InputStats]:
-    """Input statistics of each matrix in `refs` while `run()` feeds the calibration data."""
+def collect(
+    refs: Sequence[MatrixRef], run: Callable[[], None], hessian: bool = False, moments: bool = False
+) -> dict[str, InputStats]:
+    """Input statistics of each matrix in `refs` while `run()` feeds the calibration data
+    (moments=True: also every feature's mean and variance, as DSnoT needs)."""
     stats: dict[str, InputStats] = {}
     handles = []
     for ref in refs:
         device = ref.module.weight.device
-        stats[ref.name] = InputStats(ref.shape[1], hessian, device)
+        stats[ref.name] = InputStats(ref.shape[1], hessian, device, moments)
         handles.append(ref.module.register_forward_hook(lambda m, args, out, s=stats[ref.name]: s.add(args[0])))
     try:
         run()

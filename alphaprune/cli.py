@@ -22,13 +22,14 @@ flag is answered at once. The catalogue of bad inputs: docs/reliability.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from alphaprune import atomic
-from alphaprune.errors import UserError
+from alphaprune.errors import UserError, setting
 
 EXIT_USER_ERROR = 2
 
@@ -80,11 +81,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "float64"])
     p.add_argument("--no-cache", action="store_true", help="recompute the spectra, bypassing the cache")
     p.add_argument("--out", type=Path, help="write FILE.json or FILE.csv (else a table on stdout)")
+    p.add_argument("--farms", action="store_true", help="also alpha_farms, the FARMS alpha of pooled windows (slower)")
+    p.add_argument(
+        "--compare-tails", action="store_true",
+        help="also test each tail against a truncated power law, a lognormal and an exponential (slower; cached)",
+    )  # fmt: skip
+    from alphaprune import registry
+
+    _add_params(p, {"farms": registry.rule("farms")}, only=("farms_window", "farms_per_side"))
     p.set_defaults(func=cmd_analyze)
     _add_allocate(sub)
     _add_prune(sub)
     _add_eval(sub)
     _add_sweep(sub)
+    _add_compare(sub)
     _add_runs(sub)
     return parser
 
@@ -106,26 +116,52 @@ def _run_ids(text: str) -> list[int]:
     return ids
 
 
-def _epsilon(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"epsilon must be a number or 'auto', got {text!r}") from None
+def _param_type(spec):
+    """argparse's type for a registry parameter: its own parser, errors in argparse's words."""
+
+    def parse(text: str):
+        try:
+            return spec.parse(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = spec.kind
+    return parse
+
+
+def _spec_lines(specs) -> str:
+    return "; ".join(f"{s.name}: {s.summary}" for s in specs.values())
+
+
+def param_help(spec, owners: list[str]) -> str:
+    """A parameter's --help text, from its spec: what it does, whose it is, range, default."""
+    default = "none" if spec.default is None else f"{spec.default:g}" if spec.kind == "float" else str(spec.default)
+    return f"{spec.help} ({', '.join(owners)}); {spec.range_text}; default {default}"
+
+
+def _add_params(p: argparse.ArgumentParser, specs: dict, only: tuple[str, ...] | None = None) -> None:
+    """One flag per parameter of the given rules or pruners (alphaprune/registry.py)."""
+    owners: dict[str, list[str]] = {}
+    for spec in specs.values():
+        for param in spec.params:
+            if only is None or param.name in only:
+                owners.setdefault(param.name, []).append(spec.name)
+    from alphaprune import registry
+
+    for name, whose in owners.items():
+        param = registry.param(name)
+        p.add_argument(param.cli_flag, dest=name, type=_param_type(param), help=param_help(param, whose))
 
 
 def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     from alphaprune import allocation as alloc
+    from alphaprune import registry
 
     p.add_argument("--sparsity", type=float, default=0.5, help="target (parameter-weighted) sparsity in (0, 1)")
-    p.add_argument("--allocation", default="uniform", choices=alloc.METHODS)
-    p.add_argument("--epsilon", type=_epsilon, default=alloc.DEFAULT_EPSILON, help="allocation range, or 'auto'")
-    p.add_argument("--metric", default=alloc.DEFAULT_METRIC, help="analysis column driving AlphaPruning")
-    p.add_argument("--mapping", default="block", choices=alloc.MAPPINGS)
-    p.add_argument("--block-list", type=_floats, help="allocation 'list': one sparsity per block, comma-separated")
-    p.add_argument("--owl-m", type=float, default=alloc.OWL_M, help="OWL outlier threshold M")
-    p.add_argument("--owl-lambda", type=float, default=alloc.OWL_LAMBDA, help="OWL sparsity spread lambda")
+    rules = registry.rules()
+    p.add_argument("--allocation", default="uniform", choices=list(rules), help=_spec_lines(rules))
+    p.add_argument("--mapping", default="block", choices=alloc.MAPPINGS, help="one ratio per block or per matrix")
+    _add_params(p, rules)
     p.add_argument("--max-sparsity", type=float, default=alloc.DEFAULT_CEILING, help="ceiling of every ratio")
 
 
@@ -139,15 +175,31 @@ def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluat
         p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
         p.add_argument("--eval-windows", type=int, help="first W windows of the evaluation text (default all)")
         p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass when evaluating")
+    if calibration and evaluation:
+        from alphaprune.config import PruneConfig
+
+        p.add_argument("--search-budget", type=int, default=PruneConfig.search_budget,
+                       help="most prune runs of an 'auto' search")  # fmt: skip
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     _add_allocation_args(p)
     # checked by PruneConfig.validate (alphaprune/config.py), which names the setting to change
-    p.add_argument("--pruner", default="wanda", help="magnitude, wanda or sparsegpt")
+    _add_pruner_args(p)
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
     _add_data_args(p)
+
+
+def _add_pruner_args(p: argparse.ArgumentParser) -> None:
+    from alphaprune import registry
+
+    pruners, refiners = registry.pruners(), registry.refiners()
+    p.add_argument("--pruner", default="wanda", help=f"one of {', '.join(pruners)} ({_spec_lines(pruners)})")
+    _add_params(p, pruners)
+    choices = [registry.NO_REFINER, *refiners]
+    p.add_argument("--refine", default=registry.NO_REFINER, choices=choices, help=_spec_lines(refiners))
+    _add_params(p, refiners)
 
 
 def _add_allocate(sub) -> None:
@@ -184,6 +236,17 @@ def _add_sweep(sub) -> None:
     p.add_argument("--sparsities", type=_floats, help="comma-separated target sparsities")
     p.add_argument("--out", type=Path, help="write the sweep's runs as FILE.csv or FILE.json")
     p.set_defaults(func=cmd_sweep)
+
+
+def _add_compare(sub) -> None:
+    from alphaprune import registry
+
+    p = sub.add_parser("compare", help="one prune run per allocation rule, same pruner and texts, side by side")
+    _add_prune_args(p)
+    rules = [name for name, rule in registry.rules().items() if not rule.sets_target]
+    p.add_argument("--rules", default=",".join(rules), help=f"comma-separated rules (default all: {','.join(rules)})")
+    p.add_argument("--out", type=Path, help="write the comparison's runs as FILE.csv or FILE.json")
+    p.set_defaults(func=cmd_compare, allocation=None)  # the rules come from --rules
 
 
 def _add_runs(sub) -> None:
@@ -263,35 +326,67 @@ def cmd_analyze(args) -> int:
     cached = " (cache)" if result.from_cache else ""
     where = "from the files" if plan is not None and plan.streamed else "in memory"
     print(f"analysed {len(result.layers)} matrices {where} in {result.seconds_analysis:.2f} s{cached}", file=sys.stderr)
+    tails = _tail_tests(result) if args.compare_tails else None
     if args.out is None:
         columns = ["name", "shape", "alpha_peak", "alpha_mid", "alpha_ks", "D_peak", "stable_rank"]
-        print(analysis_frame(result)[columns].to_string(index=False))
+        frame = analysis_frame(result, tails)
+        print(frame[columns + (["tail_verdict"] if tails else [])].to_string(index=False))
     else:
-        write_analysis(result, args.out)
+        write_analysis(result, args.out, tails)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _tail_tests(result) -> dict:
+    """The tail tests (alphaprune/tails.py) of every prunable matrix at its alpha_peak xmin, cached."""
+    from alphaprune.tails import cached_tails
+
+    prunable = [layer.name for layer in result.layers if layer.prunable]
+    update, close = _progress_bar("tails")
+    try:
+        out = {}
+        for i, name in enumerate(prunable):
+            out[name] = cached_tails(result, name, "peak")
+            update((i + 1) / len(prunable), name)
+        return out
+    finally:
+        close()
 
 
 def _analyze(args, plan, ckpt, progress):
     """From the files when the plan streams (no model is built), else of the loaded model."""
     from alphaprune.analysis import analyze, analyze_checkpoint
 
-    use_cache = not args.no_cache
+    use_cache, options = not args.no_cache, _farms_options(args)
     if plan is not None and plan.streamed:
         print(f"alphaprune: {plan.describe()}: {ckpt.location}", file=sys.stderr)
-        return analyze_checkpoint(ckpt, args.model, args.precision, args.device, use_cache, progress)
+        return analyze_checkpoint(ckpt, args.model, args.precision, args.device, use_cache, progress, **options)
     loaded = _load(args)
     print(f"loaded in {loaded.seconds_load:.1f} s ({loaded.source}, {loaded.device})", file=sys.stderr)
-    return analyze(loaded.model, args.model, args.precision, loaded.device, use_cache=use_cache, progress=progress)
+    return analyze(loaded.model, args.model, args.precision, loaded.device, use_cache, progress, **options)
+
+
+def _farms_options(args) -> dict:
+    """analyze's farms= keyword for --farms (the FARMS rule's own settings), else nothing."""
+    if not args.farms:
+        return {}
+    from alphaprune import registry
+    from alphaprune.rules.farms import analysis_options
+
+    names = ("farms_window", "farms_per_side")
+    params = {n: registry.param(n).check(getattr(args, n) or registry.param(n).default) for n in names}
+    return analysis_options(params)
 
 
 def _config(args, **override):
+    from alphaprune import registry
     from alphaprune.config import PruneConfig
 
-    names = ("sparsity", "pruner", "allocation", "epsilon", "metric", "mapping", "pattern", "owl_m", "owl_lambda")
-    names += ("calib", "calib_samples", "seqlen", "seed", "eval", "eval_windows", "batch_size")
+    names = ("sparsity", "pruner", "allocation", "mapping", "pattern", "refine")
+    names += ("calib", "calib_samples", "seqlen", "seed", "eval", "eval_windows", "batch_size", "search_budget")
     fields = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    fields["block_list"] = tuple(args.block_list) if args.block_list else None
+    given = {name: getattr(args, name, None) for name in registry.params()}
+    fields.update({name: value for name, value in given.items() if value is not None})  # unset: the spec's default
     fields["ceiling"] = args.max_sparsity
     fields.update(override)
     config = PruneConfig(**fields)
@@ -300,14 +395,17 @@ def _config(args, **override):
 
 
 def _analysis_for(loaded, config):
-    """The cached analysis when the allocation needs it (AlphaPruning), else None."""
-    if config.allocation != "alphapruning":
+    """The cached analysis when the allocation rule needs it (AlphaPruning, FARMS), else None."""
+    from alphaprune import registry
+
+    if config.rule.needs != registry.ANALYSIS:
         return None
     from alphaprune.analysis import analyze
+    from alphaprune.pipeline import analysis_options
 
     update, close = _progress_bar("analyze")
     try:
-        return analyze(loaded.model, loaded.name, device=loaded.device, progress=update)
+        return analyze(loaded.model, loaded.name, device=loaded.device, progress=update, **analysis_options(config))
     finally:
         close()
 
@@ -330,13 +428,21 @@ def _summary(result, run_id: int) -> str:
     from alphaprune.preflight import WHERE
 
     clipped = f", {len(result.allocation.clipped)} matrices held at a bound" if result.allocation.clipped else ""
-    eps = f" epsilon {result.config.epsilon:g}" if result.config.allocation == "alphapruning" else ""
+    own = "".join(f" {k} {_shown(v)}" for k, v in result.config.rule_params().items() if v is not None)
+    if result.search:
+        own += f" (chosen of {len(result.search)} on held-out text)"
     return (
-        f"run {run_id}: {result.config.pruner} {result.config.allocation}{eps} {result.config.pattern}: "
+        f"run {run_id}: {result.config.pruner} {result.config.allocation}{own} {result.config.pattern}: "
         f"perplexity {result.ppl_before:.3f} -> {result.ppl_after:.3f}, "
         f"sparsity {result.actual_sparsity:.4f}{clipped}, {result.seconds['total']:.0f} s, "
         f"{WHERE[(result.offload or {}).get('offload', 'none')]}"
     )
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _texts_read(config) -> tuple[str, ...]:
@@ -435,13 +541,14 @@ def cmd_allocate(args) -> int:
     from alphaprune.text import calibration_windows, token_ids
 
     config = _config(args)
-    if config.auto_epsilon:
-        raise UserError("--epsilon auto needs pruning runs to choose; use it with `prune`, or give a number here")
+    for name in config.auto_params():
+        raise UserError(f"{setting(name)} auto needs pruning runs to choose; use it with `prune`, or give a number")
     _check_out(args.out, (".json", ".csv", ".yaml"))
-    _preflight(args, (config.calib,) if config.allocation == "owl" else ())
+    statistic = config.rule.statistic is not None  # OWL's outlier ratios, DLP's: from calibration activations
+    _preflight(args, (config.calib,) if statistic else ())
     loaded = _load(args)
     calib = None
-    if config.allocation == "owl":  # OWL's outlier ratios come from calibration activations
+    if statistic:
         ids = token_ids(config.calib, loaded.tokenizer)
         calib = calibration_windows(ids, config.calib_samples, config.seqlen, config.seed)
     update, close = _progress_bar("allocate")
@@ -556,11 +663,13 @@ def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict]
 def cmd_sweep(args) -> int:
     import uuid
 
-    if args.epsilons and args.allocation != "alphapruning":
-        raise UserError("--epsilons applies to --allocation alphapruning only")
+    from alphaprune import registry
+
+    if args.epsilons and "epsilon" not in registry.rule(args.allocation).param_names():
+        raise UserError(f"--epsilons applies to rules with an epsilon, not --allocation {args.allocation}")
     epsilons = args.epsilons or [args.epsilon]
     sparsities = args.sparsities or [args.sparsity]
-    configs = [_config(args, epsilon=e, sparsity=s) for s in sparsities for e in epsilons]  # all checked first
+    configs = [_config(args, sparsity=s, **({} if e is None else {"epsilon": e})) for s in sparsities for e in epsilons]
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)
     loaded = _load(args)
@@ -574,6 +683,48 @@ def cmd_sweep(args) -> int:
         from alphaprune.runs import RunStore
 
         RunStore().export(args.out, sweep=sweep)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from alphaprune import compare
+    from alphaprune.runs import RunStore
+
+    if args.allocation is not None:
+        raise UserError("compare takes its rules from --rules, not --allocation: name them there")
+    import dataclasses
+
+    rules = [r for r in args.rules.split(",") if r]
+    if not rules:
+        raise UserError("name at least one allocation rule to compare in --rules")
+    base = dataclasses.replace(_config(args, allocation=rules[0], mapping="block"), mapping=args.mapping)
+    configs = compare.rule_configs(base, rules)  # all checked first
+    _check_out(args.out, (".json", ".csv"))
+    _preflight(args, tuple({t for c in configs for t in _texts_read(c)}), store=True)
+    plan, _ = _plan(args, "prune", samples=base.calib_samples, seqlen=base.seqlen, batch=1, pruner=base.pruner)
+    if plan is not None and plan.streamed:
+        raise UserError(
+            f"compare prunes copies in memory, and the preflight says this model needs the {plan.offload} path "
+            f"({plan.describe()}): run `prune {setting('offload')} {plan.offload}` once per rule instead"
+        )
+    loaded = _load(args)
+    cid = compare.compare_id(loaded.name, base)
+    todo = compare.pending(RunStore(), loaded.name, configs, cid)
+    if len(todo) < len(configs):
+        print(f"compare {cid}: {len(configs) - len(todo)} of {len(configs)} rules already measured", file=sys.stderr)
+    for config in todo:
+        result, run_id = _run_one(loaded, config, _analysis_for(loaded, config), sweep=cid)
+        print(_summary(result, run_id), flush=True)
+        del result  # its pruned copy: never two copies beside the dense model
+        gc.collect()
+    rows = [r for r in compare.table(RunStore().list(model=loaded.name, sweep=cid)) if r["rule"] in rules]
+    print(f"{'rule':14s} {'ppl after':>12s} {'lowest block':>13s} {'highest block':>14s}  run")
+    for row in rows:
+        print(f"{row['rule']:14s} {row['ppl_after']:12.3f} {row['lowest_block']:13.4f} {row['highest_block']:14.4f}  "
+              f"{row['run']}")  # fmt: skip
+    print(f"compare {cid}: {len(rows)} rules (alphaprune runs --sweep {cid})")
+    if args.out is not None:
+        RunStore().export(args.out, sweep=cid)
     return 0
 
 

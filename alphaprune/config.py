@@ -2,10 +2,14 @@
 
     config = PruneConfig(sparsity=0.7, pruner="wanda", allocation="alphapruning", epsilon=0.3)
     config.validate()       # UserError naming the setting to change
+    config.rule, config.pruner_spec          # the registry's specs (alphaprune/registry.py)
+    config.epsilon, config.param("beta")     # a rule's or pruner's parameter (its spec's default if unset)
     config.nm, config.needs_calibration, config.to_dict()
 
-The CLI's flags and the app's widgets map onto these fields; alphaprune/pipeline.py runs
-them. Nothing here imports torch, so a bad value is answered in a fraction of a second.
+The common settings are fields; the rules' and pruners' own parameters live in `params`,
+and each spec says its parameters' defaults and ranges, so this module never names a rule.
+The CLI's flags and the app's widgets map onto these; alphaprune/pipeline.py runs them.
+Nothing here imports torch, so a bad value is answered in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,33 +17,32 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from alphaprune import allocation as alloc
-from alphaprune import text
+from alphaprune import registry, text
 from alphaprune.errors import UserError, setting
-from alphaprune.patterns import PRUNERS, parse_pattern
+from alphaprune.patterns import parse_pattern
 
 _LABELS = {  # how a message names a number before saying which setting holds it
-    "sparsity": "sparsity", "ceiling": "the per-matrix ceiling", "owl_m": "OWL's outlier threshold M",
-    "owl_lambda": "OWL's lambda", "epsilon": "epsilon", "calib_samples": "calibration samples",
+    "sparsity": "sparsity", "ceiling": "the per-matrix ceiling", "calib_samples": "calibration samples",
     "seqlen": "sequence length", "batch_size": "batch size", "eval_windows": "evaluation windows",
+    "search_budget": "the search budget",
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PruneConfig:
-    """Every setting of a pruning run (the CLI flags and the app's widgets map onto it)."""
+    """Every setting of a pruning run: the common ones as fields, the selected rule's and
+    pruner's own parameters in `params` (name -> value; unset ones take the spec's default).
+    Built with keywords for either: PruneConfig(allocation="atp", beta=0.01, seqlen=512)."""
 
     sparsity: float = 0.5
     pruner: str = "wanda"
     allocation: str = "uniform"
-    epsilon: float | None = alloc.DEFAULT_EPSILON  # None: chosen on held-out calibration text
-    metric: str = alloc.DEFAULT_METRIC
-    mapping: str = "block"
+    mapping: str = "block"  # granularity: one ratio per block, or per matrix where the rule allows
     pattern: str = "unstructured"
-    block_list: tuple[float, ...] | None = None
-    owl_m: float = alloc.OWL_M
-    owl_lambda: float = alloc.OWL_LAMBDA
+    refine: str = registry.NO_REFINER  # a post-step on the pruner's mask (DSnoT), or "none"
     ceiling: float = alloc.DEFAULT_CEILING
     calib: str = "python-docs"
     calib_samples: int = 128
@@ -48,47 +51,98 @@ class PruneConfig:
     eval: str = "python-docs"
     eval_windows: int | None = None
     batch_size: int = 1
+    search_budget: int = 10  # prune runs an "auto" search may cost (alphaprune/tune.py)
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def __init__(self, params=(), **given):
+        known = registry.params()
+        merged = dict(params)
+        for f in dataclasses.fields(self):
+            if f.name != "params":
+                object.__setattr__(self, f.name, given.pop(f.name, f.default))
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise TypeError(f"PruneConfig got unknown settings {unknown}")
+        merged.update(given)
+        object.__setattr__(self, "params", tuple(sorted((k, _normal(known[k], v)) for k, v in merged.items())))
+
+    def __getattr__(self, name: str):  # config.epsilon: a parameter by its name
+        if name.startswith("__") or name not in registry.params():
+            raise AttributeError(name)
+        return self.param(name)
+
+    def param(self, name: str) -> Any:
+        """A rule's or pruner's parameter: as given, else its spec's default."""
+        return dict(self.params).get(name, registry.param(name).default)
+
+    def with_params(self, **values) -> PruneConfig:
+        return dataclasses.replace(self, **values)
+
+    @property
+    def rule(self) -> registry.Rule:
+        return registry.rule(self.allocation)
+
+    @property
+    def pruner_spec(self) -> registry.Pruner:
+        return registry.pruner(self.pruner)
+
+    def rule_params(self) -> dict[str, Any]:
+        """The selected rule's parameters, by name."""
+        return {p.name: self.param(p.name) for p in self.rule.params}
+
+    def pruner_params(self) -> dict[str, Any]:
+        """The selected pruner's parameters and its refiner's, by name."""
+        refiner = registry.refiner(self.refine)
+        specs = (*self.pruner_spec.params, *(refiner.params if refiner else ()))
+        return {p.name: self.param(p.name) for p in specs}
 
     def validate(self) -> None:
         """UserError with what to change, before any work starts (and before a model is loaded)."""
-        if self.pruner not in PRUNERS:
-            raise UserError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
-        if self.allocation not in alloc.METHODS:
-            raise UserError(f"allocation must be one of {', '.join(alloc.METHODS)}, got {self.allocation!r}")
-        self._check_numbers()
-        nm = parse_pattern(self.pattern)
-        if nm is not None and self.allocation != "uniform":
+        rule, pruner, refiner = self.rule, self.pruner_spec, registry.refiner(self.refine)
+        if refiner is not None and pruner.mask is None:
+            masks = ", ".join(n for n, p in registry.pruners().items() if p.mask is not None)
             raise UserError(
-                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} uniform"
+                f"{refiner.name} refines a pruner's mask, and {pruner.name} updates the weights instead; "
+                f"set {setting('pruner')} to one of {masks}, or {setting('refine')} none"
             )
-        if nm is not None and abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
-            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; set {setting('sparsity')} to it")
-        if self.allocation != "list":
-            alloc.check_target(self.sparsity, self.ceiling)
-        elif not self.block_list:
-            raise UserError(f"allocation 'list' needs one sparsity per block: set {setting('block_list')}")
-        else:
-            alloc.check_list(self.block_list, self.ceiling)
-        if self.allocation == "alphapruning":
-            alloc.check_metric(self.metric)
+        self._check_numbers()
+        own = {p.name for p in (*rule.params, *pruner.params, *(refiner.params if refiner else ()))}
+        for name in sorted(own | set(dict(self.params))):  # a value given for another rule is checked too
+            registry.param(name).check(self.param(name))
+        self._check_pattern(rule, pruner)
         if self.mapping not in alloc.MAPPINGS:
             raise UserError(f"mapping must be one of {', '.join(alloc.MAPPINGS)}, got {self.mapping!r}")
+        if self.mapping not in rule.granularities:
+            raise UserError(
+                f"{rule.name} allocates one ratio per {' or '.join(rule.granularities)}; set {setting('mapping')} block"
+            )
+        if rule.sets_target:
+            alloc.check_list(self.param("block_list"), self.ceiling)
+        else:
+            alloc.check_target(self.sparsity, self.ceiling)
         text.check_source(self.calib)  # named sources and existing files; read later
         text.check_source(self.eval)
 
+    def _check_pattern(self, rule: registry.Rule, pruner: registry.Pruner) -> None:
+        nm = parse_pattern(self.pattern)
+        if nm is None:
+            return
+        if not rule.patterns:
+            raise UserError(
+                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} uniform"
+            )
+        if not pruner.patterns:
+            raise UserError(f"pruner {pruner.name} has no N:M mode; set {setting('pattern')} unstructured")
+        if abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
+            raise UserError(f"pattern {self.pattern} means sparsity {nm[0] / nm[1]}; set {setting('sparsity')} to it")
+
     def _check_numbers(self) -> None:
-        """Every number finite and in its range; the message names the setting to change."""
-        reals = {"sparsity": self.sparsity, "ceiling": self.ceiling, "owl_m": self.owl_m}
-        reals.update(owl_lambda=self.owl_lambda, epsilon=self.epsilon if self.epsilon is not None else 0.0)
-        for name, value in reals.items():
+        """Every common number finite and in its range; the message names the setting to change."""
+        for name in ("sparsity", "ceiling"):
+            value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise UserError(f"{_LABELS[name]} must be a number, not {value}; set {setting(name)}")
-        for name in ("epsilon", "owl_lambda"):
-            if reals[name] < 0:
-                raise UserError(f"{_LABELS[name]} must be a number >= 0, got {reals[name]}; set {setting(name)}")
-        if self.owl_m <= 0:
-            raise UserError(f"{_LABELS['owl_m']} must be a number > 0, got {self.owl_m}; set {setting('owl_m')}")
-        least = {"calib_samples": 1, "seqlen": 2, "batch_size": 1}
+        least = {"calib_samples": 1, "seqlen": 2, "batch_size": 1, "search_budget": 1}
         if self.eval_windows is not None:
             least["eval_windows"] = 1
         for name, low in least.items():
@@ -100,18 +154,35 @@ class PruneConfig:
     def nm(self) -> tuple[int, int] | None:
         return parse_pattern(self.pattern)
 
+    def auto_params(self) -> tuple[str, ...]:
+        """The selected rule's parameters left to a search on held-out calibration text."""
+        return tuple(p.name for p in self.rule.params if p.auto and self.param(p.name) == registry.AUTO)
+
     @property
     def auto_epsilon(self) -> bool:
-        return self.epsilon is None and self.allocation == "alphapruning"
+        return "epsilon" in self.auto_params()
 
     @property
     def needs_calibration(self) -> bool:
-        return self.pruner != "magnitude" or self.allocation == "owl" or self.auto_epsilon
+        needs = {self.rule.needs, self.pruner_spec.needs}
+        refined = self.refine != registry.NO_REFINER  # DSnoT needs the inputs' moments
+        return bool(needs & {registry.ACTIVATIONS, registry.HESSIAN}) or bool(self.auto_params()) or refined
 
     def to_dict(self) -> dict:
-        """Every setting; epsilon None where it does not apply (only AlphaPruning has one)."""
-        out = dataclasses.asdict(self)
-        out["block_list"] = list(self.block_list) if self.block_list else None
-        if self.allocation != "alphapruning":
-            out["epsilon"] = None
+        """Every common setting, and every parameter the registry knows: the selected rule's
+        and pruner's values, None for the others (so a run record's columns stay the same)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        mine = {**self.rule_params(), **self.pruner_params()}
+        for name in registry.params():
+            value = mine.get(name)
+            out[name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _normal(spec: registry.Param, value: Any) -> Any:
+    """A parameter value as the config holds it: lists as tuples; None means auto where allowed."""
+    if value is None and spec.auto:
+        return registry.AUTO
+    if isinstance(value, list):
+        return tuple(value)
+    return value

@@ -22,15 +22,11 @@ SETTING_NAMES: dict[str, tuple[str, str]] = {
     "dtype": ("--dtype", "dtype"),
     "sparsity": ("--sparsity", "Target sparsity"),
     "allocation": ("--allocation", "Method"),
-    "epsilon": ("--epsilon", "Allocation range epsilon"),
-    "metric": ("--metric", "Metric"),
     "mapping": ("--mapping", "Mapping"),
-    "block_list": ("--block-list", "Sparsity per block"),
-    "owl_m": ("--owl-m", "Outlier threshold M"),
-    "owl_lambda": ("--owl-lambda", "Spread lambda"),
     "ceiling": ("--max-sparsity", "Ceiling per matrix"),
     "pruner": ("--pruner", "Pruner"),
     "pattern": ("--pattern", "Pattern"),
+    "refine": ("--refine", "Refine the mask"),
     "calib": ("--calib", "Calibration text"),
     "calib_samples": ("--calib-samples", "Calibration samples"),
     "seqlen": ("--seqlen", "Sequence length"),
@@ -38,6 +34,7 @@ SETTING_NAMES: dict[str, tuple[str, str]] = {
     "eval": ("--eval", "Evaluation text"),
     "eval_windows": ("--eval-windows", "Evaluation windows"),
     "batch_size": ("--batch-size", "Batch size"),
+    "search_budget": ("--search-budget", "Search budget (prune runs)"),
     "save": ("--save", "Folder"),
     "trust_remote_code": ("--trust-remote-code", "Trust remote code"),
     "offload": ("--offload", "Offload"),
@@ -46,10 +43,22 @@ INTERFACES = ("cli", "app")
 _MARK = re.compile(r"«([a-z_]+)»")
 
 
+def _names(name: str) -> tuple[str, str]:
+    """(CLI flag, app label) of a setting: the common ones above, or a rule's or pruner's
+    parameter (its spec in alphaprune/registry.py says both)."""
+    if name in SETTING_NAMES:
+        return SETTING_NAMES[name]
+    from alphaprune.registry import params
+
+    spec = params().get(name)
+    if spec is None:
+        raise KeyError(f"unknown setting {name!r}: add it to alphaprune.errors.SETTING_NAMES or to a spec")
+    return spec.cli_flag, spec.label
+
+
 def setting(name: str) -> str:
     """A placeholder for a setting's name inside a UserError message (see the docstring)."""
-    if name not in SETTING_NAMES:
-        raise KeyError(f"unknown setting {name!r}: add it to alphaprune.errors.SETTING_NAMES")
+    _names(name)
     return f"«{name}»"
 
 
@@ -60,7 +69,7 @@ def render(message: str, interface: str = "cli") -> str:
 
 
 def _word(name: str, column: int) -> str:
-    flag, label = SETTING_NAMES[name]
+    flag, label = _names(name)
     return flag if column == 0 else f"**{label}**"
 
 

@@ -49,8 +49,6 @@ from alphaprune.pruners import parse_pattern
 RATIOS_FILE = "alphaprune_ratios.json"
 RECIPE_FILE = "recipe.yaml"
 FORMAT = "alphaprune-ratios/1"
-RECIPE_PRUNERS = ("sparsegpt", "wanda", "magnitude")
-SPARSEGPT_DEFAULTS = {"block_size": 128, "dampening_frac": 0.01}  # as alphaprune's SparseGPT
 IGNORE = ["re:.*lm_head"]  # never targeted anyway; guards a user who widens `targets`
 
 
@@ -78,48 +76,45 @@ def llmcompressor_recipe(ratios: dict[str, float], pruner: str, pattern: str = "
     arguments (e.g. `offload_hessians=True`); SparseGPT gets `block_size` 128 and
     `dampening_frac` 0.01 unless given.
 
-    - "sparsegpt": a one-shot `SparseGPTModifier` stage; "wanda": a `WandaPruningModifier`.
-    - "magnitude": llm-compressor has no one-shot magnitude pruner (its
-      MagnitudePruningModifier is a training-time schedule with one global sparsity), so
-      no runnable recipe reproduces layer-wise magnitude pruning. The recipe instead holds
-      a fine-tuning stage (`ConstantPruningModifier` on the pruned weights: keeps the
-      exported zeros fixed during training) and, commented out, the one-shot stage with
-      the ratios as a `WandaPruningModifier` (the calibrated pruner closest to magnitude),
-      for a user who wants to re-prune the dense model; the comments say so.
+    The pruner's spec (alphaprune/pruning/) names its llm-compressor modifier and options:
+    - a pruner with one ("sparsegpt": `SparseGPTModifier`, "wanda": `WandaPruningModifier`)
+      gets a one-shot stage of it;
+    - a pruner without one (magnitude: llm-compressor's MagnitudePruningModifier is a
+      training-time schedule with one global sparsity) has no runnable recipe that
+      reproduces it. The recipe instead holds a fine-tuning stage (`ConstantPruningModifier`
+      on the pruned weights: keeps the exported zeros fixed during training) and, commented
+      out, the one-shot stage with the ratios as a `WandaPruningModifier` (the calibrated
+      pruner closest to it), for a user who wants to re-prune the dense model; the spec's
+      note says why.
     """
-    if pruner not in RECIPE_PRUNERS:
-        raise UserError(f"no llm-compressor recipe for pruner {pruner!r}: use one of {', '.join(RECIPE_PRUNERS)}")
+    from alphaprune import registry
+
+    spec = registry.pruner(pruner)
     mask = _mask_structure(pattern)
     names, values = _check_ratios(ratios)
     header = _header(pruner, pattern, len(names))
-    if pruner == "magnitude":
-        return _magnitude_recipe(header, names, values, mask, options)
-    modifier = "SparseGPTModifier" if pruner == "sparsegpt" else "WandaPruningModifier"
-    if pruner == "sparsegpt":
-        options = {**SPARSEGPT_DEFAULTS, **options}
-    return "\n".join(header + _sparsity_stage(modifier, names, values, mask, options)) + "\n"
+    if "modifier" not in spec.recipe:
+        return _keep_zeros_recipe(header, list(spec.recipe.get("note", ())), names, values, mask, options)
+    options = {**spec.recipe.get("options", {}), **options}
+    return "\n".join(header + _sparsity_stage(spec.recipe["modifier"], names, values, mask, options)) + "\n"
 
 
-def _magnitude_recipe(header: list[str], names: list[str], values: list[float], mask: str, options: dict) -> str:
+def _keep_zeros_recipe(header: list[str], note: list[str], names: list[str], values: list[float], mask: str,
+                       options: dict) -> str:  # fmt: skip
     """A fine-tuning stage that keeps the exported zeros, and the one-shot stage commented out."""
     keep = {"start": 0, "targets": [f"{name}.weight" for name in names]}
     oneshot = _sparsity_stage("WandaPruningModifier", names, values, mask, options)
     lines = (
         header
-        + _MAGNITUDE_NOTE
+        + [f"# {line}" for line in note]
+        + ["# The weights saved with this recipe are already pruned: the stage below keeps"]
+        + ["# their zeros fixed while fine-tuning."]
         + _emit({"finetuning_stage": {"finetuning_modifiers": {"ConstantPruningModifier": keep}}})
         + ["", "# One-shot re-pruning of the dense model with these ratios: uncomment, and keep"]
         + ["# WandaPruningModifier or write SparseGPTModifier (which takes block_size, dampening_frac)."]
         + ["# " + line for line in oneshot]
     )
     return "\n".join(lines) + "\n"
-
-
-_MAGNITUDE_NOTE = [
-    "# llm-compressor has no one-shot magnitude pruner (MagnitudePruningModifier is a",
-    "# training-time schedule with one global sparsity). The weights saved with this recipe",
-    "# are already pruned: the stage below keeps their zeros fixed while fine-tuning.",
-]
 
 
 def _header(pruner: str, pattern: str, count: int) -> list[str]:

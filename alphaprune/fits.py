@@ -20,6 +20,7 @@ out of the window counts as alpha = 0, D = 1 (so an empty window returns alpha 0
 
     from alphaprune.fits import fit_all
     fits = fit_all(np.sort(eigenvalues))     # {"peak": Fit(...), "mid": ..., ...}
+    fit = fit_rule(np.sort(eigenvalues), "peak")   # one rule only: fit_all(...)["peak"], less work
 """
 
 from __future__ import annotations
@@ -168,3 +169,33 @@ def fit_all(evals: np.ndarray, scan: Scan | None = None) -> dict[str, Fit]:
         lower, upper = peak_window(evals, corrected)
         fits[rule] = _pick(scan, (scan.xmins >= lower) & (scan.xmins <= upper), n_total)
     return fits
+
+
+def fit_rule(evals: np.ndarray, rule: str) -> Fit:
+    """`fit_all(evals)[rule]`, computing the KS distance only of the candidates `rule` allows.
+
+    For long pooled spectra (alphaprune/farms.py: 10^4-10^5 eigenvalues) the full scan's
+    (candidates x eigenvalues) work is what costs; the peak rules need a part of it. Same
+    numbers as fit_all, bit for bit (each D_i is computed by the same expression).
+    """
+    if rule not in XMIN_RULES:
+        raise ValueError(f"rule must be one of {XMIN_RULES}, got {rule!r}")
+    evals = np.asarray(evals, dtype=np.float64)
+    n_total = len(evals)
+    if n_total < 2:
+        return Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
+    if rule == "mid":
+        return fit_at(evals, n_total // 2)
+    xmins = evals[:-1]
+    if rule == "ks":
+        allowed = np.ones(n_total - 1, dtype=bool)
+    else:
+        lower, upper = peak_window(evals, corrected=rule == "peak_fixed")
+        allowed = (xmins >= lower) & (xmins <= upper)
+    alphas = _alphas(evals)
+    Ds = np.ones(n_total - 1)
+    rows = np.flatnonzero(allowed & np.isfinite(alphas) & (alphas > 1.0) & (xmins > 0))
+    if len(rows):
+        Ds[rows] = _ks_distances(evals, alphas, rows)
+    alphas = np.where(np.isfinite(alphas), alphas, 0.0)
+    return _pick(Scan(xmins=xmins, alphas=alphas, Ds=Ds), allowed, n_total)

@@ -56,9 +56,9 @@ def source_fingerprint(source) -> str:
 
 def check_streamed(skeleton, config: PruneConfig) -> None:
     """What pipeline checks before an in-memory run, on the skeleton (no weights needed)."""
-    if config.auto_epsilon:
+    for name in config.auto_params():
         raise UserError(
-            f"{setting('epsilon')} auto prunes the model once per candidate, which a streamed run does not do: "
+            f"{setting(name)} auto prunes the model once per candidate, which a streamed run does not do: "
             "give a number (or run in memory)"
         )
     pipeline.check_context(skeleton, config.seqlen)
@@ -83,16 +83,23 @@ def _save_folder(save: str | Path | None) -> tuple[Path, bool]:
 
 
 def _allocation(source, skeleton, config: PruneConfig, analysis, calib, fp: str, progress, name: str, device):
-    """make_allocation on the skeleton; OWL's dense pass and AlphaPruning's analysis streamed."""
-    outliers = None
-    if config.allocation == "owl":
-        from alphaprune.stream import stream_outlier_ratios
+    """make_allocation on the skeleton; a rule's per-block statistic (OWL's, DLP's) and the
+    analysis, where the rule needs them, computed block by block or from the files."""
+    from alphaprune import registry
 
-        compute = lambda: stream_outlier_ratios(source, calib, config.owl_m, progress, device)  # noqa: E731
-        outliers = pipeline.cached_outliers(None, calib, config.owl_m, fp=fp, compute=compute)
-    if config.allocation == "alphapruning" and analysis is None:
-        analysis = analyze_source(source, name, progress)
-    return pipeline.make_allocation(skeleton, config, analysis, calib, progress, name, outliers)
+    rule, statistics = config.rule, None
+    if rule.statistic is not None:
+        from alphaprune.stream import stream_block_statistics
+
+        params = config.rule_params()
+        compute = lambda: stream_block_statistics(source, calib, rule.statistic, params, progress, device)  # noqa: E731
+        statistics = pipeline.cached_statistics(None, config, calib, fp=fp, compute=compute)
+    options = pipeline.analysis_options(config)
+    if rule.needs == registry.ANALYSIS and (
+        analysis is None or any(getattr(analysis, k) != v for k, v in options.items())
+    ):
+        analysis = analyze_source(source, name, progress, **options)
+    return pipeline.make_allocation(skeleton, config, analysis, calib, progress, name, statistics)
 
 
 def plan_for(spec: str, step: str, offload: str = "auto", device: str = "auto", dtype: str = "auto", **work):
@@ -122,14 +129,15 @@ def plan_for(spec: str, step: str, offload: str = "auto", device: str = "auto", 
     return plan_step(step, shape, Work(compute_bytes=compute, **work), offload, device=device), ckpt
 
 
-def analyze_source(source, name: str, progress=None, precision: str = "auto", use_cache: bool = True):
-    """The analysis of a weight source: from the files for a checkpoint, else of the model."""
-    from alphaprune.analysis import analyze, analyze_checkpoint
+def analyze_source(source, name: str, progress=None, precision: str = "auto", use_cache: bool = True, **options):
+    """The analysis of a weight source: from the files for a checkpoint, else of the model.
+    `options`: more of analysis.analyze's keywords (farms=...)."""
+    from alphaprune.analysis import analyze
 
     model = getattr(source, "model", None)
     if model is not None and next(model.parameters()).device.type != "meta":
-        return analyze(model, name, precision, use_cache=use_cache, progress=progress)
-    return analyze_checkpoint(source, name, precision, use_cache=use_cache, progress=progress)
+        return analyze(model, name, precision, use_cache=use_cache, progress=progress, **options)
+    return analyze(source, name, precision, use_cache=use_cache, progress=progress, **options)
 
 
 def run_streamed(source, tokenizer, name: str, config: PruneConfig, save=None, plan=None, analysis=None,
@@ -184,7 +192,8 @@ def _prune_and_measure(source, tokenizer, allocation, config, calib, eval_window
         pruning = pipeline._stage(progress, 0.4, 0.75, config.pruner)
         finish = None if temporary else _export_files(allocation, config, meta)
         pruned = stream_prune(source, allocation.ratios, config.pruner, config.nm, calib, folder, pruning, device,
-                              tokenizer=tokenizer, finish=finish)  # fmt: skip
+                              tokenizer=tokenizer, finish=finish, params=config.pruner_params(),
+                              refine=config.refine)  # fmt: skip
         seconds["prune"] = time.perf_counter() - t
         t = time.perf_counter()
         after = pipeline._stage(progress, 0.75, 1.0, "perplexity")

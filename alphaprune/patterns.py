@@ -1,4 +1,4 @@
-"""The pruners' names and the sparsity patterns they accept, without importing torch.
+"""The sparsity patterns pruners accept, without importing torch.
 
 Settings are checked before torch loads (about 3 s), so that a typo on the command line is
 answered at once (alphaprune/config.py); alphaprune/pruners.py holds the pruners themselves.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from alphaprune.errors import UserError
 
-PRUNERS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
 BLOCKSIZE = 128  # SparseGPT's columns per block (the reference's default)
 NM = tuple[int, int]

@@ -8,7 +8,7 @@
 The user's dense model is never modified: the pruner works on a deep copy. The dense
 perplexity is cached on disk (keyed by the weights' fingerprint and the evaluation text,
 seqlen and windows), so runs against the same text do not pay for it twice.
-`epsilon=None` ("auto") tries a grid of epsilons and keeps the one with the lowest
+`epsilon="auto"` (or None) tries a grid of epsilons and keeps the one with the lowest
 perplexity on held-out calibration text (the tail of the calibration source), never on the
 evaluation text.
 """
@@ -27,17 +27,16 @@ import torch
 from torch import nn
 
 from alphaprune import allocation as alloc
-from alphaprune import atomic, cache, text
+from alphaprune import atomic, cache, registry, text
 from alphaprune.arch import all_matrices, prunable_matrices
 from alphaprune.config import PruneConfig  # noqa: F401  (re-exported: pipeline.PruneConfig)
 from alphaprune.errors import UserError, setting
 from alphaprune.paths import cache_dir
 from alphaprune.patterns import check_pattern
 from alphaprune.perplexity import perplexity
-from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
+from alphaprune.prune import block_statistics, measured_sparsity, prune_model
 
 Progress = Callable[[float, str], None]
-EPSILON_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 HELDOUT_WINDOWS = 8
 
 
@@ -54,13 +53,20 @@ class PruneResult:
     actual_sparsity: float
     matrix_sparsity: dict[str, float]
     seconds: dict[str, float]
-    epsilon_search: tuple[tuple[float, float], ...] = ()  # (epsilon, held-out perplexity)
+    search: tuple = ()  # tune.Trial of each candidate of an "auto" search, in order
     model: nn.Module | None = field(default=None, repr=False)
     windows_measured: int | None = None  # evaluation windows actually used (the text may hold fewer)
     dense_fingerprint_after: str | None = None  # the dense model's, measured again after pruning
     offload: dict | None = None  # the preflight's plan (alphaprune/preflight.py): which path ran
     saved: str | None = None  # the folder a streamed run wrote the pruned model into
     protocol: dict | None = None  # how the texts were tokenized (text.protocol)
+
+    @property
+    def epsilon_search(self) -> tuple[tuple[float, float], ...]:
+        """(epsilon, held-out perplexity) of a search over epsilon alone (older records' form)."""
+        if not self.search or set(self.search[0].values) != {"epsilon"}:
+            return ()
+        return tuple((t.values["epsilon"], t.heldout_ppl) for t in self.search)
 
     def record(self, sweep: str | None = None):
         """The run-history record of this run (alphaprune/runs.py)."""
@@ -80,6 +86,8 @@ class PruneResult:
             settings["protocol"] = self.protocol
         if self.model is not None:  # rounding differs across devices: part of what was measured
             settings["device"] = str(next(self.model.parameters()).device)
+        if self.search:
+            settings["search"] = [trial.to_dict() for trial in self.search]
         if self.epsilon_search:
             settings["epsilon_search"] = [list(pair) for pair in self.epsilon_search]
         return RunRecord(
@@ -111,6 +119,7 @@ class PruneResult:
             "allocation": {k: v for k, v in self.allocation.to_dict().items() if k not in ("ratios", "block_ratios")},
             "matrix_sparsity": self.matrix_sparsity,
             "epsilon_search": [list(pair) for pair in self.epsilon_search],
+            "search": [trial.to_dict() for trial in self.search],
             "seconds": self.seconds,
         }
 
@@ -180,62 +189,89 @@ def _read_json(path) -> dict:
     return known if isinstance(known, dict) else {}
 
 
-def cached_outliers(model, calib: torch.Tensor, m: float, progress=None, fp=None, compute=None) -> list[float]:
-    """OWL's outlier ratios (a dense calibration pass), cached: they depend on no sparsity.
-    A streamed run passes its weights' fingerprint `fp` and its own `compute()`."""
+def cached_statistics(model, config: PruneConfig, calib: torch.Tensor, progress=None, fp=None, compute=None):
+    """The selected rule's per-block statistic (a dense calibration pass: OWL's outlier ratios,
+    DLP's unimportance), cached: it depends on no sparsity, only on the weights, the
+    calibration windows and the statistic's own parameters. A streamed run passes its
+    weights' fingerprint `fp` and its own `compute()`."""
+    rule = config.rule
+    params = config.rule_params()
     digest = hashlib.sha1(calib.numpy().tobytes()).hexdigest()[:16]
-    key = f"{(fp or fingerprint(model))[:32]}|{digest}|{tuple(calib.shape)}|{m}"
-    return _json_cache("owl.json", key, compute or (lambda: owl_outlier_ratios(model, calib, m, progress)))
+    own = ",".join(f"{name}={params[name]}" for name in rule.statistic_params)
+    key = f"{rule.name}|{(fp or fingerprint(model))[:32]}|{digest}|{tuple(calib.shape)}|{own}"
+    if compute is None:
+        compute = lambda: block_statistics(model, calib, rule.statistic, params, progress)  # noqa: E731
+    return _json_cache("statistics.json", key, compute)
 
 
-def _analysis_layers(model: nn.Module, name: str, analysis):
-    if analysis is None:
+def _analysis_layers(model: nn.Module, name: str, analysis, options: dict):
+    """The analysed prunable matrices: `analysis`, unless the rule's metric needs options it
+    was not computed with (FARMS' settings), then the model's analysis with them (cached)."""
+    if analysis is None or any(getattr(analysis, key, None) != value for key, value in options.items()):
         from alphaprune.analysis import analyze
 
-        analysis = analyze(model, name)
+        analysis = analyze(model, name, **options)
     return analysis.prunable
 
 
-def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progress=None, name="model", outliers=None):
-    """The allocation a config asks for. OWL uses `outliers` (one ratio per block) when
-    given, else runs a dense calibration pass over `calib` (cached on disk)."""
-    matrices = prunable_matrices(model)
-    target = config.sparsity
-    if config.allocation == "uniform":
-        return alloc.uniform(matrices, target, config.ceiling)
-    if config.allocation == "list":
-        return alloc.from_list(matrices, config.block_list, config.ceiling)
-    if config.allocation == "owl":
-        if outliers is None:
-            outliers = cached_outliers(model, calib, config.owl_m, progress)
-        return alloc.owl(matrices, target, outliers, config.owl_lambda, config.owl_m, config.ceiling)
-    layers = _analysis_layers(model, name, analysis)
-    return alloc.alphapruning(layers, target, config.epsilon, config.metric, config.mapping, config.ceiling)
+def analysis_options(config: PruneConfig) -> dict:
+    """What the selected rule's metric needs of the analysis (analysis.analyze's keywords)."""
+    rule = config.rule
+    return rule.analysis_options(config.rule_params()) if rule.analysis_options else {}
+
+
+def make_allocation(model, config: PruneConfig, analysis=None, calib=None, progress=None, name="model",
+                    statistics=None) -> alloc.Allocation:  # fmt: skip
+    """The allocation a config asks for, from its rule's spec (alphaprune/rules/). A rule
+    with a per-block statistic uses `statistics` (one value per block) when given, else runs
+    a dense calibration pass over `calib` (cached on disk); one that needs the analysis
+    uses `analysis` (else analyses the model)."""
+    rule = config.rule
+    if rule.needs == registry.ANALYSIS:
+        matrices = _analysis_layers(model, name, analysis, analysis_options(config))
+    else:
+        matrices = prunable_matrices(model)
+    if rule.statistic is not None and statistics is None:
+        statistics = cached_statistics(model, config, calib, progress)
+    given = registry.RuleInput(
+        matrices=tuple(matrices),
+        target=config.sparsity,
+        ceiling=config.ceiling,
+        params=config.rule_params(),
+        granularity=config.mapping,
+        statistics=None if statistics is None else tuple(statistics),
+    )
+    return rule.allocate(given)
 
 
 def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConfig, calib, progress=None):
     """A pruned deep copy; `model` stays as it was."""
     pruned = copy.deepcopy(model)
-    prune_model(pruned, allocation.ratios, config.pruner, config.nm, calib, progress)
+    prune_model(pruned, allocation.ratios, config.pruner, config.nm, calib, progress, config.pruner_params(),
+                config.refine)  # fmt: skip
     return pruned
 
 
-def _search_epsilon(model, config, analysis, calib_ids, progress) -> tuple[float, tuple]:
-    """The epsilon of EPSILON_GRID with the lowest perplexity on held-out calibration text."""
+def _search(model, config, analysis, calib_ids, progress) -> tuple[dict, tuple]:
+    """The auto parameters' values of lowest perplexity on held-out calibration text
+    (alphaprune/tune.py): each candidate prunes a copy calibrated on the rest of the text."""
+    from alphaprune import tune
+
     train_ids = text.split_heldout(calib_ids)[0]
     calib = text.calibration_windows(train_ids, config.calib_samples, config.seqlen, config.seed)
     heldout = text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
-    scores = []
-    for i, eps in enumerate(EPSILON_GRID):
-        trial = dataclasses.replace(config, epsilon=eps)
-        allocation = make_allocation(model, trial, analysis)
+    blocks = len({m.block for m in prunable_matrices(model)})
+
+    def score(values: dict) -> float:
+        trial = dataclasses.replace(config, **values)
+        allocation = make_allocation(model, trial, analysis, calib)
         pruned = prune_copy(model, allocation, trial, calib)
-        scores.append((eps, perplexity(pruned, heldout, config.batch_size)))
-        del pruned
-        if progress is not None:
-            progress((i + 1) / len(EPSILON_GRID), f"epsilon {eps}: held-out perplexity {scores[-1][1]:.2f}")
-    best = min(scores, key=lambda pair: pair[1])[0]
-    return best, tuple(scores)
+        try:
+            return perplexity(pruned, heldout, config.batch_size)
+        finally:
+            del pruned
+
+    return tune.search(tune.candidates(config, blocks, config.search_budget), score, progress)
 
 
 def check_context(model: nn.Module, seqlen: int) -> None:
@@ -250,8 +286,11 @@ def check_matrices(model: nn.Module, config: PruneConfig) -> None:
     matrices = prunable_matrices(model)
     for mat in matrices:  # before any minutes are spent on the dense perplexity
         check_pattern(config.nm, mat.shape[1], mat.name)
-    if config.allocation == "list":
-        alloc.check_list_length(config.block_list, len({mat.block for mat in matrices}))
+    blocks = len({mat.block for mat in matrices})
+    if config.rule.sets_target:
+        alloc.check_list_length(config.param("block_list"), blocks)
+    if config.rule.check is not None:  # e.g. ATP's beta against this depth's largest
+        config.rule.check(config.rule_params(), config.sparsity, blocks)
 
 
 def _check_resources(model: nn.Module, config: PruneConfig) -> None:
@@ -281,21 +320,21 @@ def read_texts(tokenizer, config: PruneConfig):
     calib_text = text.read_text(config.calib)
     calib_ids = text.tokenize(calib_text, tokenizer)
     text.calibration_windows(calib_ids[: config.seqlen + 1], 1, config.seqlen)  # long enough?
-    if config.auto_epsilon:
+    if config.auto_params():
         text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
         _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows)
     return eval_text, eval_windows, calib_ids
 
 
 def _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows) -> None:
-    """Epsilon auto must never score epsilons on text the evaluation also reads."""
+    """An auto search must never score its candidates on text the evaluation also reads."""
     if calib_text.digest != eval_text.digest:
         return
     cut = len(text.split_heldout(calib_ids)[0])
     if eval_windows.numel() > cut:  # the evaluation's windows reach into the held-out tail
         room = cut // eval_windows.shape[1]
         raise UserError(
-            f"{setting('epsilon')} auto scores epsilons on the end of the calibration text, which the evaluation "
+            "an auto search scores its candidates on the end of the calibration text, which the evaluation "
             f"also reads (same text); evaluate on another text or pass {setting('eval_windows')} {room} or fewer"
         )
 
@@ -317,13 +356,13 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     )
     seconds["eval_before"] = time.perf_counter() - t
     search: tuple = ()
-    if config.auto_epsilon:
+    if config.auto_params():
         t = time.perf_counter()
-        best, search = _search_epsilon(model, config, analysis, calib_ids, _stage(progress, 0.25, 0.5, "epsilon"))
-        config = dataclasses.replace(config, epsilon=best)
-        seconds["epsilon_search"] = time.perf_counter() - t
+        best, search = _search(model, config, analysis, calib_ids, _stage(progress, 0.25, 0.5, "search"))
+        config = dataclasses.replace(config, **best)
+        seconds["search"] = time.perf_counter() - t
     t = time.perf_counter()
-    allocation = make_allocation(model, config, analysis, calib, _stage(progress, 0.5, 0.55, "OWL"), loaded.name)
+    allocation = make_allocation(model, config, analysis, calib, _stage(progress, 0.5, 0.55, "allocation"), loaded.name)
     seconds["allocation"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = prune_copy(model, allocation, config, calib, _stage(progress, 0.55, 0.8, config.pruner))

@@ -33,6 +33,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from threadpoolctl import threadpool_limits
 
+from alphaprune import registry
 from alphaprune.allocation import Allocation
 from alphaprune.analysis import Analysis, LayerMetrics
 from alphaprune.fits import fit_all, ks_scan, peak_window
@@ -346,10 +347,13 @@ def _matrix_bars(allocation: Allocation) -> list[dict]:
     return bars
 
 
-def allocation_figure(allocation: Allocation, uniform_target: float | None = None) -> go.Figure:
+def allocation_figure(
+    allocation: Allocation, uniform_target: float | None = None, others: dict[str, Allocation] | None = None
+) -> go.Figure:
     """Sparsity bars per block, or per matrix when the mapping was per matrix (`per_matrix`), the
     bars held at a bound in another colour (per matrix: exactly the clipped matrices), the unclipped
-    (reference) values as markers where they differ, the target dashed and the ceiling dotted.
+    (reference) values as markers where they differ, the target dashed and the ceiling dotted;
+    `others` (rule name -> allocation at the same target) as one line of block ratios each.
 
     Cheap (a few ms for 210 matrices): it is redrawn on every slider move."""
     matrix = per_matrix(allocation)
@@ -375,7 +379,22 @@ def allocation_figure(allocation: Allocation, uniform_target: float | None = Non
                 hovertemplate="%{customdata}<br>unclipped %{y:.3f}<extra></extra>",
             )
         )  # fmt: skip
+    traces += _overlay_traces(others or {})
     return go.Figure(data=traces, layout=_allocation_layout(allocation, uniform_target, bars, matrix))
+
+
+def _overlay_traces(others: dict[str, Allocation]) -> list:
+    """One line per other rule: its parameter-weighted sparsity of each block."""
+    traces = []
+    for name, other in others.items():
+        blocks = sorted(set(other.blocks))
+        traces.append(
+            go.Scatter(
+                x=blocks, y=other.block_ratios, mode="lines+markers", name=name, marker=dict(size=5),
+                hovertemplate="block %{x}<br>" + name + " %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+    return traces
 
 
 def _allocation_layout(allocation: Allocation, uniform_target: float | None, bars: list[dict], matrix: bool) -> dict:
@@ -489,9 +508,9 @@ def _prune_runs(frame, x: str):
         shown = ", ".join(sorted(kinds.dropna().unique())) or "none"
         return None, f"No prune runs among the {len(frame)} runs in this view (kinds: {shown})"
     runs = frame[kinds == "prune"].copy()
-    if x == "epsilon" and "allocation" in runs:  # only AlphaPruning has an epsilon
-        runs = runs[runs["allocation"] == "alphapruning"]
-    what = "AlphaPruning runs" if x == "epsilon" else "prune runs"
+    if x in registry.params() and "allocation" in runs:  # only the runs of rules with that parameter
+        runs = runs[runs["allocation"].map(lambda a: registry.has_param(a, x))]
+    what = f"runs with an {x}" if x in registry.params() else "prune runs"
     if not {"ppl_after", x, "pruner", "allocation", "model"} <= set(runs.columns):
         return None, f"No {what} with a perplexity and {x} in this view"
     for column in ("ppl_after", "ppl_before", x):
@@ -501,6 +520,26 @@ def _prune_runs(frame, x: str):
     if runs.empty:
         return None, f"No {what} with a perplexity and {x} in this view"
     return runs, ""
+
+
+def search_figure(trials) -> go.Figure:
+    """An "auto" search's curve: held-out perplexity of each candidate (tune.Trial), the chosen
+    one marked. One parameter: against its value; several: against the candidate's number."""
+    names = list(trials[0].values) if trials else []
+    one = len(names) == 1
+    x = [t.values[names[0]] for t in trials] if one else list(range(1, len(trials) + 1))
+    y = [t.heldout_ppl for t in trials]
+    best = min(range(len(trials)), key=lambda i: y[i]) if trials else None
+    labels = [", ".join(f"{k} {v:g}" for k, v in t.values.items()) for t in trials]
+    line = go.Scatter(x=x, y=y, mode="lines+markers", name="candidates", customdata=labels,
+                      hovertemplate="%{customdata}<br>held-out perplexity %{y:.2f}<extra></extra>")  # fmt: skip
+    traces = [line]
+    if best is not None:
+        traces.append(go.Scatter(x=[x[best]], y=[y[best]], mode="markers", name="chosen",
+                                 marker=dict(size=12, symbol="star")))  # fmt: skip
+    layout = dict(xaxis=dict(title=names[0] if one else "candidate"), yaxis=dict(title="held-out perplexity"),
+                  height=300, margin=dict(t=30, b=40))  # fmt: skip
+    return go.Figure(data=traces, layout=layout)
 
 
 def runs_figure(frame, x: str = "sparsity") -> go.Figure:

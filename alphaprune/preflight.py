@@ -188,8 +188,11 @@ def _forward_work(shape: ModelShape, work: Work) -> int:
 
 
 def _stats_work(shape: ModelShape, work: Work) -> int:
-    """SparseGPT's Hessians (in, in) for every matrix of a block, and its inverse's copies."""
-    if work.pruner != "sparsegpt":
+    """A Hessian pruner's (SparseGPT's) X^T X (in, in) for every matrix of a block, and its
+    inverse's copies; else the per-input statistics."""
+    from alphaprune import registry
+
+    if registry.pruner(work.pruner).needs != registry.HESSIAN:
         return sum(shape.block_matrix_inputs) * F32
     hessians = sum(n * n for n in shape.block_matrix_inputs) * F32
     return hessians + 3 * shape.widest_input**2 * F32

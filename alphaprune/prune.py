@@ -4,8 +4,10 @@
     prune_model(model, ratios, "wanda", windows=calib)       # in place; windows (N, seqlen)
     prune_model(model, ratios, "magnitude")                  # no data needed
     owl_outlier_ratios(model, calib, m=5.0)                  # one value per block
+    block_statistics(model, calib, rule.statistic, params)   # any rule's per-block statistic
 
-Magnitude prunes every matrix at once. Wanda and SparseGPT walk the blocks in order
+The pruner is a spec of the registry (alphaprune/pruning/): one that needs only the
+weights prunes every matrix at once; the others walk the blocks in order
 (alphaprune/calibrate.py): the statistics of all of a block's matrices come from one pass
 of the calibration activations through the still dense block, then the block is pruned
 and its outputs feed the next block, as in the reference code. `prune_block` and
@@ -20,22 +22,25 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from alphaprune import registry
 from alphaprune.arch import MatrixRef, prunable_matrices
 from alphaprune.calibrate import InputStats, collect, sequential
-from alphaprune.errors import UserError
-from alphaprune.pruners import PRUNERS, check_pattern, magnitude_mask, sparsegpt, wanda_mask
+from alphaprune.pruners import check_pattern
 
 Progress = Callable[[float, str], None]
 
 
-def _prune_matrix(ref: MatrixRef, pruner: str, sparsity: float, nm, stats: InputStats | None) -> None:
+def _prune_matrix(ref: MatrixRef, spec: registry.Pruner, sparsity: float, nm, stats: InputStats | None,
+                  params: dict, refiner: registry.Refiner | None) -> None:  # fmt: skip
     w = ref.weight()  # (out, in) view of the model's storage
     if sparsity <= 0.0 and nm is None:
         return
-    if pruner == "sparsegpt":
-        w.copy_(sparsegpt(w, stats.hessian(), sparsity, nm).to(w.dtype))
+    if spec.update is not None:
+        w.copy_(spec.update(w, stats, sparsity, nm, params).to(w.dtype))
         return
-    mask = magnitude_mask(w, sparsity, nm) if pruner == "magnitude" else wanda_mask(w, stats.col_sq, sparsity, nm)
+    mask = spec.mask(w, stats, sparsity, nm, params)  # (out, in), True = removed
+    if refiner is not None and (refiner.applies is None or refiner.applies(ref, params)):
+        mask = refiner.refine(w, mask, stats, nm, params)
     w[mask] = 0
 
 
@@ -50,21 +55,31 @@ def matrices_by_block(model: nn.Module) -> list[list[MatrixRef]]:
 
 def check_prune(model_refs: list[list[MatrixRef]], ratios: dict[str, float], pruner: str, nm) -> None:
     """A known pruner, a ratio for every matrix and an N:M pattern that fits every matrix."""
-    if pruner not in PRUNERS:
-        raise UserError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    registry.pruner(pruner)
     for ref in (r for block in model_refs for r in block):
         if ref.name not in ratios:
             raise ValueError(f"no sparsity ratio for {ref.name}")
         check_pattern(nm, ref.shape[1], ref.name)
 
 
-def prune_block(refs: list[MatrixRef], ratios: dict[str, float], pruner: str, nm, run=None) -> None:
-    """Prune one block's matrices in place. `run()` feeds the calibration activations through
-    the still dense block (Wanda, SparseGPT); magnitude needs none. Shared by prune_model and
-    the block-by-block path (alphaprune/stream.py)."""
-    stats = {} if pruner == "magnitude" else collect(refs, run, hessian=pruner == "sparsegpt")
+def needs_activations(pruner: str, refine: str = registry.NO_REFINER) -> bool:
+    """Whether a pruner (and its refiner) needs calibration activations: every one but a
+    pruner of the weights alone without a refiner."""
+    return registry.pruner(pruner).needs != registry.WEIGHTS or registry.refiner(refine) is not None
+
+
+def prune_block(refs: list[MatrixRef], ratios: dict[str, float], pruner: str, nm, run=None,
+                params: dict | None = None, refine: str = registry.NO_REFINER) -> None:  # fmt: skip
+    """Prune one block's matrices in place with the registry's pruner `pruner` and its
+    `params` (and refiner `refine`'s). `run()` feeds the calibration activations through
+    the still dense block (pruners that need them). Shared by prune_model and the
+    block-by-block path (alphaprune/stream.py)."""
+    spec, refiner = registry.pruner(pruner), registry.refiner(refine)
+    stats = {}
+    if needs_activations(pruner, refine):
+        stats = collect(refs, run, hessian=spec.needs == registry.HESSIAN, moments=refiner is not None)
     for ref in refs:
-        _prune_matrix(ref, pruner, ratios[ref.name], nm, stats.get(ref.name))
+        _prune_matrix(ref, spec, ratios[ref.name], nm, stats.get(ref.name), params or {}, refiner)
 
 
 @torch.no_grad()
@@ -75,13 +90,15 @@ def prune_model(
     nm: tuple[int, int] | None = None,
     windows: torch.Tensor | None = None,
     progress: Progress | None = None,
+    params: dict | None = None,
+    refine: str = registry.NO_REFINER,
 ) -> None:
     """Prune every prunable matrix in place to its ratio (or to the N:M pattern)."""
     blocks = matrices_by_block(model)
     check_prune(blocks, ratios, pruner, nm)
-    if pruner == "magnitude":
+    if not needs_activations(pruner, refine):
         for index, refs in enumerate(blocks):
-            prune_block(refs, ratios, pruner, nm)
+            prune_block(refs, ratios, pruner, nm, params=params)
             if progress is not None:
                 progress((index + 1) / len(blocks), f"block {index + 1}/{len(blocks)}")
         return
@@ -89,7 +106,7 @@ def prune_model(
         raise ValueError(f"{pruner} needs calibration windows")
 
     def on_block(index: int, block: nn.Module, run) -> None:
-        prune_block(blocks[index], ratios, pruner, nm, run)
+        prune_block(blocks[index], ratios, pruner, nm, run, params, refine)
 
     sequential(model, windows, on_block, progress)
 
@@ -104,18 +121,25 @@ def block_outlier_ratio(refs: list[MatrixRef], run, m: float) -> float:
 
 
 @torch.no_grad()
+def block_statistics(model: nn.Module, windows: torch.Tensor, statistic, params: dict,
+                     progress: Progress | None = None) -> list[float]:  # fmt: skip
+    """A rule's statistic (registry.Rule.statistic) of every block, from the dense model's
+    activations: statistic(block's refs, run, params), the blocks in order."""
+    blocks = matrices_by_block(model)
+    values: list[float] = []
+
+    def on_block(index: int, block: nn.Module, run) -> None:
+        values.append(float(statistic(blocks[index], run, params)))
+
+    sequential(model, windows, on_block, progress)
+    return values
+
+
 def owl_outlier_ratios(
     model: nn.Module, windows: torch.Tensor, m: float = 5.0, progress: Progress | None = None
 ) -> list[float]:
     """OWL's layer outlier ratio of every block, from the dense model's activations."""
-    blocks = matrices_by_block(model)
-    ratios: list[float] = []
-
-    def on_block(index: int, block: nn.Module, run) -> None:
-        ratios.append(block_outlier_ratio(blocks[index], run, m))
-
-    sequential(model, windows, on_block, progress)
-    return ratios
+    return block_statistics(model, windows, lambda refs, run, p: block_outlier_ratio(refs, run, m), {}, progress)
 
 
 def measured_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:

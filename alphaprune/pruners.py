@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from alphaprune.patterns import BLOCKSIZE, NM, PATTERNS, PRUNERS, check_pattern, parse_pattern  # noqa: F401
+from alphaprune.patterns import BLOCKSIZE, NM, PATTERNS, check_pattern, parse_pattern  # noqa: F401
 
 
 def _nm_mask(score: torch.Tensor, nm: NM) -> torch.Tensor:

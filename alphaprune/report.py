@@ -16,11 +16,26 @@ from alphaprune import atomic
 from alphaprune.analysis import Analysis
 
 
-def analysis_frame(result: Analysis) -> pd.DataFrame:
-    """One row per matrix, columns as in LayerMetrics (shape as 'out x in')."""
+def analysis_frame(result: Analysis, tails: dict | None = None) -> pd.DataFrame:
+    """One row per matrix, columns as in LayerMetrics (shape as 'out x in'); with `tails`
+    (name -> tails.TailTest), each alternative's R and p and the verdict too."""
     frame = pd.DataFrame([layer.to_dict() for layer in result.layers])
     frame["shape"] = [f"{s[0]}x{s[1]}" for s in frame["shape"]]
+    if tails:
+        for column, value in _tail_columns(tails).items():
+            frame[column] = [value(tails[n]) if n in tails else None for n in frame["name"]]
     return frame
+
+
+def _tail_columns(tails: dict) -> dict:
+    """column -> TailTest -> value: R_<alt>, p_<alt> of every alternative, and the verdict."""
+    alternatives = next(iter(tails.values())).comparisons
+    columns = {}
+    for alt in alternatives:
+        columns[f"R_{alt}"] = lambda t, alt=alt: t.comparisons[alt].R
+        columns[f"p_{alt}"] = lambda t, alt=alt: t.comparisons[alt].p
+    columns["tail_verdict"] = lambda t: t.verdict
+    return columns
 
 
 def _json_safe(value):
@@ -34,13 +49,17 @@ def _json_safe(value):
     return value
 
 
-def write_analysis(result: Analysis, path: Path) -> None:
-    """JSON (the whole document) or CSV (the layer table), by the file's suffix."""
+def write_analysis(result: Analysis, path: Path, tails: dict | None = None) -> None:
+    """JSON (the whole document; with `tails`, their tests by matrix) or CSV (the layer table),
+    by the file's suffix."""
     if path.suffix.lower() == ".json":
-        atomic.write_text(path, json.dumps(_json_safe(result.to_dict()), indent=1))
+        doc = result.to_dict()
+        if tails:
+            doc["tails"] = {name: test.to_dict() for name, test in tails.items()}
+        atomic.write_text(path, json.dumps(_json_safe(doc), indent=1))
     else:
         with atomic.atomic_file(path, "w", newline="") as handle:
-            analysis_frame(result).to_csv(handle, index=False)
+            analysis_frame(result, tails).to_csv(handle, index=False)
 
 
 def model_summary(loaded) -> dict:

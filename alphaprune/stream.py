@@ -44,7 +44,8 @@ from alphaprune.arch import MatrixRef, find_blocks
 from alphaprune.calibrate import capture_block_inputs, feed
 from alphaprune.errors import UserError
 from alphaprune.perplexity import nll_of_logits
-from alphaprune.prune import block_outlier_ratio, check_prune, matrices_by_block, prune_block
+from alphaprune.prune import block_outlier_ratio, check_prune, matrices_by_block, needs_activations, prune_block
+from alphaprune.registry import NO_REFINER
 
 Progress = Callable[[float, str], None]
 
@@ -267,6 +268,8 @@ def stream_prune(
     dtype: torch.dtype | None = None,
     tokenizer=None,
     finish: Callable[[Path, dict[str, float]], None] | None = None,
+    params: dict | None = None,
+    refine: str = NO_REFINER,
 ) -> StreamResult:
     """Prune `source` block by block into `save_folder` (see the module docstring).
     `finish(folder, zeros per matrix)` writes more files into the folder before it appears
@@ -275,7 +278,7 @@ def stream_prune(
     blocks = matrices_by_block(run.model)
     check_prune(blocks, ratios, pruner, nm)
     inputs, kwargs = [], []
-    if pruner != "magnitude":
+    if needs_activations(pruner, refine):
         if calib_windows is None:
             raise ValueError(f"{pruner} needs calibration windows")
         inputs, kwargs = _capture(run, calib_windows, 1, head=False)
@@ -286,7 +289,7 @@ def stream_prune(
         shards = _Shards(tmp, len(blocks) + 1)
 
         def visit(index: int, block: nn.Module, feed_calibration) -> None:
-            prune_block(blocks[index], ratios, pruner, nm, feed_calibration)
+            prune_block(blocks[index], ratios, pruner, nm, feed_calibration, params, refine)
             tensors = run.block_state(index, saved)
             zeros.update(_zeros(blocks[index], tensors))
             shards.write(tensors)
@@ -402,20 +405,28 @@ def stored_tokenizer(checkpoint):
 
 
 @torch.no_grad()
+def stream_block_statistics(source, windows: torch.Tensor, statistic, params: dict,
+                            progress: Progress | None = None, device="cpu", dtype=None) -> list[float]:  # fmt: skip
+    """A rule's per-block statistic (registry.Rule.statistic), as prune.block_statistics,
+    block by block."""
+    run = _Onloader(source, device, dtype)
+    blocks = matrices_by_block(run.model)
+    inputs, kwargs = _capture(run, windows, 1, head=False)
+    values: list[float] = []
+
+    def visit(index: int, block: nn.Module, feed_calibration) -> None:
+        values.append(float(statistic(blocks[index], feed_calibration, params)))
+
+    _walk(run, inputs, kwargs, visit, progress, len(blocks))
+    return values
+
+
 def stream_outlier_ratios(
     source, windows: torch.Tensor, m: float = 5.0, progress: Progress | None = None, device="cpu", dtype=None
 ) -> list[float]:
     """OWL's outlier ratio of every block, as prune.owl_outlier_ratios, block by block."""
-    run = _Onloader(source, device, dtype)
-    blocks = matrices_by_block(run.model)
-    inputs, kwargs = _capture(run, windows, 1, head=False)
-    ratios: list[float] = []
-
-    def visit(index: int, block: nn.Module, feed_calibration) -> None:
-        ratios.append(block_outlier_ratio(blocks[index], feed_calibration, m))
-
-    _walk(run, inputs, kwargs, visit, progress, len(blocks))
-    return ratios
+    statistic = lambda refs, run, p: block_outlier_ratio(refs, run, m)  # noqa: E731
+    return stream_block_statistics(source, windows, statistic, {}, progress, device, dtype)
 
 
 class _Replay(nn.Module):

@@ -272,7 +272,7 @@ def heldout_windows(ids: torch.Tensor, seqlen: int, windows: int) -> torch.Tenso
     tail = split_heldout(ids)[1]
     if len(tail) < seqlen:
         raise UserError(
-            f"{setting('epsilon')} auto scores epsilons on the last {HELDOUT_FRACTION:.0%} of the calibration "
+            f"an auto search scores its candidates on the last {HELDOUT_FRACTION:.0%} of the calibration "
             f"text ({len(tail)} tokens), too short for a window of {seqlen}; "
             f"use a longer {setting('calib')} text or a smaller {setting('seqlen')}"
         )

@@ -100,11 +100,16 @@ def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
 
 def key(settings: dict, fp: str) -> str:
     """What identifies a run: the settings that change its result, and the weights."""
+    from alphaprune import registry
+
     picked = {k: settings.get(k) for k in KEY_FIELDS}
-    if settings.get("allocation") != "alphapruning":  # epsilon changes nothing there
-        picked["epsilon"] = None
-    elif settings.get("epsilon_search") or settings.get("epsilon") is None:  # a stored auto run keeps its pick
-        picked["epsilon"] = "auto"
+    rule = str(settings.get("allocation"))
+    for name in set(picked) & set(registry.params()):  # another rule's parameter changes nothing
+        if not registry.has_param(rule, name):
+            picked[name] = None
+    auto = settings.get("epsilon_search") or settings.get("epsilon") in (None, "auto")
+    if registry.has_param(rule, "epsilon") and auto:
+        picked["epsilon"] = "auto"  # a stored auto run keeps its pick
     picked["calib"] = Path(str(settings.get("calib"))).name
     picked["eval"] = Path(str(settings.get("eval"))).name
     return json.dumps(picked, sort_keys=True) + fp[:16]

@@ -1,94 +1,126 @@
-"""Allocation page: tune target sparsity and the allocation range, see the ratios live (per block,
-or per matrix for the mapping "matrix"), and which matrices the ceiling holds back.
+"""Allocation page: pick a rule, tune the target and the rule's parameters (widgets drawn from
+its spec, alphaprune/registry.py), see the ratios live (per block, or per matrix for the mapping
+"matrix"), and which matrices the ceiling holds back. The ratios shown are the ones the Prune
+page applies: both build them from the same settings (session ALLOC).
 
     streamlit run app.py   # then open "Allocation" (a model must be loaded and analysed first)
 """
 
+import dataclasses
 import json
 
 import streamlit as st
 
-from alphaprune import allocation as alloc
-from alphaprune.analysis import METRIC_NAMES
+from alphaprune import registry
+from alphaprune.analysis import METRIC_NAMES, analyze
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
-from alphaprune.pipeline import PruneConfig, cached_outliers, make_allocation
+from alphaprune.farms import estimate_cost
+from alphaprune.pipeline import analysis_options, cached_statistics, make_allocation
 from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
+    FILES,
     MODEL,
     OUTLIERS,
+    calibration_choice,
     model_layout,
     model_name,
     progress_callback,
     require,
 )
+from alphaprune.ui.widgets import param_widgets
 
 st.title("Allocation")
 st.caption("Layer-wise sparsity from the spectra: higher alpha (less trained) -> more sparsity.")
 analysis = require(ANALYSIS, "Load and analyse a model first: the allocation is computed from its spectra.")
 loaded = st.session_state[MODEL]  # None when the model was analysed from its files
 settings = st.session_state[ALLOC]
-METHODS = ("uniform", "alphapruning", "owl")
+RULES = [name for name, rule in registry.rules().items() if not rule.sets_target]  # a list is typed on the CLI
 
 left, mid, right = st.columns(3)
-method = left.selectbox("Method", METHODS, index=METHODS.index(settings["method"]), key="alloc_method")
-sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings["sparsity"], 0.01, key="alloc_sparsity")
+method = left.selectbox(
+    "Method", RULES, index=RULES.index(settings.allocation), key="alloc_method",
+    help="; ".join(f"{name}: {registry.rule(name).summary}" for name in RULES),
+)  # fmt: skip
+sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings.sparsity, 0.01, key="alloc_sparsity")
 ceiling = right.number_input(
-    "Ceiling per matrix", 0.5, 1.0, settings["ceiling"], 0.01, key="alloc_ceiling", help="no ratio goes above this"
+    "Ceiling per matrix", 0.5, 1.0, settings.ceiling, 0.01, key="alloc_ceiling", help="no ratio goes above this"
 )
-epsilon, metric, mapping = settings["epsilon"], settings["metric"], settings["mapping"]
-owl_m, owl_lambda = settings["owl_m"], settings["owl_lambda"]
-if method == "alphapruning":
-    left, mid, right = st.columns(3)
-    epsilon = left.slider("Allocation range epsilon", 0.0, 1.0, epsilon, 0.01, key="alloc_epsilon")
-    metric = mid.selectbox("Metric", METRIC_NAMES, index=METRIC_NAMES.index(metric), key="alloc_metric")
-    mapping = right.radio("Mapping", alloc.MAPPINGS, index=alloc.MAPPINGS.index(mapping), key="alloc_mapping")
-elif method == "owl":
-    left, right = st.columns(2)
-    owl_m = left.slider("Outlier threshold M", 1.0, 15.0, owl_m, 0.5, key="alloc_owl_m")
-    owl_lambda = right.slider("Spread lambda", 0.0, 0.3, owl_lambda, 0.01, key="alloc_owl_lambda")
-settings.update(method=method, sparsity=sparsity, ceiling=ceiling, epsilon=epsilon, metric=metric, mapping=mapping)
-settings.update(owl_m=owl_m, owl_lambda=owl_lambda)
-
-outliers = st.session_state.get(OUTLIERS)
-if method == "owl" and loaded is None:
-    st.info(
-        "OWL's outlier ratios need calibration passes through the model, which is not loaded (it was analysed "
-        "from its files): a streamed run on **Prune & evaluate** measures them block by block."
+rule = registry.rule(method)
+values = param_widgets(rule.params, dict(settings.params), "alloc_", options={"metric": METRIC_NAMES}, auto=True)
+searched = [name for name, value in values.items() if value == registry.AUTO]
+preview = {name: registry.param(name).default for name in searched}  # drawn at the default until a run picks
+mapping = "block"
+if len(rule.granularities) > 1:
+    current = settings.mapping if settings.mapping in rule.granularities else rule.granularities[0]
+    mapping = st.radio(
+        "Mapping", rule.granularities, index=rule.granularities.index(current), key="alloc_mapping", horizontal=True
     )
-    st.stop()
-if method == "owl" and (outliers is None or outliers[0] != owl_m):
-    st.info("OWL needs the outlier ratios of every block, from calibration text (python-docs, 16 x 512 tokens).")
-    if st.button("Compute outlier ratios", key="owl_compute"):
-        bar = st.progress(0.0, text="calibration")
+settings = dataclasses.replace(settings, allocation=method, sparsity=sparsity, ceiling=ceiling, mapping=mapping,
+                               **values)  # fmt: skip
+st.session_state[ALLOC] = settings
+
+options = analysis_options(settings)  # what the rule's metric needs of the analysis (FARMS' windows)
+if any(getattr(analysis, key) != value for key, value in options.items()):
+    layers = analysis.prunable
+    cost = estimate_cost([tuple(m.shape) for m in layers], options["farms"])
+    st.info(
+        f"{method} needs the alphas of pooled {options['farms'].window}-wide windows of every matrix: "
+        f"{cost.windows} windows, about {cost.seconds:.0f} s here (an estimate)."
+    )
+    if st.button("Compute FARMS alphas", key="farms_compute"):
+        bar = st.progress(0.0, text="FARMS")
         try:
-            seqlen = min(512, getattr(loaded.model.config, "max_position_embeddings", 512))
-            windows = calibration_windows(token_ids("python-docs", loaded.tokenizer), 16, seqlen, 0)
-            ratios = cached_outliers(loaded.model, windows, owl_m, progress_callback(bar))
+            source = loaded.model if loaded is not None else st.session_state[FILES]
+            st.session_state[ANALYSIS] = analyze(source, model_name(), progress=progress_callback(bar), **options)
         except UserError as exc:
             st.error(exc.render("app"))
             st.stop()
-        st.session_state[OUTLIERS] = outliers = (owl_m, ratios)
         st.rerun()
     st.stop()
 
-config = PruneConfig(
-    sparsity=sparsity,
-    allocation=method,
-    epsilon=epsilon,
-    metric=metric,
-    mapping=mapping,
-    ceiling=ceiling,
-    owl_m=owl_m,
-    owl_lambda=owl_lambda,
-)
-try:
-    allocation = make_allocation(
-        model_layout(), config, analysis, outliers=outliers[1] if method == "owl" else None, name=model_name()
+statistics = st.session_state.get(OUTLIERS)
+calib_source, calib_samples, calib_seqlen, calib_seed = calibration_choice()  # the Prune page's windows
+wanted = (method, tuple((n, settings.param(n)) for n in rule.statistic_params), calibration_choice())
+if rule.statistic is not None and loaded is None:
+    st.info(
+        f"{method}'s statistics need calibration passes through the model, which is not loaded (it was analysed "
+        "from its files): a streamed run on **Prune & evaluate** measures them block by block."
     )
+    st.stop()
+if rule.statistic is not None and (statistics is None or statistics[0] != wanted):
+    st.info(
+        f"{method} needs a statistic of every block, from the calibration text the **Prune & evaluate** page "
+        f"uses ({calib_source or 'none chosen yet'}, {calib_samples} x {calib_seqlen} tokens, seed {calib_seed}): "
+        "a run there applies exactly the ratios shown here."
+    )
+    if st.button("Compute block statistics", key="owl_compute", disabled=not calib_source):
+        bar = st.progress(0.0, text="calibration")
+        try:
+            ids = token_ids(calib_source, loaded.tokenizer)
+            windows = calibration_windows(ids, calib_samples, calib_seqlen, calib_seed)
+            values = cached_statistics(loaded.model, settings, windows, progress_callback(bar))
+        except UserError as exc:
+            st.error(exc.render("app"))
+            st.stop()
+        st.session_state[OUTLIERS] = statistics = (wanted, values)
+        st.rerun()
+    st.stop()
+
+if searched:
+    st.caption(
+        f"{', '.join(searched)} auto: a run on **Prune & evaluate** tries the candidates on held-out calibration "
+        "text and keeps the best; the chart shows the default until then."
+    )
+try:
+    settings.validate()
+    allocation = make_allocation(
+        model_layout(), dataclasses.replace(settings, **preview), analysis,
+        statistics=statistics[1] if rule.statistic else None, name=model_name(),
+    )  # fmt: skip
 except UserError as exc:
     st.error(exc.render("app"))
     st.stop()
@@ -101,7 +133,22 @@ cols[2].metric(f"Highest {unit}", f"{max(ratios):.3f}")
 cols[3].metric("Matrices held at a bound", len(allocation.clipped))
 if allocation.clipped:
     st.warning(clipping_note(allocation))
-st.plotly_chart(allocation_figure(allocation, sparsity), key="allocation_chart", width="stretch")
+others, missing = {}, []
+candidates = [name for name in RULES if name != method]
+for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", help="block ratios at the same target"):
+    other = dataclasses.replace(settings, allocation=name, mapping="block")
+    needs_stats = registry.rule(name).statistic is not None
+    own = statistics[1] if needs_stats and statistics is not None and statistics[0][0] == name else None
+    if (needs_stats and own is None) or any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):
+        missing.append(name)
+        continue
+    try:
+        others[name] = make_allocation(model_layout(), other, analysis, statistics=own, name=model_name())
+    except UserError as exc:
+        missing.append(f"{name} ({exc.render('app')})")
+if missing:
+    st.caption(f"Not overlaid (choose each as Method once to compute what it needs): {', '.join(missing)}.")
+st.plotly_chart(allocation_figure(allocation, sparsity, others), key="allocation_chart", width="stretch")
 
 rows = [
     {"matrix": n, "block": b, "params": p, "sparsity": s, "unclipped": r}

@@ -10,16 +10,19 @@ from pathlib import Path
 
 import streamlit as st
 
+from alphaprune import registry
 from alphaprune.errors import UserError
 from alphaprune.export import save_result
 from alphaprune.generate import generate
-from alphaprune.pipeline import run_prune
-from alphaprune.plots import before_after_figure
+from alphaprune.patterns import PATTERNS
+from alphaprune.pipeline import PruneConfig, run_prune
+from alphaprune.plots import before_after_figure, search_figure
 from alphaprune.preflight import WHERE
-from alphaprune.pruners import PATTERNS, PRUNERS
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
+    CALIBRATION,
+    COMPARE,
     FILES,
     GENERATIONS,
     MODEL,
@@ -29,10 +32,12 @@ from alphaprune.ui.session import (
     TEXT_SOURCES,
     allocation_words,
     check_stream_folder,
+    compare_rules,
     failure,
     keep_result,
     model_name,
     nm_override,
+    progress_callback,
     prune_config,
     prune_plan,
     prune_streamed,
@@ -44,6 +49,7 @@ from alphaprune.ui.session import (
     text_upload,
     upload_limit_mb,
 )
+from alphaprune.ui.widgets import param_widgets
 
 st.title("Prune & evaluate")
 loaded = st.session_state.get(MODEL)  # None when the model was analysed from its files
@@ -78,7 +84,11 @@ def _text_source(label: str, key: str) -> str | None:
 
 
 left, right = st.columns(2)
-pruner = left.selectbox("Pruner", PRUNERS, index=PRUNERS.index("wanda"), key="prune_pruner", **KEEP)
+PRUNERS = list(registry.pruners())
+pruner = left.selectbox(
+    "Pruner", PRUNERS, index=PRUNERS.index("wanda"), key="prune_pruner",
+    help="; ".join(f"{name}: {spec.summary}" for name, spec in registry.pruners().items()), **KEEP,
+)  # fmt: skip
 pattern = right.selectbox("Pattern", PATTERNS, key="prune_pattern", help="N:M removes N of every M weights", **KEEP)
 override = nm_override(alloc, pattern)
 if override:
@@ -86,21 +96,36 @@ if override:
     st.warning(override)
 else:
     st.caption(f"Allocation (set on the Allocation page): {allocation_words(alloc)}.")
+pruner_params = param_widgets(registry.pruner(pruner).params, dict(alloc.params), "prune_")
+REFINERS = [registry.NO_REFINER, *registry.refiners()]
+refine = st.selectbox(
+    "Refine the mask", REFINERS, key="prune_refine", **KEEP,
+    help="; ".join(f"{name}: {spec.summary}" for name, spec in registry.refiners().items()),
+)  # fmt: skip
+if refine != registry.NO_REFINER:
+    pruner_params |= param_widgets(registry.refiner(refine).params, dict(alloc.params), "prune_")
+    pruner_params["refine"] = refine
 left, right = st.columns(2)
 with left:
     calib = _text_source("Calibration text", "prune_calib")
 with right:
     evaluation = _text_source("Evaluation text", "prune_eval")
 cols = st.columns(4)
-samples = cols[0].number_input("Calibration samples", 1, 512, 16, key="prune_samples", **KEEP)
-seqlen = cols[1].number_input("Sequence length", 16, 8192, 256, 16, key="prune_seqlen", **KEEP)
+samples = cols[0].number_input("Calibration samples", 1, 512, CALIBRATION["prune_samples"], key="prune_samples", **KEEP)
+seqlen = cols[1].number_input("Sequence length", 16, 8192, CALIBRATION["prune_seqlen"], 16, key="prune_seqlen", **KEEP)
 windows = cols[2].number_input("Evaluation windows", 1, 1024, 8, key="prune_windows", **KEEP)
-seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="prune_seed", **KEEP)
+seed = cols[3].number_input("Seed", 0, 2**31 - 1, CALIBRATION["prune_seed"], key="prune_seed", **KEEP)
+if alloc.auto_params():
+    budget = st.number_input(
+        "Search budget (prune runs)", 1, 50, PruneConfig.search_budget, key="prune_budget", **KEEP,
+        help=f"{', '.join(alloc.auto_params())} auto: at most this many candidate prunes, scored on held-out text",
+    )  # fmt: skip
+    pruner_params["search_budget"] = int(budget)
 
 
 def _config():
     """The run the widgets describe."""
-    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed)
+    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed, pruner_params)
 
 
 def _plan():
@@ -187,6 +212,28 @@ if submitted:
                 f"The result below is from the previous run (run {st.session_state.get(RUN_ID)}), not these settings."
             )
 
+with st.expander("Compare allocation rules"):
+    st.caption(
+        "One run per rule with this pruner and these texts, stored in the run history and shown side by side; "
+        "pressing again with the same settings runs only the rules not measured yet."
+    )
+    names = [n for n, r in registry.rules().items() if not r.sets_target]
+    default = list(dict.fromkeys(["uniform", alloc.allocation]))
+    chosen = st.multiselect("Rules", names, default=default, key="compare_rules", **KEEP)
+    if st.button("Compare", key="compare_button", disabled=loaded is None or streamed or not chosen):
+        bar = st.progress(0.0, text="compare")
+        try:
+            rows, cid = compare_rules(loaded, _config(), chosen, analysis, progress_callback(bar))
+            st.session_state[COMPARE] = (cid, rows)
+        except Exception as exc:
+            st.error(failure(exc, "comparing the rules", "the runs finished before are stored"))
+    if loaded is None or streamed:
+        st.caption("Comparing runs in memory: load the model on the Model page (Offload none) to use it.")
+    shown_rows = st.session_state.get(COMPARE)
+    if shown_rows:
+        st.dataframe(shown_rows[1], hide_index=True, key="compare_table")
+        st.caption(f"Stored as `{shown_rows[0]}` (alphaprune runs --sweep {shown_rows[0]}).")
+
 result = st.session_state.get(RESULT)
 if result is None:
     st.info("Set the options and press **Prune and evaluate**. The dense model you loaded is never changed.")
@@ -210,6 +257,9 @@ st.caption(
     f"{config.calib_samples} x {config.seqlen} tokens of {shown(config.calib)}; evaluation "
     f"{measured} windows{fewer} of {config.seqlen} tokens of {shown(config.eval)}. Ran {ran}."
 )
+if result.search:
+    st.markdown("**The search** (held-out calibration text; the evaluation text was not read)")
+    st.plotly_chart(search_figure(result.search), key="search_chart", width="stretch")
 pruned_analysis = st.session_state.get(PRUNED_ANALYSIS)
 if analysis is not None and pruned_analysis is not None:
     st.plotly_chart(before_after_figure(analysis, pruned_analysis), key="before_after_chart", width="stretch")

@@ -8,6 +8,7 @@ import json
 
 import streamlit as st
 
+from alphaprune import registry
 from alphaprune.errors import UserError
 from alphaprune.plots import runs_figure
 from alphaprune.runs import RunStore
@@ -40,7 +41,7 @@ if frame.empty:
     st.info("No runs yet: prune a model on the Prune & evaluate page (or run `alphaprune prune`).")
     st.stop()
 if {"epsilon", "allocation"} <= set(frame.columns):  # only AlphaPruning has one (older records stored the default)
-    frame["epsilon"] = frame["epsilon"].where(frame["allocation"] == "alphapruning")
+    frame["epsilon"] = frame["epsilon"].where(frame["allocation"].map(lambda a: registry.has_param(a, "epsilon")))
 
 left, mid, right = st.columns(3)
 models = left.multiselect("Model", sorted(frame["model"].unique()), key="runs_models")

@@ -15,7 +15,8 @@ from alphaprune.plots import (
 )
 from alphaprune.report import analysis_frame
 from alphaprune.spectra import eigenvalues
-from alphaprune.ui.session import ANALYSIS, matrix_weight, model_name, require
+from alphaprune.tails import cached_tails
+from alphaprune.ui.session import ANALYSIS, TAILS, matrix_weight, model_name, require
 
 st.title("Spectra")
 analysis = require(ANALYSIS, "Load and analyse a model first.")
@@ -52,6 +53,16 @@ if alpha > 8:
     st.warning("alpha > 8: such fits are usually spurious (a near-random spectrum).")
 elif 0 < alpha < 2:
     st.warning("alpha < 2: a very heavy tail, often a sign of over-training.")
+
+if st.button("Is the tail a power law?", key="tail_test", help="likelihood-ratio tests (powerlaw), seconds"):
+    with st.spinner("Fitting the alternatives ..."):
+        test = cached_tails(analysis, name, rule)
+    st.session_state[TAILS] = (name, rule, test)
+tested = st.session_state.get(TAILS)
+if tested is not None and tested[:2] == (name, rule):
+    test = tested[2]
+    st.info(f"**{test.verdict}** (alpha {test.alpha:.3f} over {test.n_tail} eigenvalues from xmin {test.xmin:.4g}).")
+    st.caption("; ".join(c.words for c in test.comparisons.values()) + ".")
 
 tab_log, tab_lin, tab_scan = st.tabs(["ESD (log-log)", "ESD (linear)", "KS distance and alpha vs xmin"])
 with tab_log:

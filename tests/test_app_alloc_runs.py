@@ -108,6 +108,26 @@ def test_matrix_mapping_is_drawn_and_worded_per_matrix(tiny_folder):
     _check_matrix_mapping(at, expected)
 
 
+def test_rules_overlaid_on_one_chart_are_the_rules_own_ratios(tiny_folder):
+    """Three rules at once: the chart's lines are each rule's block ratios at the same target;
+    a rule that needs calibration statistics not yet computed is named, not drawn."""
+    from alphaprune import registry
+    from alphaprune.arch import prunable_matrices
+    from alphaprune.registry import RuleInput
+
+    at = _allocation_page(tiny_folder)
+    at.multiselect(key="alloc_overlay").set_value(["uniform", "atp", "owl"]).run()
+    _no_errors(at)
+    figure = _chart(at, "allocation_chart")
+    matrices = tuple(prunable_matrices(tiny_llama(layers=3)))
+    params = {"beta": registry.param("beta").default}
+    atp = registry.rule("atp").allocate(RuleInput(matrices, 0.7, 0.99, params))
+    (line,) = _traces(figure, "atp")
+    assert line["y"] == pytest.approx(atp.block_ratios)
+    assert _traces(figure, "uniform")[0]["y"] == pytest.approx([0.7] * 3)
+    assert not _traces(figure, "owl") and "owl" in " ".join(c.value for c in at.caption)
+
+
 @pytest.mark.slow
 def test_matrix_mapping_on_the_default_model():
     """The issue's case: AlphaPruning, sparsity 0.7, epsilon 0.3, mapping "matrix" on SmolLM2."""
@@ -200,3 +220,53 @@ def test_deleting_runs_needs_a_confirmation(store):
     assert [r.id for r in store.list()][:2] != [first, second] and len(store.list()) == 3
     assert at.multiselect(key="runs_delete_ids").value == [] and not at.checkbox  # nothing left armed
     assert first not in at.dataframe[0].value["id"].tolist()
+
+
+def test_the_statistics_previewed_are_the_ones_a_run_applies(tiny_folder, store):
+    """OWL on the Allocation page measures its block statistics on the Prune page's calibration
+    windows: the run then applies exactly the previewed ratios."""
+    from alphaprune.ui import session
+
+    at = _allocation_page(tiny_folder)
+    at.selectbox(key="alloc_method").set_value("owl").run()
+    at.button(key="owl_compute").click().run()
+    _no_errors(at)
+    previewed = _chart(at, "allocation_chart")
+    statistics = at.session_state[session.OUTLIERS][1]
+    at.switch_page("pages/prune.py").run()
+    for key, value in {"prune_samples": 4, "prune_windows": 2}.items():
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.switch_page("pages/allocation.py").run()  # other calibration settings: computed again
+    assert "needs a statistic of every block" in " ".join(i.value for i in at.info)
+    at.button(key="owl_compute").click().run()
+    statistics = at.session_state[session.OUTLIERS][1]
+    previewed = _chart(at, "allocation_chart")
+    at.switch_page("pages/prune.py").run()
+    at.button(key="prune_button").click().run()
+    _no_errors(at)
+    result = at.session_state[session.RESULT]
+    assert result.allocation.settings["outlier_ratios"] == pytest.approx(statistics)
+    bars = [t for t in previewed["data"] if t.get("type") == "bar"]
+    shown = sorted(y for t in bars for y in t["y"])
+    assert shown == pytest.approx(sorted(result.allocation.block_ratios))
+
+
+def test_auto_on_the_allocation_page_runs_the_search_and_draws_its_curve(tiny_folder, store):
+    from alphaprune.ui import session
+
+    at = _allocation_page(tiny_folder)
+    at.checkbox(key="alloc_epsilon_auto").check().run()
+    _no_errors(at)
+    assert at.session_state[session.ALLOC].epsilon == "auto"
+    assert "epsilon auto" in " ".join(c.value for c in at.caption)
+    at.switch_page("pages/prune.py").run()
+    for key, value in {"prune_samples": 2, "prune_windows": 2, "prune_budget": 2}.items():
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.button(key="prune_button").click().run()
+    _no_errors(at)
+    result = at.session_state[session.RESULT]
+    assert len(result.search) == 2 and result.config.epsilon in (0.1, 0.5)  # the budget thins 0.1..0.5 to its ends
+    curve = _chart(at, "search_chart")
+    assert [round(x, 3) for x in _traces(curve, "candidates")[0]["x"]] == [0.1, 0.5]

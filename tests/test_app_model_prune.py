@@ -282,3 +282,19 @@ def test_high_sparsity_few_samples_on_the_default_model_keeps_the_run():
     assert at.metric[1].value == f"{result.ppl_after:.2f}"
     no_errors(at)  # and the spectra of the pruned model fit too (the histogram fix in alphaprune/fits.py)
     assert len(at.session_state[session.PRUNED_ANALYSIS].prunable) == 210
+
+
+def test_compare_runs_one_stored_run_per_rule_and_resumes(tiny_folder):
+    """The Prune page's Compare: each chosen rule pruned with the page's pruner and texts,
+    stored under one compare id, shown side by side; pressing again runs nothing new."""
+    before = runs_stored()
+    at = prune_page(load(app(), str(tiny_folder)))
+    at.multiselect(key="compare_rules").set_value(["uniform", "atp"]).run()
+    at.button(key="compare_button").click().run()
+    no_errors(at)
+    cid, rows = at.session_state[session.COMPARE]
+    assert sorted(r["rule"] for r in rows) == ["atp", "uniform"] and runs_stored() == before + 2
+    runs = RunStore().list(sweep=cid)
+    assert len(runs) == 2 and len({r.ppl_before for r in runs}) == 1  # the same texts and dense model
+    at.button(key="compare_button").click().run()
+    assert runs_stored() == before + 2  # resumed: both rules were measured already

@@ -280,19 +280,55 @@ def _cases() -> list[Case]:
         ("sparsity-nan", ("--sparsity", "nan"), "sparsity must be a number, not nan"),
         ("sparsity-inf", ("--sparsity", "inf"), "sparsity must be a number, not inf"),
         ("sparsity-not-a-number", ("--sparsity", "half"), "argument --sparsity: invalid float value"),
-        ("epsilon-negative", ("--allocation", "alphapruning", "--epsilon", "-0.1"), "epsilon must be a number >= 0"),
-        ("epsilon-nan", ("--allocation", "alphapruning", "--epsilon", "nan"), "epsilon must be a number, not nan"),
-        ("epsilon-inf", ("--allocation", "alphapruning", "--epsilon", "inf"), "epsilon must be a number, not inf"),
-        ("epsilon-not-a-number", ("--epsilon", "lots"), "epsilon must be a number or 'auto'"),
+        (
+            "epsilon-negative",
+            ("--allocation", "alphapruning", "--epsilon", "-0.1"),
+            "Allocation range epsilon must be a number in [0, 1] or auto, got -0.1; set --epsilon",
+        ),
+        (
+            "epsilon-nan",
+            ("--allocation", "alphapruning", "--epsilon", "nan"),
+            "Allocation range epsilon must be a number in [0, 1] or auto, got nan",
+        ),
+        (
+            "epsilon-inf",
+            ("--allocation", "alphapruning", "--epsilon", "inf"),
+            "Allocation range epsilon must be a number in [0, 1] or auto, got inf",
+        ),
+        (
+            "epsilon-not-a-number",
+            ("--epsilon", "lots"),
+            "argument --epsilon: --epsilon takes [0, 1] or auto, got 'lots'",
+        ),
         ("ceiling-above-1", ("--max-sparsity", "1.5"), "ceiling must be inside (0, 1], got 1.5; set --max-sparsity"),
         ("ceiling-nan", ("--max-sparsity", "nan"), "ceiling must be a number, not nan"),
         ("ceiling-below-target", ("--sparsity", "0.8", "--max-sparsity", "0.5"), "above the per-matrix ceiling"),
         ("ceiling-not-a-number", ("--max-sparsity", "high"), "argument --max-sparsity: invalid float value"),
-        ("owl-m-negative", ("--allocation", "owl", "--owl-m", "-1"), "threshold M must be a number > 0"),
-        ("owl-m-inf", ("--allocation", "owl", "--owl-m", "inf"), "threshold M must be a number, not inf"),
-        ("owl-lambda-negative", ("--allocation", "owl", "--owl-lambda", "-0.5"), "lambda must be a number >= 0"),
-        ("owl-lambda-nan", ("--allocation", "owl", "--owl-lambda", "nan"), "lambda must be a number, not nan"),
-        ("owl-lambda-not-a-number", ("--owl-lambda", "wide"), "argument --owl-lambda: invalid float value"),
+        (
+            "owl-m-negative",
+            ("--allocation", "owl", "--owl-m", "-1"),
+            "Outlier threshold M must be a number in [1, 20], got -1.0; set --owl-m",
+        ),
+        (
+            "owl-m-inf",
+            ("--allocation", "owl", "--owl-m", "inf"),
+            "Outlier threshold M must be a number in [1, 20], got inf",
+        ),
+        (
+            "owl-lambda-negative",
+            ("--allocation", "owl", "--owl-lambda", "-0.5"),
+            "Spread lambda must be a number in [0, 0.5] or auto, got -0.5; set --owl-lambda",
+        ),
+        (
+            "owl-lambda-nan",
+            ("--allocation", "owl", "--owl-lambda", "nan"),
+            "Spread lambda must be a number in [0, 0.5] or auto, got nan",
+        ),
+        (
+            "owl-lambda-not-a-number",
+            ("--owl-lambda", "wide"),
+            "argument --owl-lambda: --owl-lambda takes [0, 0.5] or auto, got 'wide'",
+        ),
         ("seqlen-one", ("--seqlen", "1"), "sequence length must be a whole number >= 2, got 1; set --seqlen"),
         ("seqlen-negative", ("--seqlen", "-64"), "sequence length must be a whole number >= 2"),
         ("seqlen-not-a-number", ("--seqlen", "2k"), "argument --seqlen: invalid int value"),
@@ -300,9 +336,21 @@ def _cases() -> list[Case]:
         ("samples-fraction", ("--calib-samples", "1.5"), "argument --calib-samples: invalid int value"),
         ("windows-zero", ("--eval-windows", "0"), "evaluation windows must be a whole number >= 1"),
         ("batch-size-not-a-number", ("--batch-size", "many"), "argument --batch-size: invalid int value"),
-        ("block-list-not-numbers", ("--allocation", "list", "--block-list", "0.5,x"), "comma-separated numbers"),
-        ("block-list-nan", ("--allocation", "list", "--block-list", "0.5,nan"), "every listed sparsity must be"),
-        ("block-list-missing", ("--allocation", "list"), "needs one sparsity per block: set --block-list"),
+        (
+            "block-list-not-numbers",
+            ("--allocation", "list", "--block-list", "0.5,x"),
+            "--block-list takes comma-separated numbers in [0, 1]",
+        ),
+        (
+            "block-list-nan",
+            ("--allocation", "list", "--block-list", "0.5,nan"),
+            "Sparsity per block must be a number in [0, 1], got nan",
+        ),
+        (
+            "block-list-missing",
+            ("--allocation", "list"),
+            "Sparsity per block needs at least one number; set --block-list",
+        ),
     ]:
         add(n, id, (*PRUNE, *argv), expect)
     add(
@@ -328,7 +376,7 @@ def _cases() -> list[Case]:
         n,
         "sweep-epsilons-without-alphapruning",
         ("sweep", *PRUNE[1:], "--epsilons", "0.1,0.2"),
-        "--epsilons applies to --allocation alphapruning only",
+        "--epsilons applies to rules with an epsilon, not --allocation uniform",
     )
     add(
         n,

@@ -92,7 +92,7 @@ def test_sweep_stores_one_run_per_point(tiny_folder, corpus, tmp_path, store, ca
     [
         (["--sparsity", "1.5"], "sparsity must be inside (0, 1)"),
         (["--sparsity", "0"], "sparsity must be inside (0, 1)"),
-        (["--epsilon", "-0.2", "--allocation", "alphapruning"], "epsilon must be a number >= 0"),
+        (["--epsilon", "-0.2", "--allocation", "alphapruning"], "epsilon must be a number in [0, 1] or auto"),
         (["--pattern", "32:64", "--sparsity", "0.5"], "does not divide"),
         (["--pattern", "1:3", "--sparsity", "0.3333333333333333"], "must divide 128"),
         (["--batch-size", "0"], "batch size"),
@@ -121,7 +121,7 @@ def test_bad_input_one_line_exit_2_nothing_stored(tiny_folder, corpus, store, ca
     "args,match",
     [
         (["allocate", "--allocation", "alphapruning", "--epsilon", "auto"], "use it with `prune`"),
-        (["sweep", "--epsilons", "0.1,0.2"], "alphapruning only"),
+        (["sweep", "--epsilons", "0.1,0.2"], "applies to rules with an epsilon"),
         (["eval", "--batch-size", "0"], "--batch-size"),
     ],
 )

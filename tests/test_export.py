@@ -177,7 +177,7 @@ def test_magnitude_recipe_keeps_zeros_and_documents_the_ratios():
 @pytest.mark.parametrize(
     "ratios,pruner,pattern,needle",
     [
-        ({"a": 0.5}, "obs", "unstructured", "no llm-compressor recipe"),
+        ({"a": 0.5}, "obs", "unstructured", "pruner must be one of"),
         ({"a": 0.5}, "wanda", "2-4", "pattern must be"),
         ({"a": 0.5}, "wanda", "4:2", "0 < N < M"),
         ({"a": 1.5}, "wanda", "unstructured", r"\[0, 1\]"),

@@ -145,7 +145,7 @@ def test_run_prune_nm_and_auto_epsilon(corpus):
         (dict(pattern="2:4", sparsity=0.7), "2:4 means sparsity 0.5"),
         (dict(pattern="32:64", sparsity=0.5), "does not divide"),  # the MLP's 160 inputs
         (dict(pattern="1:3", sparsity=1 / 3), "must divide 128"),
-        (dict(epsilon=float("inf"), allocation="alphapruning"), "epsilon must be a number"),
+        (dict(epsilon=float("inf"), allocation="alphapruning"), "epsilon must be a number in"),
         (dict(metric="name", allocation="alphapruning"), "unknown metric"),
         (dict(batch_size=0), "batch size"),
         (dict(seqlen=4096), "context"),

@@ -4,7 +4,8 @@ The one place that knows the session-state keys. Pages read:
 MODEL (LoadedModel), LOAD_INFO (how the last press on Load went), ANALYSIS (Analysis),
 CHOICE (what the last press on Load chose: spec, name, offload), FILES (the checkpoint a model
 too large for memory was analysed from, instead of a MODEL), PLAN (that analysis's preflight plan),
-ALLOC (the allocation settings dict), OUTLIERS (OWL outlier ratios), RESULT (PruneResult
+ALLOC (the allocation settings: a PruneConfig, frozen; the Allocation page replaces it),
+OUTLIERS (a rule's per-block statistics: (rule, its params, values)), RESULT (PruneResult
 of this session), RUN_ID (its id in the run history), PRUNED_ANALYSIS, GENERATIONS.
 
 Offload (alphaprune/preflight.py): when the plan for a step streams, the model is not loaded
@@ -36,7 +37,6 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from alphaprune import allocation as alloc
 from alphaprune.analysis import Analysis, analyze
 from alphaprune.errors import UserError
 from alphaprune.models import LoadedModel, load_model, resolve_spec
@@ -55,6 +55,8 @@ RESULT = "prune_result"
 RUN_ID = "prune_run_id"
 PRUNED_ANALYSIS = "pruned_analysis"
 GENERATIONS = "generations"
+TAILS = "tail_test_result"  # (matrix, xmin rule, tails.TailTest) of the Spectra page's last tail test
+COMPARE = "compare_rows"  # (compare id, rows of compare.table) of the Prune page's last comparison
 FINGERPRINT = "dense_fingerprint"  # (model object, short hex)
 UPLOADS = "uploads"  # file id of an upload -> (model spec or text path, the name it was uploaded as)
 UPLOAD_NAMES = "upload_names"  # stored path -> the name it was uploaded as
@@ -68,16 +70,7 @@ OFFLOADS = {  # the preflight's words (alphaprune/preflight.py), explained
     "disk": "disk: never load it; read blocks from the files",
 }
 
-DEFAULT_ALLOC = {
-    "method": "alphapruning",
-    "sparsity": 0.7,
-    "epsilon": alloc.DEFAULT_EPSILON,
-    "metric": alloc.DEFAULT_METRIC,
-    "mapping": "block",
-    "ceiling": alloc.DEFAULT_CEILING,
-    "owl_m": alloc.OWL_M,
-    "owl_lambda": alloc.OWL_LAMBDA,
-}
+DEFAULT_ALLOC = PruneConfig(allocation="alphapruning", sparsity=0.7)  # every parameter at its spec's default
 MODEL_SOURCES = ("Bundled SmolLM2-135M", "Hub id, folder or .gguf path", "Upload (.gguf or .zip of a model folder)")
 TEXT_SOURCES = ("python-docs", "wikitext2", "a text file path", "upload a text file")
 LOAD_STAGES = {  # what load_model does for each kind of source (it reports no progress itself)
@@ -95,7 +88,7 @@ def init_state() -> None:
     for key in (MODEL, LOAD_INFO, ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS, FINGERPRINT,
                 CHOICE, FILES, PLAN):  # fmt: skip
         st.session_state.setdefault(key, None)
-    st.session_state.setdefault(ALLOC, dict(DEFAULT_ALLOC))
+    st.session_state.setdefault(ALLOC, DEFAULT_ALLOC)
     st.session_state.setdefault(UPLOADS, {})
     st.session_state.setdefault(UPLOAD_NAMES, {})
 
@@ -329,15 +322,17 @@ def text_upload(upload) -> str:
 # -- prune ----------------------------------------------------------------------------
 
 
-def allocation_words(settings: dict) -> str:
+def allocation_words(settings: PruneConfig) -> str:
     """The Allocation page's choice in words, e.g. 'alphapruning at 0.7, epsilon 0.3, ...'."""
-    words = f"{settings['method']} at {settings['sparsity']:g}"
-    if settings["method"] == "alphapruning":
-        words += f", epsilon {settings['epsilon']:g}, {settings['metric']}, {settings['mapping']} mapping"
-    return f"{words}; ceiling {settings['ceiling']:g}"
+    words = f"{settings.allocation} at {settings.sparsity:g}"
+    for name, value in settings.rule_params().items():
+        words += f", {name} {value:g}" if isinstance(value, float) else f", {name} {value}"
+    if len(settings.rule.granularities) > 1:
+        words += f", {settings.mapping} mapping"
+    return f"{words}; ceiling {settings.ceiling:g}"
 
 
-def nm_override(settings: dict, pattern: str) -> str | None:
+def nm_override(settings: PruneConfig, pattern: str) -> str | None:
     """What an N:M pattern does to the chosen allocation, or None for unstructured."""
     nm = parse_pattern(pattern)
     if nm is None:
@@ -345,25 +340,23 @@ def nm_override(settings: dict, pattern: str) -> str | None:
     n, m = nm
     return (
         f"Pattern {pattern} removes {n} of every {m} weights in every matrix, so this run is uniform at "
-        f"sparsity {n / m:g}: the Allocation page's {settings['method']} at {settings['sparsity']:g} does not apply. "
+        f"sparsity {n / m:g}: the Allocation page's {settings.allocation} at {settings.sparsity:g} does not apply. "
         "Choose **unstructured** to use it."
     )
 
 
-def prune_config(settings: dict, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed) -> PruneConfig:
+def prune_config(settings: PruneConfig, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed,
+                 pruner_params: dict | None = None) -> PruneConfig:  # fmt: skip
     """The run the page's widgets describe (an N:M pattern: uniform at N/M, see nm_override)."""
     nm = parse_pattern(pattern)
-    return PruneConfig(
-        sparsity=nm[0] / nm[1] if nm else settings["sparsity"],
+    return dataclasses.replace(
+        settings,
+        sparsity=nm[0] / nm[1] if nm else settings.sparsity,
         pruner=pruner,
-        allocation="uniform" if nm else settings["method"],
-        epsilon=settings["epsilon"],
-        metric=settings["metric"],
-        mapping=settings["mapping"],
+        allocation="uniform" if nm else settings.allocation,
+        mapping="block" if nm else settings.mapping,
         pattern=pattern,
-        owl_m=settings["owl_m"],
-        owl_lambda=settings["owl_lambda"],
-        ceiling=settings["ceiling"],
+        **(pruner_params or {}),
         calib=calib or "",
         calib_samples=int(samples),
         seqlen=int(seqlen),
@@ -383,6 +376,48 @@ def keep_result(result) -> int:
         st.session_state[key] = None
     st.session_state[RUN_ID] = RunStore().add(result.record())
     return st.session_state[RUN_ID]
+
+
+def compare_rules(loaded: LoadedModel, base: PruneConfig, rules: list[str], analysis, progress):
+    """One stored prune run per rule (alphaprune/compare.py), in memory, one at a time, each
+    pruned copy dropped once stored (never two copies); resumes a comparison stopped before.
+    (rows of compare.table for `rules`, the compare id)."""
+    from alphaprune import compare
+    from alphaprune.pipeline import run_prune
+
+    configs = compare.rule_configs(base, rules)
+    for key in (RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS):  # this session's pruned copy, and what hangs on it:
+        st.session_state[key] = None  # a comparison holds one pruned copy at a time, no more
+    gc.collect()
+    cid, store = compare.compare_id(loaded.name, base), RunStore()
+    todo = compare.pending(store, loaded.name, configs, cid)
+    for i, config in enumerate(todo):
+        stage = lambda f, m, i=i, rule=config.allocation: progress((i + f) / len(todo), f"{rule}: {m}")  # noqa: E731
+        result = run_prune(loaded, config, analysis, stage)
+        store.add(result.record(sweep=cid))
+        del result
+        gc.collect()
+    rows = [row for row in compare.table(store.list(model=loaded.name, sweep=cid)) if row["rule"] in rules]
+    return rows, cid
+
+
+CALIBRATION = {"prune_samples": 16, "prune_seqlen": 256, "prune_seed": 0}  # the Prune page's widgets' defaults
+
+
+def calibration_choice() -> tuple[str | None, int, int, int]:
+    """(calibration source, samples, seqlen, seed) as the Prune page's widgets hold them (their
+    defaults before it was opened): the Allocation page computes a rule's block statistics on
+    these same windows, so the ratios it previews are the ones a run then applies."""
+    state = st.session_state
+    choice = state.get("prune_calib", TEXT_SOURCES[0])
+    if choice == TEXT_SOURCES[2]:
+        source = (state.get("prune_calib_path") or "").strip() or None
+    elif choice == TEXT_SOURCES[3]:
+        source = state.get("prune_calib_upload")
+    else:
+        source = choice
+    samples, seqlen, seed = (int(state.get(key, value)) for key, value in CALIBRATION.items())
+    return source, samples, seqlen, seed
 
 
 def prune_plan(config: PruneConfig):

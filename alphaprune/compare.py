@@ -1,0 +1,73 @@
+"""Allocation rules side by side: one prune run per rule, with the same pruner, calibration and
+evaluation, stored in the run history under one compare id, resumable.
+
+The id is a digest of the model and of every setting the runs share, so running the same
+comparison again (or with more rules) finds its stored runs and does only the missing ones:
+a stopped comparison resumes where it stopped.
+
+    configs = rule_configs(base, ["uniform", "alphapruning", "owl", "atp", "dlp"])
+    cid = compare_id("smollm2-135m", base)
+    todo = pending(RunStore(), "smollm2-135m", configs, cid)   # the configs without a stored run
+    rows = table(RunStore().list(sweep=cid))                    # rule, perplexities, ratio range
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from alphaprune import registry
+from alphaprune.config import PruneConfig
+from alphaprune.errors import UserError, setting
+
+PREFIX = "compare-"
+
+
+def rule_configs(base: PruneConfig, rules: list[str]) -> list[PruneConfig]:
+    """One config per rule: `base` with its allocation replaced (each rule's parameters as
+    given in `base`, else its spec's defaults); every one validated before any work."""
+    if not rules:
+        raise UserError(f"name at least one allocation rule to compare; set {setting('allocation')}")
+    if len(set(rules)) != len(rules):
+        raise UserError(f"a rule is named twice in {','.join(rules)}")
+    configs = []
+    for name in rules:
+        rule = registry.rule(name)  # UserError naming the known rules
+        if rule.sets_target:
+            raise UserError(f"compare runs every rule at one target sparsity; {name} sets its own")
+        config = dataclasses.replace(base, allocation=name)
+        if base.mapping not in rule.granularities:
+            config = dataclasses.replace(config, mapping="block")
+        config.validate()
+        configs.append(config)
+    return configs
+
+
+def compare_id(model_name: str, base: PruneConfig) -> str:
+    """The comparison's id: its model and every setting its runs share (the pruner, texts,
+    target, each parameter given), not the rules, so adding a rule later reuses the others."""
+    known = registry.params()
+    shared = {k: v for k, v in base.to_dict().items() if k != "allocation" and k not in known}
+    params = {name: base.param(name) for name in known}  # resolved: a default given or not is one id
+    doc = {"model": model_name, "settings": shared, "params": params}
+    digest = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return PREFIX + digest
+
+
+def pending(store, model_name: str, configs: list[PruneConfig], cid: str) -> list[PruneConfig]:
+    """The configs of this comparison that have no stored run yet, in order."""
+    done = {r.settings.get("allocation") for r in store.list(model=model_name, kind="prune", sweep=cid)}
+    return [c for c in configs if c.allocation not in done]
+
+
+def table(records) -> list[dict]:
+    """One row per rule of a comparison's stored runs: perplexities and the ratios' range."""
+    rows = []
+    for r in records:
+        blocks = r.block_ratios or [0.0]
+        rows.append({
+            "rule": r.settings.get("allocation"), "run": r.id, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
+            "actual_sparsity": r.actual_sparsity, "lowest_block": min(blocks), "highest_block": max(blocks),
+        })  # fmt: skip
+    return sorted(rows, key=lambda row: row["ppl_after"])

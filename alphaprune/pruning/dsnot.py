@@ -1,0 +1,44 @@
+"""DSnoT (Dynamic Sparse No Training, ICLR 2024): a training-free prune-and-grow refinement of any
+mask pruner's mask, row by row, from the calibration inputs' means and variances (alphaprune/dsnot.py).
+
+    registry.refiner("dsnot").refine(w, mask, stats, None, {"dsnot_cycles": 50, "dsnot_threshold": 0.1})
+"""
+
+from __future__ import annotations
+
+from alphaprune.registry import Param, Refiner
+
+CYCLES = Param(
+    "dsnot_cycles", 50, "most prune-and-grow swaps per row", "DSnoT cycles", kind="int", low=0, high=500, step=1,
+)  # fmt: skip
+THRESHOLD = Param(
+    "dsnot_threshold", 0.1, "a row stops once its reconstruction error is below this (per-window sums, as the code)",
+    "DSnoT threshold", low=0.0, high=10.0, step=0.01,
+)  # fmt: skip
+
+
+SCOPE = Param(
+    "dsnot_scope", "attention", "which matrices are refined: the attention's (the released code's default, "
+    "its MLP keeps the pruner's mask) or all", "DSnoT scope", kind="choice", choices=("attention", "all"),
+)  # fmt: skip
+
+
+def applies(ref, params) -> bool:
+    return params["dsnot_scope"] == "all" or ref.in_attention
+
+
+def refine(w, mask, stats, nm, params):
+    from alphaprune.dsnot import dsnot
+
+    return dsnot(w, mask, stats.window_sum, stats.var, stats.col_sq, params["dsnot_cycles"],
+                 params["dsnot_threshold"], nm)  # fmt: skip
+
+
+SPEC = Refiner(
+    name="dsnot",
+    summary="prune-and-grow refinement of the mask, row by row, no training",
+    refine=refine,
+    params=(CYCLES, THRESHOLD, SCOPE),
+    applies=applies,
+    order=0,
+)

@@ -1,0 +1,56 @@
+"""FARMS (arXiv 2506.06280, ICML 2025): AlphaPruning's mapping on the alpha of each matrix's
+pooled ESD over fixed-size square windows, which removes the aspect-ratio bias of whole-matrix
+alphas (alphaprune/farms.py computes it; the analysis holds it as the `alpha_farms` column).
+
+    registry.rule("farms").analysis_options(params)   # {"farms": FarmsSettings(window=256, ...)}
+    registry.rule("farms").allocate(RuleInput(analysis.prunable, 0.7, 0.99, {"epsilon": 0.3, ...}))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from alphaprune import allocation as alloc
+from alphaprune.registry import ANALYSIS, Param, Rule, RuleInput
+from alphaprune.rules.alphapruning import EPSILON
+
+FARMS_WINDOW = Param(
+    "farms_window", 256, "side of the square sub-matrices whose spectra are pooled (2000 for 7B models)",
+    "FARMS window", kind="int", low=16, high=4096, step=16,
+)  # fmt: skip
+FARMS_PER_SIDE = Param(
+    "farms_per_side", 6, "at most this many windows along each side of a matrix (cost grows with its square)",
+    "FARMS windows per side", kind="int", low=1, high=32, step=1,
+)  # fmt: skip
+
+
+def settings(params):
+    """The FARMS settings (alphaprune/farms.py) these parameters ask for."""
+    from alphaprune.farms import FarmsSettings
+
+    return FarmsSettings(window=params["farms_window"], max_per_side=params["farms_per_side"]).validate()
+
+
+def analysis_options(params) -> dict:
+    return {"farms": settings(params)}
+
+
+def allocate(given: RuleInput) -> alloc.Allocation:
+    p = given.params
+    out = alloc.alphapruning(
+        given.matrices, given.target, p["epsilon"], "alpha_farms", given.granularity, given.ceiling
+    )
+    own = {"epsilon": p["epsilon"], "farms_window": p["farms_window"], "farms_per_side": p["farms_per_side"]}
+    return dataclasses.replace(out, method="farms", settings={**own, "mapping": given.granularity})
+
+
+SPEC = Rule(
+    name="farms",
+    summary="AlphaPruning on the alpha of pooled fixed-size windows: no aspect-ratio bias",
+    needs=ANALYSIS,
+    allocate=allocate,
+    params=(EPSILON, FARMS_WINDOW, FARMS_PER_SIDE),
+    granularities=("block", "matrix"),
+    analysis_options=analysis_options,
+    order=15,
+)

@@ -1,0 +1,204 @@
+"""The registry of allocation rules and pruners (alphaprune/registry.py): specs well formed,
+found by listing their packages, the only place that knows method names, and the single
+source of every parameter's default and range (CLI --help, the app's widgets, validation).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from alphaprune import allocation as alloc
+from alphaprune import registry
+from alphaprune.config import PruneConfig
+from alphaprune.errors import UserError, render, setting
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_FILES = {"registry.py"}  # and everything under alphaprune/rules/ and alphaprune/pruning/
+
+
+def test_every_spec_is_well_formed():
+    for spec in (*registry.rules().values(), *registry.pruners().values()):
+        assert spec.name and "\n" not in spec.summary and len(spec.summary) < 100, spec.name
+        assert spec.needs in registry.NEEDS, spec.name
+        for p in spec.params:
+            assert p.help and p.label, p.name
+            if p.default is not None:
+                assert p.check(p.default) == p.default, p.name  # the default is in its own range
+    for rule in registry.rules().values():
+        assert set(rule.granularities) <= set(alloc.MAPPINGS) and "block" in rule.granularities, rule.name
+        assert set(rule.statistic_params) <= set(rule.param_names()), rule.name
+        assert (rule.statistic is None) == (rule.needs != registry.ACTIVATIONS), rule.name
+    for pruner in registry.pruners().values():
+        assert (pruner.mask is None) != (pruner.update is None), pruner.name  # exactly one of the two
+
+
+def test_specs_are_found_by_listing_the_package(tmp_path, monkeypatch):
+    """Adding a rule is adding one module: a package with one SPEC module is all it takes."""
+    pkg = tmp_path / "myrules"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ramp.py").write_text(
+        "from alphaprune.registry import WEIGHTS, Rule\n"
+        "SPEC = Rule(name='ramp', summary='a test rule', needs=WEIGHTS, allocate=lambda given: None, order=5)\n"
+    )
+    (pkg / "helper.py").write_text("X = 1\n")  # a module without a SPEC is no rule
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = registry._load("myrules", registry.Rule)
+    assert list(found) == ["ramp"] and found["ramp"].summary == "a test rule"
+
+
+def _method_comparisons(path: Path, names: set[str]) -> list[str]:
+    """Comparisons of a value with a rule's or pruner's name (== "owl", in ("wanda", ...))."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in (node.left, *node.comparators):
+            values = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+            for v in values:
+                if isinstance(v, ast.Constant) and v.value in names:
+                    hits.append(f"{path.relative_to(ROOT)}:{node.lineno} compares with {v.value!r}")
+    return hits
+
+
+def test_no_code_outside_the_specs_compares_method_names():
+    names = set(registry.rules()) | set(registry.pruners())
+    files = [*(ROOT / "alphaprune").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+    outside = [f for f in files if f.parent.name not in ("rules", "pruning") and f.name not in SPEC_FILES]
+    hits = [hit for f in outside for hit in _method_comparisons(f, names)]
+    assert hits == []
+
+
+def _help(command: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "alphaprune", command, "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return " ".join(out.stdout.split())  # argparse wraps lines
+
+
+def test_cli_help_shows_every_parameter_with_its_spec_default_and_range():
+    text = _help("prune")
+    for name, p in registry.params().items():
+        assert p.cli_flag in text, name
+        assert p.range_text in text, name
+    assert "default 0.3" in text  # epsilon's, from its spec
+    for name in (*registry.rules(), *registry.pruners()):
+        assert name in text
+
+
+def _widgets_script():
+    import streamlit as st
+
+    from alphaprune import registry
+    from alphaprune.ui.widgets import param_widget
+
+    for p in registry.params().values():
+        if p.kind != "floats":
+            param_widget(st, p, None, "w_", options=("alpha_peak", "alpha_ks") if p.kind == "text" else ())
+
+
+def test_app_widgets_show_the_spec_defaults_and_ranges():
+    at = AppTest.from_function(_widgets_script).run(timeout=30)
+    assert not at.exception
+    for name, p in registry.params().items():
+        if p.kind in ("float", "int") and p.low is not None and p.high is not None:
+            slider = at.slider(key=f"w_{name}")
+            assert (slider.min, slider.max, slider.value) == (p.low, p.high, p.default), name
+            assert slider.label == p.label
+        elif p.kind == "text":
+            assert at.selectbox(key=f"w_{name}").value == p.default
+
+
+def test_config_holds_parameters_by_name_with_spec_defaults():
+    config = PruneConfig(allocation="owl", owl_lambda=0.1)
+    assert config.owl_lambda == 0.1 and config.owl_m == registry.param("owl_m").default
+    assert config.rule_params() == {"owl_m": registry.param("owl_m").default, "owl_lambda": 0.1}
+    record = config.to_dict()
+    assert set(registry.params()) <= set(record) and record["epsilon"] is None  # not the selected rule's
+    with pytest.raises(TypeError, match="unknown settings"):
+        PruneConfig(epsilonn=0.2)
+    assert PruneConfig(allocation="alphapruning", epsilon=None).auto_epsilon  # None: auto, as before
+
+
+@pytest.mark.parametrize(
+    "settings,needle",
+    [
+        ({"allocation": "alphapruning", "epsilon": -0.1}, "--epsilon"),
+        ({"allocation": "owl", "owl_m": 0.5}, "--owl-m"),
+        ({"allocation": "owl", "mapping": "matrix"}, "one ratio per block"),
+        ({"allocation": "nope"}, "allocation must be one of uniform"),
+        ({"pruner": "nope"}, "pruner must be one of magnitude"),
+    ],
+)
+def test_validation_comes_from_the_specs(settings, needle):
+    with pytest.raises(UserError, match=needle):
+        PruneConfig(**settings).validate()
+
+
+def test_a_parameter_is_named_in_each_interface_from_its_spec():
+    message = f"set {setting('owl_lambda')}"
+    assert render(message, "cli") == "set --owl-lambda"
+    assert render(message, "app") == f"set **{registry.param('owl_lambda').label}**"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"allocation": "atp", "beta": 0.004, "pruner": "ria"},
+        {"allocation": "dlp", "pruner": "wanda", "refine": "dsnot", "dsnot_cycles": 5},
+        {"allocation": "farms", "farms_window": 96, "farms_per_side": 2, "pruner": "wanda"},
+    ],
+    ids=["atp-ria", "dlp-wanda-dsnot", "farms-wanda"],
+)
+def test_new_rules_and_pruners_on_the_default_model(real_model, real_analysis, settings):
+    """The bundled SmolLM2-135M at 60%: each new rule shapes the ratios its own way (not
+    uniform), the mean is the target, the measured sparsity follows, the perplexity rises
+    but stays finite, and the dense model is untouched."""
+    from alphaprune.pipeline import run_prune
+
+    config = PruneConfig(sparsity=0.6, calib_samples=4, seqlen=128, eval_windows=4, **settings)
+    before = real_model.model.model.layers[3].mlp.up_proj.weight.clone()
+    result = run_prune(real_model, config, analysis=real_analysis)
+    blocks = result.allocation.block_ratios
+    assert len(blocks) == 30 and max(blocks) - min(blocks) > 0.01  # a layer-wise allocation
+    assert result.allocation.mean == pytest.approx(0.6, abs=1e-9)
+    assert result.actual_sparsity == pytest.approx(0.6, abs=2e-3)
+    assert result.ppl_before < result.ppl_after < 1e4
+    assert result.allocation.method == settings["allocation"]
+    assert result.record().settings["pruner"] == settings["pruner"]
+    assert torch.equal(real_model.model.model.layers[3].mlp.up_proj.weight, before)
+
+
+def _zeros_after(refine_params: dict) -> dict:
+    """Which weights a Wanda (+ refiner) prune of a tiny LLaMA removes, per matrix."""
+    from alphaprune.arch import prunable_matrices
+    from alphaprune.prune import prune_model
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(layers=2)
+    windows = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    ratios = {ref.name: 0.5 for ref in prunable_matrices(model)}
+    refine = refine_params.pop("refine", "none")
+    prune_model(model, ratios, "wanda", None, windows, params=refine_params, refine=refine)
+    return {ref.name: ref.weight() == 0 for ref in prunable_matrices(model)}
+
+
+def test_dsnot_refines_the_attention_by_default_as_the_released_code():
+    plain = _zeros_after({})
+    attention = _zeros_after({"refine": "dsnot", **registry.defaults()})
+    everything = _zeros_after({"refine": "dsnot", **registry.defaults(), "dsnot_scope": "all"})
+    first = [n for n in plain if n.startswith("model.layers.0.mlp.")]  # later blocks see refined inputs
+    for name in first:
+        assert torch.equal(attention[name], plain[name]), name  # the MLP keeps Wanda's mask
+    assert any(not torch.equal(attention[n], plain[n]) for n in plain if ".self_attn." in n)
+    assert any(not torch.equal(everything[n], plain[n]) for n in first)
+    for name, mask in everything.items():
+        assert torch.equal(mask.sum(1), plain[name].sum(1)), name  # every row keeps its count

@@ -1,0 +1,93 @@
+"""Tuning any rule's parameters on held-out calibration text (alphaprune/tune.py): the grids come
+from the specs, the budget thins them, the search picks the lowest held-out perplexity, and the
+curve is stored with the run.
+
+    .venv/bin/python -m pytest tests/test_tune.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from alphaprune import registry, tune
+from alphaprune.config import PruneConfig
+from alphaprune.errors import UserError
+from alphaprune.pipeline import run_prune
+from alphaprune.rules.atp import max_beta
+from tests.conftest import tiny_loaded
+
+CORPUS = "The quick brown fox jumps over the lazy dog. " * 40 + "Pack my box with five dozen liquor jugs.\n" * 40
+
+
+@pytest.fixture
+def texts(tmp_path):
+    calib, evaluation = tmp_path / "calib.txt", tmp_path / "eval.txt"
+    calib.write_text(CORPUS * 2)
+    evaluation.write_text(CORPUS[::-1])  # another text: the search never reads the evaluation's
+    return str(calib), str(evaluation)
+
+
+def _config(texts, **kw):
+    base = dict(calib=texts[0], eval=texts[1], calib_samples=4, seqlen=32, eval_windows=4, sparsity=0.6)
+    return PruneConfig(**{**base, **kw})
+
+
+def test_every_auto_parameter_has_a_grid_inside_its_own_range():
+    autos = [p for p in registry.params().values() if p.auto]
+    assert {"epsilon", "beta", "dlp_alpha", "owl_lambda"} <= {p.name for p in autos}
+    for p in autos:
+        values = tune.grid(p, 0.7, 30)
+        assert len(values) >= 3 and list(values) == sorted(values), p.name
+
+
+def test_atp_grid_follows_the_target_and_depth():
+    values = tune.grid(registry.param("beta"), 0.7, 30)
+    assert values[-1] <= max_beta(0.7, 30) and values[-1] == pytest.approx(max_beta(0.7, 30), abs=1e-6)
+    assert tune.grid(registry.param("beta"), 0.9, 30)[-1] <= max_beta(0.9, 30)
+
+
+def test_the_budget_thins_the_candidates_evenly(texts):
+    config = _config(texts, allocation="alphapruning", epsilon="auto")
+    assert [c["epsilon"] for c in tune.candidates(config, 4)] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [c["epsilon"] for c in tune.candidates(config, 4, budget=3)] == [0.1, 0.3, 0.5]
+    with pytest.raises(UserError, match="at least 1"):
+        tune.candidates(config, 4, budget=0)
+
+
+def test_search_picks_the_lowest_score_and_keeps_the_curve():
+    plan = [{"beta": 0.0}, {"beta": 0.01}, {"beta": 0.02}]
+    best, trials = tune.search(plan, lambda v: (v["beta"] - 0.011) ** 2)
+    assert best == {"beta": 0.01} and [t.values for t in trials] == plan
+
+
+@pytest.mark.parametrize("rule,name", [("atp", "beta"), ("dlp", "dlp_alpha"), ("owl", "owl_lambda")])
+def test_auto_on_a_rule_runs_its_search_and_stores_it(texts, rule, name):
+    loaded = tiny_loaded(layers=3)
+    result = run_prune(loaded, _config(texts, allocation=rule, pruner="wanda", search_budget=3, **{name: "auto"}))
+    trials = result.search
+    assert len(trials) == 3 and all(set(t.values) == {name} for t in trials)
+    best = min(trials, key=lambda t: t.heldout_ppl)
+    assert result.config.param(name) == best.values[name]  # the run used the winner
+    stored = result.record().settings
+    assert stored[name] == best.values[name] and len(stored["search"]) == 3
+    assert result.seconds["search"] > 0
+
+
+def test_auto_is_refused_where_no_prune_runs_are_made(texts):
+    from alphaprune.cli import main
+
+    args = ["allocate", "--model", "x", "--allocation", "atp", "--beta", "auto"]
+    assert main(args) == 2
+
+
+def test_a_beta_too_large_for_this_depth_is_refused_before_any_work(texts, monkeypatch):
+    from alphaprune import pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the dense perplexity ran before the settings were checked")
+
+    monkeypatch.setattr(pipeline, "dense_perplexity", no_work)
+    config = _config(texts, allocation="atp", beta=0.08, sparsity=0.95)  # in the spec's range [0, 0.1]
+    config.validate()  # the depth is not known yet: 3 blocks at 95% allow at most 0.05
+    with pytest.raises(UserError, match="beta must be in"):
+        run_prune(tiny_loaded(layers=3), config)
