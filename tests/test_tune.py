@@ -42,7 +42,10 @@ def test_every_auto_parameter_has_a_grid_inside_its_own_range():
 
 def test_atp_grid_follows_the_target_and_depth():
     values = tune.grid(registry.param("beta"), 0.7, 30)
-    assert values[-1] <= max_beta(0.7, 30) and values[-1] == pytest.approx(max_beta(0.7, 30), abs=1e-6)
+    assert values[-1] <= max_beta(0.7, 30) < values[-1] + 0.002  # the paper's steps of 0.002, up to the largest
+    assert values == pytest.approx([0.002 * k for k in range(1, 11)])
+    deep = tune.grid(registry.param("beta"), 0.7, 80)  # largest beta 0.0076: quarter steps of it instead
+    assert len(deep) == 4 and deep[-1] == pytest.approx(max_beta(0.7, 80), abs=1e-6)
     assert tune.grid(registry.param("beta"), 0.9, 30)[-1] <= max_beta(0.9, 30)
 
 

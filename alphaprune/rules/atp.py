@@ -37,6 +37,7 @@ from alphaprune.allocation import DEFAULT_CEILING, Allocation, Matrix, _allocati
 from alphaprune.errors import UserError, setting
 from alphaprune.registry import WEIGHTS, Param, Rule, RuleInput
 
+_PAPER_STEP = 0.002  # the paper's grid of beta
 _SNAP = 1e-12  # rounding of beta (L - 1) / 2 against S at beta = max_beta
 
 
@@ -80,10 +81,14 @@ def atp(matrices: Sequence[Matrix], target: float, beta: float, ceiling: float =
 
 
 def _beta_grid(target: float, blocks: int) -> tuple[float, ...]:
-    """ATP's search: quarter steps from 0 up to the largest beta of this target and depth
-    (rounded down, so every candidate is accepted)."""
+    """ATP's search, as the paper's: beta in steps of 0.002 up to the largest beta of this
+    target and depth (rounded down, so every candidate is accepted); quarter steps of it where
+    that gives fewer than four candidates (deep models, whose largest beta is small)."""
     top = math.floor(min(max_beta(target, blocks), 0.1) * 1e6) / 1e6  # 0.1: the parameter's own ceiling
-    return tuple(round(top * f, 6) for f in (0.25, 0.5, 0.75, 1.0)) if top > 0 else (0.0,)
+    if top <= 0:
+        return (0.0,)
+    steps = tuple(round(_PAPER_STEP * k, 6) for k in range(1, int(top / _PAPER_STEP + 1e-9) + 1))
+    return steps if len(steps) >= 4 else tuple(round(top * f, 6) for f in (0.25, 0.5, 0.75, 1.0))
 
 
 def _check(params, target: float, blocks: int) -> None:
