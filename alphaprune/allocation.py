@@ -32,9 +32,17 @@ from typing import Protocol
 import numpy as np
 
 from alphaprune.errors import UserError, setting
+from alphaprune.registry import Param
 
 MAPPINGS = ("block", "matrix")
 DEFAULT_CEILING = 0.99
+# the ceiling's spec (CLI --max-sparsity, the app's widget): "auto" lets a search choose between
+# the default and 1.0 (a block pruned whole) on held-out calibration text (alphaprune/tune.py)
+CEILING = Param(
+    "ceiling", DEFAULT_CEILING, "no ratio goes above this; 1.0 lets a block be pruned whole",
+    "Ceiling per matrix", low=0.0, high=1.0, low_open=True, auto=True, grid=(DEFAULT_CEILING, 1.0),
+    step=0.01, flag="--max-sparsity",
+)  # fmt: skip
 DEFAULT_EPSILON = 0.3
 DEFAULT_METRIC = "alpha_peak"
 OWL_M, OWL_LAMBDA = 5.0, 0.08  # OWL's README values for unstructured 70%

@@ -162,7 +162,9 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocation", default="uniform", choices=list(rules), help=_spec_lines(rules))
     p.add_argument("--mapping", default="block", choices=alloc.MAPPINGS, help="one ratio per block or per matrix")
     _add_params(p, rules)
-    p.add_argument("--max-sparsity", type=float, default=alloc.DEFAULT_CEILING, help="ceiling of every ratio")
+    ceiling = alloc.CEILING
+    p.add_argument(ceiling.cli_flag, dest="max_sparsity", type=_param_type(ceiling), default=ceiling.default,
+                   help=param_help(ceiling, ["every rule"]))  # fmt: skip
 
 
 def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluation: bool = True) -> None:

@@ -43,7 +43,7 @@ class PruneConfig:
     mapping: str = "block"  # granularity: one ratio per block, or per matrix where the rule allows
     pattern: str = "unstructured"
     refine: str = registry.NO_REFINER  # a post-step on the pruner's mask (DSnoT), or "none"
-    ceiling: float = alloc.DEFAULT_CEILING
+    ceiling: float | str = alloc.DEFAULT_CEILING  # or "auto": searched (alloc.CEILING's grid)
     calib: str = "python-docs"
     calib_samples: int = 128
     seqlen: int = 2048
@@ -117,9 +117,9 @@ class PruneConfig:
                 f"{rule.name} allocates one ratio per {' or '.join(rule.granularities)}; set {setting('mapping')} block"
             )
         if rule.sets_target:
-            alloc.check_list(self.param("block_list"), self.ceiling)
+            alloc.check_list(self.param("block_list"), self.lowest_ceiling)
         else:
-            alloc.check_target(self.sparsity, self.ceiling)
+            alloc.check_target(self.sparsity, self.lowest_ceiling)
         text.check_source(self.calib)  # named sources and existing files; read later
         text.check_source(self.eval)
 
@@ -140,6 +140,8 @@ class PruneConfig:
         """Every common number finite and in its range; the message names the setting to change."""
         for name in ("sparsity", "ceiling"):
             value = getattr(self, name)
+            if name == "ceiling" and value == registry.AUTO:
+                continue
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise UserError(f"{_LABELS[name]} must be a number, not {value}; set {setting(name)}")
         least = {"calib_samples": 1, "seqlen": 2, "batch_size": 1, "search_budget": 1}
@@ -155,8 +157,20 @@ class PruneConfig:
         return parse_pattern(self.pattern)
 
     def auto_params(self) -> tuple[str, ...]:
-        """The selected rule's parameters left to a search on held-out calibration text."""
-        return tuple(p.name for p in self.rule.params if p.auto and self.param(p.name) == registry.AUTO)
+        """The settings left to a search on held-out calibration text: the selected rule's
+        parameters set to "auto", and the ceiling when it is."""
+        names = tuple(p.name for p in self.rule.params if p.auto and self.param(p.name) == registry.AUTO)
+        return names + (("ceiling",) if self.ceiling == registry.AUTO else ())
+
+    @staticmethod
+    def auto_spec(name: str) -> registry.Param:
+        """The spec of a setting that may be "auto" (a rule's parameter, or the ceiling)."""
+        return alloc.CEILING if name == alloc.CEILING.name else registry.param(name)
+
+    @property
+    def lowest_ceiling(self) -> float:
+        """The ceiling, or with "auto" the lowest a search may choose (what the checks hold to)."""
+        return min(alloc.CEILING.grid) if self.ceiling == registry.AUTO else self.ceiling
 
     @property
     def auto_epsilon(self) -> bool:

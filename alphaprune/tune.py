@@ -1,9 +1,9 @@
 """Tuning a rule's parameters on held-out calibration text, never on the evaluation text.
 
 A parameter whose spec allows "auto" (AlphaPruning's and FARMS' epsilon, ATP's beta, DLP's
-alpha, OWL's lambda) and is set to "auto" is chosen by a budgeted search: each candidate of
-its spec's grid (several auto parameters: their grids' product, thinned evenly to at most
-`budget` candidates) is one prune of a copy, scored by perplexity on the held-out tail of the
+alpha, OWL's lambda, and any rule's ceiling: 0.99 or 1.0) and is set to "auto" is chosen by a
+budgeted search: each candidate of its spec's grid (several auto parameters: their grids'
+product, thinned evenly to at most `budget` candidates) is one prune of a copy, scored by perplexity on the held-out tail of the
 calibration text (text.split_heldout); the calibration windows come from the rest. The
 search is a curve of (values, held-out perplexity) stored with the run.
 
@@ -47,7 +47,7 @@ def candidates(config: PruneConfig, blocks: int, budget: int | None = None) -> l
     them (an even thinning of the product, first and last kept)."""
     budget = config.search_budget if budget is None else budget
     names = config.auto_params()
-    grids = [grid(registry.param(n), config.sparsity, blocks) for n in names]
+    grids = [grid(config.auto_spec(n), config.sparsity, blocks) for n in names]
     plan = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grids)]
     if budget < 1:
         raise UserError(f"the search budget must be at least 1 prune run, got {budget}")

@@ -1,21 +1,28 @@
 """Regenerate docs/results.md: perplexity of the default model pruned every way, on one protocol.
 
-Protocol (issue 3): calibration = ../shared/data/calib_python_docs.txt, 32 random windows of
-1024 tokens, seed 0; evaluation = ../shared/data/wikitext2_test.raw, first 32 windows of
-1024 tokens. Grid: dense, then {uniform, AlphaPruning (alpha_peak, block mapping, eps
-0.3), OWL (M 5, lambda 0.08)} x {magnitude, Wanda, SparseGPT} x {50, 60, 70, 80}%, an
-epsilon sweep at 70% (Wanda and magnitude 0.1..0.5, SparseGPT 0.2 and 0.3), and at 70% per pruner the
-reference's own unclipped eps-0.3 ratios with any ratio above 1 taken as 1 (a block pruned
-whole) and our allocation with the ceiling at 1.0; also magnitude with epsilon auto (picked
-on held-out calibration text).
+Protocol (issues 3 and 11): calibration = ../shared/data/calib_python_docs.txt, 32 random
+windows of 1024 tokens, seed 0; evaluation = ../shared/data/wikitext2_test.raw, first 32 windows
+of 1024 tokens. Grid, most important first:
+- every rule with Wanda at 70% with its parameters searched ("auto": AlphaPruning's epsilon and
+  ceiling, FARMS' epsilon, OWL's lambda, ATP's beta, DLP's alpha; each candidate scored on the
+  held-out tail of the calibration text, never the evaluation text), and AlphaPruning's at 80%;
+- every rule (uniform, OWL, AlphaPruning, FARMS, ATP, DLP at their specs' defaults, and "auto":
+  AlphaPruning with epsilon and ceiling searched) x {Wanda, SparseGPT, RIA} x {60, 70, 80}%;
+- DSnoT on top of Wanda (uniform and AlphaPruning) at 70 and 80%;
+- issue 3's grid: {uniform, AlphaPruning eps 0.3, OWL} x {magnitude, Wanda, SparseGPT} x
+  {50..80}%, an epsilon sweep at 70% (Wanda and magnitude 0.1..0.5, SparseGPT 0.2 and 0.3), at
+  70% per pruner the reference's own unclipped eps-0.3 ratios with any ratio above 1 taken as 1
+  (a block pruned whole) and our allocation with the ceiling at 1.0, and magnitude with epsilon
+  auto.
 
 Every run goes into a run history (default bench/results.sqlite, committed) and is
 reused when a run with the same settings and weights is already there, so the script
-resumes where it stopped; docs/results.md is rewritten after every run. The 70% runs come
-first. On this 2-core machine a magnitude run takes ~1-2 min, Wanda / SparseGPT ~3-5 min
-(an epsilon-auto run is six prunes).
+resumes where it stopped; docs/results.md (and its figure docs/results.png) is rewritten after
+every run. On this 2-core machine a magnitude run takes ~1-2 min, Wanda / SparseGPT / RIA ~3-5
+min, an auto run ~10 prunes (its search budget) more.
 
     .venv/bin/python bench/results.py [--db bench/results.sqlite] [--only 0.7] [--data ../shared/data]
+    .venv/bin/python bench/results.py --limit 3           # at most 3 new runs, then the report
     .venv/bin/python bench/results.py --report-only      # rewrite docs/results.md from the database
 """
 
@@ -36,15 +43,27 @@ from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.pipeline import PruneConfig, fingerprint, run_prune  # noqa: E402
 from alphaprune.runs import RunStore  # noqa: E402
 
-PRUNERS = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "alphapruning", "owl")
+LEGACY_PRUNERS = ("magnitude", "wanda", "sparsegpt")  # issue 3's grid
+LEGACY_RULES = ("uniform", "alphapruning", "owl")
+PRUNERS = ("wanda", "sparsegpt", "ria")  # issue 11's grid
+RULES = ("uniform", "owl", "alphapruning", "farms", "atp", "dlp")  # at their specs' defaults
 SPARSITIES = (0.7, 0.5, 0.6, 0.8)  # 70% first: the acceptance numbers
 SWEEP_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # per pruner, the epsilons of the 70% sweep; SparseGPT at 0.2, the largest epsilon at which
 # the reference's ratios stay below 1 (its code runs, so its numbers can be compared), and 0.3
 SWEEP = {"wanda": SWEEP_EPSILONS, "magnitude": SWEEP_EPSILONS, "sparsegpt": (0.2, 0.3)}
-KEY_FIELDS = ("sparsity", "pruner", "allocation", "epsilon", "metric", "mapping", "pattern", "owl_m", "owl_lambda")
-KEY_FIELDS += ("ceiling", "block_list", "calib_samples", "seqlen", "seed", "eval_windows")
+# each rule with its parameters searched on held-out calibration text (alphaprune/tune.py)
+TUNED = {
+    "alphapruning": {"epsilon": "auto", "ceiling": "auto"},
+    "atp": {"beta": "auto"},
+    "farms": {"epsilon": "auto"},
+    "dlp": {"dlp_alpha": "auto"},
+    "owl": {"owl_lambda": "auto"},
+}
+AUTO_ROW = {"allocation": "alphapruning", **TUNED["alphapruning"]}  # the tables' "auto" rule
+DSNOT_RULES = ("uniform", "alphapruning")
+COMMON_FIELDS = ("sparsity", "pruner", "allocation", "mapping", "pattern", "refine", "ceiling")
+COMMON_FIELDS += ("calib_samples", "seqlen", "seed", "eval_windows")
 
 
 def protocol(data: Path, **kw) -> PruneConfig:
@@ -78,41 +97,77 @@ def whole_block(data: Path, analysis, pruner: str) -> PruneConfig:
     return as_whole_block(protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning"), analysis)
 
 
+def tuned(data: Path, rule: str, sparsity: float = 0.7, pruner: str = "wanda") -> PruneConfig:
+    return protocol(data, sparsity=sparsity, pruner=pruner, allocation=rule, **TUNED[rule])
+
+
 def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
-    """Every configuration, most important first: the 70% runs, then the other sparsities."""
-    configs = []
+    """Every configuration, most important first (see the module docstring)."""
+    first = [tuned(data, r) for r in ("atp", "alphapruning")] + [tuned(data, "alphapruning", 0.8)]
+    first += [tuned(data, r) for r in ("farms", "dlp", "owl")]
+    configs = [c for c in first if only is None or abs(c.sparsity - only) < 1e-9]
+    for sparsity in (0.7, 0.8, 0.6):
+        if only is None or abs(sparsity - only) < 1e-9:
+            configs += _issue11_cells(data, sparsity)
     for sparsity in SPARSITIES:
-        if only is not None and abs(sparsity - only) > 1e-9:
-            continue
-        for allocation in ("uniform", "alphapruning", "owl"):
-            configs += [protocol(data, sparsity=sparsity, pruner=p, allocation=allocation) for p in PRUNERS]
-        if sparsity == 0.7:
-            configs += [
-                protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning", epsilon=e)
-                for pruner, epsilons in SWEEP.items()
-                for e in epsilons
-            ]
-            configs += [whole_block(data, analysis, p) for p in PRUNERS]
-            configs += [protocol(data, sparsity=0.7, pruner=p, allocation="alphapruning", ceiling=1.0) for p in PRUNERS]
-            configs.append(protocol(data, sparsity=0.7, pruner="magnitude", allocation="alphapruning", epsilon=None))
+        if only is None or abs(sparsity - only) < 1e-9:
+            configs += _issue3_cells(data, sparsity, analysis)
+    return configs
+
+
+def _issue11_cells(data: Path, sparsity: float) -> list[PruneConfig]:
+    cells = [protocol(data, sparsity=sparsity, pruner=p, allocation=r) for r in RULES for p in PRUNERS]
+    if sparsity in (0.7, 0.8):
+        cells += [protocol(data, sparsity=sparsity, allocation=r, refine="dsnot") for r in DSNOT_RULES]
+    return cells + [protocol(data, sparsity=sparsity, pruner=p, **AUTO_ROW) for p in PRUNERS]
+
+
+def _issue3_cells(data: Path, sparsity: float, analysis) -> list[PruneConfig]:
+    configs = [protocol(data, sparsity=sparsity, pruner=p, allocation=a) for a in LEGACY_RULES for p in LEGACY_PRUNERS]
+    if sparsity == 0.7:
+        configs += [
+            protocol(data, sparsity=0.7, pruner=pruner, allocation="alphapruning", epsilon=e)
+            for pruner, epsilons in SWEEP.items()
+            for e in epsilons
+        ]
+        configs += [whole_block(data, analysis, p) for p in LEGACY_PRUNERS]
+        configs += [
+            protocol(data, sparsity=0.7, pruner=p, allocation="alphapruning", ceiling=1.0) for p in LEGACY_PRUNERS
+        ]
+        configs.append(protocol(data, sparsity=0.7, pruner="magnitude", allocation="alphapruning", epsilon=None))
     return configs
 
 
 def key(settings: dict, fp: str) -> str:
-    """What identifies a run: the settings that change its result, and the weights."""
+    """What identifies a run: the settings that change its result, and the weights. A
+    parameter no spec of the run owns is left out; a searched one is "auto" (the stored run
+    keeps its pick), so a config and the record it produced have the same key."""
     from alphaprune import registry
 
-    picked = {k: settings.get(k) for k in KEY_FIELDS}
-    rule = str(settings.get("allocation"))
-    for name in set(picked) & set(registry.params()):  # another rule's parameter changes nothing
-        if not registry.has_param(rule, name):
-            picked[name] = None
-    auto = settings.get("epsilon_search") or settings.get("epsilon") in (None, "auto")
-    if registry.has_param(rule, "epsilon") and auto:
-        picked["epsilon"] = "auto"  # a stored auto run keeps its pick
+    picked = {k: settings.get(k) for k in COMMON_FIELDS}
+    picked["refine"] = picked["refine"] or registry.NO_REFINER  # records older than DSnoT
+    owned = set()
+    for spec in (registry.rule(str(settings["allocation"])), registry.pruner(str(settings["pruner"])),
+                 registry.refiner(picked["refine"])):  # fmt: skip
+        owned |= {p.name for p in (spec.params if spec is not None else ())}
+    for name in sorted(owned):
+        value = settings.get(name, registry.param(name).default)
+        picked[name] = list(value) if isinstance(value, tuple) else value
+    for name in set(searched(settings)) & (owned | {"ceiling"}):
+        picked[name] = "auto"
     picked["calib"] = Path(str(settings.get("calib"))).name
     picked["eval"] = Path(str(settings.get("eval"))).name
     return json.dumps(picked, sort_keys=True) + fp[:16]
+
+
+def searched(settings: dict) -> list[str]:
+    """The settings an auto search chose (a config: those set to "auto"; a record: its search's)."""
+    trials = settings.get("search") or []
+    if trials:
+        return sorted(trials[0]["values"])
+    if settings.get("epsilon_search"):  # records older than the registry
+        return ["epsilon"]
+    return sorted(k for k, v in settings.items() if v == "auto")
 
 
 def find(runs: dict, cfg: PruneConfig, fp: str):
@@ -131,24 +186,93 @@ def cell(record) -> str:
     return f"{record.ppl_after:.2f} (sparsity {record.actual_sparsity:.4f}, {minutes:.1f} min)"
 
 
+LABELS = {
+    "uniform": "uniform", "owl": "OWL", "alphapruning": "AlphaPruning", "farms": "FARMS", "atp": "ATP",
+    "dlp": "DLP", "auto": "auto (AlphaPruning, epsilon and ceiling searched)",
+}  # fmt: skip
+
+
+def _rule_label(rule: str) -> str:
+    """A row's label with the parameters its cells use (the specs' defaults)."""
+    from alphaprune import registry
+
+    if rule == "auto":
+        return LABELS[rule]
+    words = ", ".join(f"{p.name} {p.default:g}" for p in registry.rule(rule).params if p.kind == "float")
+    return f"{LABELS[rule]} ({words})" if words else LABELS[rule]
+
+
+def _row_config(data: Path, rule: str, sparsity: float, pruner: str) -> PruneConfig:
+    if rule == "auto":
+        return protocol(data, sparsity=sparsity, pruner=pruner, **AUTO_ROW)
+    return protocol(data, sparsity=sparsity, pruner=pruner, allocation=rule)
+
+
 def _sparsity_table(data: Path, runs: dict, fp: str, sparsity: float) -> list[str]:
-    lines = [
-        f"### {sparsity:.0%} unstructured",
-        "",
-        "| allocation | " + " | ".join(PRUNERS) + " |",
-        "|---|---|---|---|",
-    ]
-    for allocation in ALLOCATIONS:
+    """Rules x pruners at one sparsity; magnitude (issue 3's grid) for the older rules only."""
+    rows = (*RULES, "auto") if sparsity != 0.5 else LEGACY_RULES
+    columns = (*PRUNERS, "magnitude") if sparsity != 0.5 else LEGACY_PRUNERS
+    lines = [f"### {sparsity:.0%} unstructured", "", "| allocation | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for rule in rows:
         cells = []
-        for pruner in PRUNERS:
-            cfg = protocol(data, sparsity=sparsity, pruner=pruner, allocation=allocation)
-            cells.append(cell(find(runs, cfg, fp)))
-        label = {"uniform": "uniform", "alphapruning": "AlphaPruning (eps 0.3)", "owl": "OWL (M 5, lambda 0.08)"}
-        lines.append(f"| {label[allocation]} | " + " | ".join(cells) + " |")
+        for pruner in columns:
+            if pruner == "magnitude" and rule not in LEGACY_RULES:
+                cells.append("")
+                continue
+            cells.append(cell(find(runs, _row_config(data, rule, sparsity, pruner), fp)))
+        lines.append(f"| {_rule_label(rule)} | " + " | ".join(cells) + " |")
     lines.append("")
     if sparsity == 0.7:
         lines += _auto_line(data, runs, fp)
     return lines
+
+
+def _picked(record) -> str:
+    names = searched(record.settings)
+    return ", ".join(f"{n} {record.settings[n]:g}" for n in names)
+
+
+def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
+    """Each rule with Wanda, its parameters searched on held-out calibration text."""
+    lines = ["### Tuned on held-out calibration text (Wanda)", ""]
+    head = ("rule", "sparsity", "searched", "prune runs", "search min", "picked", "held-out ppl", "perplexity")
+    lines += ["| " + " | ".join((*head, "at the defaults")) + " |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for sparsity in (0.7, 0.8):
+        for rule in TUNED:
+            record = find(runs, tuned(data, rule, sparsity), fp)
+            if record is None:
+                continue
+            trials = record.settings.get("search") or []
+            default = find(runs, protocol(data, sparsity=sparsity, allocation=rule), fp)
+            lines.append(
+                f"| {LABELS[rule]} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {len(trials)} | "
+                f"{record.seconds.get('search', float('nan')) / 60:.1f} | {_picked(record)} | "
+                f"{min(t['heldout_ppl'] for t in trials):.2f} | **{record.ppl_after:.2f}** | "
+                f"{f'{default.ppl_after:.2f}' if default else 'not run yet'} |"
+            )
+    lines += ["", "Every candidate's held-out perplexity (the search's curve):", ""]
+    for sparsity in (0.7, 0.8):
+        for rule in TUNED:
+            record = find(runs, tuned(data, rule, sparsity), fp)
+            if record is not None:
+                curve = "; ".join(
+                    ", ".join(f"{k} {v:g}" for k, v in t["values"].items()) + f": {t['heldout_ppl']:.1f}"
+                    for t in record.settings["search"]
+                )
+                lines.append(f"- {LABELS[rule]}, {sparsity:.0%}: {curve}")
+    return lines + [""]
+
+
+def _dsnot_table(data: Path, runs: dict, fp: str) -> list[str]:
+    lines = ["### DSnoT on top of Wanda", "", "| allocation | sparsity | Wanda | Wanda + DSnoT |", "|---|---|---|---|"]
+    for sparsity in (0.7, 0.8):
+        for rule in DSNOT_RULES:
+            plain = find(runs, protocol(data, sparsity=sparsity, allocation=rule), fp)
+            refined = find(runs, protocol(data, sparsity=sparsity, allocation=rule, refine="dsnot"), fp)
+            lines.append(f"| {_rule_label(rule)} | {sparsity:.0%} | {cell(plain)} | {cell(refined)} |")
+    return lines + [""]
 
 
 def _auto_line(data: Path, runs: dict, fp: str) -> list[str]:
@@ -245,6 +369,43 @@ def _eval_time(runs: dict) -> str:
     return f"(one evaluation, dense or pruned, 32 x 1024 tokens: median {median:.0f} s over {len(times)} runs)"
 
 
+FIGURE = Path("results.png")  # beside docs/results.md
+
+
+def figure(data: Path, runs: dict, fp: str, path: Path) -> None:
+    """Perplexity against sparsity per rule, one panel per pruner (log scale), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PRUNERS), figsize=(4.2 * len(PRUNERS), 3.6), sharey=True)
+    for ax, pruner in zip(axes, PRUNERS, strict=True):
+        for rule in (*RULES, "auto"):
+            points = [(s, find(runs, _row_config(data, rule, s, pruner), fp)) for s in (0.6, 0.7, 0.8)]
+            points = [(s, r.ppl_after) for s, r in points if r is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=LABELS[rule].split(" (")[0])
+        ax.set(title=pruner, xlabel="sparsity", yscale="log", xticks=(0.6, 0.7, 0.8))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("WikiText-2 perplexity (32 x 1024)")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    from alphaprune import atomic
+
+    with atomic.atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write(out: Path, data: Path, store: RunStore, fp: str, dense, model: str, analysis) -> None:
+    """docs/results.md and its figure, from the run history."""
+    from alphaprune import atomic
+
+    atomic.write_text(out, report(data, store, fp, dense, model, analysis))
+    figure(data, stored(store, model), fp, out.parent / FIGURE)
+
+
 def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str, analysis) -> str:
     runs = stored(store, model)
     any_run = next(iter(runs.values()), None)
@@ -264,8 +425,11 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
         _eval_time(runs),
         "",
     ]
+    lines += _tuning_table(data, runs, fp)
+    lines += [f"![perplexity against sparsity per rule]({FIGURE.name})", ""]
     for sparsity in sorted(SPARSITIES):
         lines += _sparsity_table(data, runs, fp, sparsity)
+    lines += _dsnot_table(data, runs, fp)
     lines += _sweep_table(data, runs, fp, analysis)
     lines += _clipping_note(analysis)
     lines += _whole_block_table(data, runs, fp, analysis)
@@ -279,13 +443,14 @@ def main() -> int:
     parser.add_argument("--only", type=float, help="only this sparsity (e.g. 0.7)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--limit", type=int, help="at most this many new runs, then the report")
     args = parser.parse_args()
     store = RunStore(args.db)
     loaded = load_model(DEFAULT_MODEL)
     fp = fingerprint(loaded.model)
     analysis = analyze(loaded.model, loaded.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    dense = None
+    dense, done_now = None, 0
     for config in [] if args.report_only else grid(args.data, args.only, analysis):
         done = find(stored(store, loaded.name), config, fp)
         if done is not None:
@@ -300,10 +465,13 @@ def main() -> int:
             f"{result.ppl_before:.3f} -> {result.ppl_after:.3f} ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
-        args.out.write_text(report(args.data, store, fp, dense, loaded.name, analysis))
+        write(args.out, args.data, store, fp, dense, loaded.name, analysis)
+        done_now += 1
+        if args.limit is not None and done_now >= args.limit:
+            break
     if dense is None:
         dense = next((r.ppl_before for r in stored(store, loaded.name).values()), None)
-    args.out.write_text(report(args.data, store, fp, dense, loaded.name, analysis))
+    write(args.out, args.data, store, fp, dense, loaded.name, analysis)
     print(f"wrote {args.out}")
     return 0
 

@@ -12,6 +12,7 @@ import json
 import streamlit as st
 
 from alphaprune import registry
+from alphaprune.allocation import CEILING
 from alphaprune.analysis import METRIC_NAMES, analyze
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
@@ -31,7 +32,7 @@ from alphaprune.ui.session import (
     progress_callback,
     require,
 )
-from alphaprune.ui.widgets import param_widgets
+from alphaprune.ui.widgets import param_widget, param_widgets
 
 st.title("Allocation")
 st.caption("Layer-wise sparsity from the spectra: higher alpha (less trained) -> more sparsity.")
@@ -46,13 +47,11 @@ method = left.selectbox(
     help="; ".join(f"{name}: {registry.rule(name).summary}" for name in RULES),
 )  # fmt: skip
 sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings.sparsity, 0.01, key="alloc_sparsity")
-ceiling = right.number_input(
-    "Ceiling per matrix", 0.5, 1.0, settings.ceiling, 0.01, key="alloc_ceiling", help="no ratio goes above this"
-)
+ceiling = param_widget(right, CEILING, settings.ceiling, "alloc_", auto=True)
 rule = registry.rule(method)
 values = param_widgets(rule.params, dict(settings.params), "alloc_", options={"metric": METRIC_NAMES}, auto=True)
-searched = [name for name, value in values.items() if value == registry.AUTO]
-preview = {name: registry.param(name).default for name in searched}  # drawn at the default until a run picks
+searched = [name for name, value in {**values, CEILING.name: ceiling}.items() if value == registry.AUTO]
+preview = {name: settings.auto_spec(name).default for name in searched}  # drawn at the default until a run picks
 mapping = "block"
 if len(rule.granularities) > 1:
     current = settings.mapping if settings.mapping in rule.granularities else rule.granularities[0]

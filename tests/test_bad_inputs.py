@@ -303,7 +303,7 @@ def _cases() -> list[Case]:
         ("ceiling-above-1", ("--max-sparsity", "1.5"), "ceiling must be inside (0, 1], got 1.5; set --max-sparsity"),
         ("ceiling-nan", ("--max-sparsity", "nan"), "ceiling must be a number, not nan"),
         ("ceiling-below-target", ("--sparsity", "0.8", "--max-sparsity", "0.5"), "above the per-matrix ceiling"),
-        ("ceiling-not-a-number", ("--max-sparsity", "high"), "argument --max-sparsity: invalid float value"),
+        ("ceiling-not-a-number", ("--max-sparsity", "high"), "--max-sparsity takes (0, 1] or auto, got 'high'"),
         (
             "owl-m-negative",
             ("--allocation", "owl", "--owl-m", "-1"),

@@ -83,9 +83,16 @@ def _help(command: str) -> str:
     return " ".join(out.stdout.split())  # argparse wraps lines
 
 
+def _specs() -> dict:
+    """Every setting with a spec: the rules' and pruners' parameters, and the ceiling."""
+    from alphaprune.allocation import CEILING
+
+    return {**registry.params(), CEILING.name: CEILING}
+
+
 def test_cli_help_shows_every_parameter_with_its_spec_default_and_range():
     text = _help("prune")
-    for name, p in registry.params().items():
+    for name, p in _specs().items():
         assert p.cli_flag in text, name
         assert p.range_text in text, name
     assert "default 0.3" in text  # epsilon's, from its spec
@@ -97,9 +104,10 @@ def _widgets_script():
     import streamlit as st
 
     from alphaprune import registry
+    from alphaprune.allocation import CEILING
     from alphaprune.ui.widgets import param_widget
 
-    for p in registry.params().values():
+    for p in (*registry.params().values(), CEILING):
         if p.kind != "floats":
             param_widget(st, p, None, "w_", options=("alpha_peak", "alpha_ks") if p.kind == "text" else ())
 
@@ -107,7 +115,7 @@ def _widgets_script():
 def test_app_widgets_show_the_spec_defaults_and_ranges():
     at = AppTest.from_function(_widgets_script).run(timeout=30)
     assert not at.exception
-    for name, p in registry.params().items():
+    for name, p in _specs().items():
         if p.kind in ("float", "int") and p.low is not None and p.high is not None:
             slider = at.slider(key=f"w_{name}")
             assert (slider.min, slider.max, slider.value) == (p.low, p.high, p.default), name

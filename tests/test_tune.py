@@ -94,3 +94,34 @@ def test_a_beta_too_large_for_this_depth_is_refused_before_any_work(texts, monke
     config.validate()  # the depth is not known yet: 3 blocks at 95% allow at most 0.05
     with pytest.raises(UserError, match="beta must be in"):
         run_prune(tiny_loaded(layers=3), config)
+
+
+def test_the_ceiling_may_be_searched_with_a_rules_parameters(texts):
+    config = _config(texts, allocation="alphapruning", epsilon="auto", ceiling="auto")
+    config.validate()
+    assert config.auto_params() == ("epsilon", "ceiling")
+    plan = tune.candidates(config, 4)
+    assert len(plan) == 10 and {c["ceiling"] for c in plan} == {0.99, 1.0}
+    assert {c["epsilon"] for c in plan} == {0.1, 0.2, 0.3, 0.4, 0.5}
+    with pytest.raises(UserError, match="above the per-matrix ceiling 0.99"):  # auto may still choose 0.99
+        _config(texts, allocation="atp", ceiling="auto", sparsity=0.995).validate()
+
+
+def test_auto_ceiling_runs_and_the_run_keeps_its_pick(texts):
+    loaded = tiny_loaded(layers=3)
+    config = _config(texts, allocation="alphapruning", epsilon=0.3, ceiling="auto", pruner="magnitude")
+    result = run_prune(loaded, config)
+    assert [t.values for t in result.search] == [{"ceiling": 0.99}, {"ceiling": 1.0}]
+    best = min(result.search, key=lambda t: t.heldout_ppl)
+    assert result.config.ceiling == best.values["ceiling"] == result.allocation.ceiling
+    assert result.record().settings["ceiling"] == best.values["ceiling"]
+
+
+def test_the_cli_takes_max_sparsity_auto(texts, capsys):
+    from alphaprune.cli import _build_parser as build_parser
+
+    args = build_parser().parse_args(["prune", "--model", "x", "--max-sparsity", "auto"])
+    assert args.max_sparsity == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--model", "x", "--max-sparsity", "high"])
+    assert "--max-sparsity takes (0, 1] or auto, got 'high'" in capsys.readouterr().err

@@ -329,7 +329,8 @@ def allocation_words(settings: PruneConfig) -> str:
         words += f", {name} {value:g}" if isinstance(value, float) else f", {name} {value}"
     if len(settings.rule.granularities) > 1:
         words += f", {settings.mapping} mapping"
-    return f"{words}; ceiling {settings.ceiling:g}"
+    ceiling = settings.ceiling  # a number, or "auto"
+    return f"{words}; ceiling {ceiling:g}" if isinstance(ceiling, float) else f"{words}; ceiling {ceiling}"
 
 
 def nm_override(settings: PruneConfig, pattern: str) -> str | None:
