@@ -3,9 +3,9 @@
 A parameter whose spec allows "auto" (AlphaPruning's and FARMS' epsilon, ATP's beta, DLP's
 alpha, OWL's lambda, and any rule's ceiling: 0.99 or 1.0) and is set to "auto" is chosen by a
 budgeted search: each candidate of its spec's grid (several auto parameters: their grids'
-product, thinned evenly to at most `budget` candidates) is one prune of a copy, scored by perplexity on the held-out tail of the
-calibration text (text.split_heldout); the calibration windows come from the rest. The
-search is a curve of (values, held-out perplexity) stored with the run.
+product, thinned evenly to at most `budget` candidates) is one prune of a copy, scored by
+perplexity on the held-out tail of the calibration text (text.split_heldout); the calibration
+windows come from the rest. The search is a curve of (values, held-out perplexity) stored with the run.
 
     plan = candidates(config, blocks=30)            # [{"epsilon": 0.1}, ...]; config.search_budget at most
     best, trials = search(plan, score, progress)    # score(values) -> held-out perplexity
