@@ -81,32 +81,47 @@ if any(getattr(analysis, key) != value for key, value in options.items()):
         st.rerun()
     st.stop()
 
-statistics = st.session_state.get(OUTLIERS)
+
+def statistic_key(name: str, config) -> tuple:
+    """What a rule's block statistic depends on: the rule, its statistic's parameters, and the
+    Prune page's calibration windows (so the ratios previewed are the ones a run applies)."""
+    params = tuple((n, config.param(n)) for n in registry.rule(name).statistic_params)
+    return (name, params, calibration_choice())
+
+
+def compute_statistics(configs: list) -> None:
+    """Each config's rule statistic (a dense calibration pass, cached on disk), kept by its key."""
+    source, samples, seqlen, seed = calibration_choice()
+    bar = st.progress(0.0, text="calibration")
+    try:
+        windows = calibration_windows(token_ids(source, loaded.tokenizer), samples, seqlen, seed)
+        for config in configs:
+            values = cached_statistics(loaded.model, config, windows, progress_callback(bar))
+            stored[statistic_key(config.allocation, config)] = values
+    except UserError as exc:
+        st.error(exc.render("app"))
+        st.stop()
+    st.session_state[OUTLIERS] = stored
+    st.rerun()
+
+
+stored = dict(st.session_state.get(OUTLIERS) or {})  # statistic_key -> one number per block
+statistics = stored.get(statistic_key(method, settings))
 calib_source, calib_samples, calib_seqlen, calib_seed = calibration_choice()  # the Prune page's windows
-wanted = (method, tuple((n, settings.param(n)) for n in rule.statistic_params), calibration_choice())
 if rule.statistic is not None and loaded is None:
     st.info(
         f"{method}'s statistics need calibration passes through the model, which is not loaded (it was analysed "
         "from its files): a streamed run on **Prune & evaluate** measures them block by block."
     )
     st.stop()
-if rule.statistic is not None and (statistics is None or statistics[0] != wanted):
+if rule.statistic is not None and statistics is None:
     st.info(
         f"{method} needs a statistic of every block, from the calibration text the **Prune & evaluate** page "
         f"uses ({calib_source or 'none chosen yet'}, {calib_samples} x {calib_seqlen} tokens, seed {calib_seed}): "
         "a run there applies exactly the ratios shown here."
     )
     if st.button("Compute block statistics", key="owl_compute", disabled=not calib_source):
-        bar = st.progress(0.0, text="calibration")
-        try:
-            ids = token_ids(calib_source, loaded.tokenizer)
-            windows = calibration_windows(ids, calib_samples, calib_seqlen, calib_seed)
-            values = cached_statistics(loaded.model, settings, windows, progress_callback(bar))
-        except UserError as exc:
-            st.error(exc.render("app"))
-            st.stop()
-        st.session_state[OUTLIERS] = statistics = (wanted, values)
-        st.rerun()
+        compute_statistics([settings])
     st.stop()
 
 if searched:
@@ -118,7 +133,7 @@ try:
     settings.validate()
     allocation = make_allocation(
         model_layout(), dataclasses.replace(settings, **preview), analysis,
-        statistics=statistics[1] if rule.statistic else None, name=model_name(),
+        statistics=statistics if rule.statistic else None, name=model_name(),
     )  # fmt: skip
 except UserError as exc:
     st.error(exc.render("app"))
@@ -132,14 +147,20 @@ cols[2].metric(f"Highest {unit}", f"{max(ratios):.3f}")
 cols[3].metric("Matrices held at a bound", len(allocation.clipped))
 if allocation.clipped:
     st.warning(clipping_note(allocation))
-others, missing = {}, []
+others, missing, unmeasured = {}, [], []
 candidates = [name for name in RULES if name != method]
 for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", help="block ratios at the same target"):
     other = dataclasses.replace(settings, allocation=name, mapping="block")
     needs_stats = registry.rule(name).statistic is not None
-    own = statistics[1] if needs_stats and statistics is not None and statistics[0][0] == name else None
-    if (needs_stats and own is None) or any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):
-        missing.append(name)
+    own = stored.get(statistic_key(name, other)) if needs_stats else None
+    if any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):
+        missing.append(name)  # FARMS' windowed alphas: computed when it is chosen as Method
+        continue
+    if needs_stats and own is None and loaded is None:
+        missing.append(f"{name} (its statistics need the model loaded)")
+        continue
+    if needs_stats and own is None:
+        unmeasured.append(other)
         continue
     try:
         others[name] = make_allocation(model_layout(), other, analysis, statistics=own, name=model_name())
@@ -147,6 +168,11 @@ for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", hel
         missing.append(f"{name} ({exc.render('app')})")
 if missing:
     st.caption(f"Not overlaid (choose each as Method once to compute what it needs): {', '.join(missing)}.")
+if unmeasured:
+    names = ", ".join(c.allocation for c in unmeasured)
+    st.caption(f"{names}: not overlaid until their block statistics are measured on the calibration windows.")
+    if st.button(f"Compute statistics of {names}", key="overlay_compute", disabled=not calib_source):
+        compute_statistics(unmeasured)
 st.plotly_chart(allocation_figure(allocation, sparsity, others), key="allocation_chart", width="stretch")
 
 rows = [

@@ -222,6 +222,36 @@ def test_deleting_runs_needs_a_confirmation(store):
     assert first not in at.dataframe[0].value["id"].tolist()
 
 
+def test_several_statistic_rules_are_overlaid_at_once(tiny_folder, store):
+    """OWL and DLP both need calibration statistics: overlaid beside ATP, one button measures
+    both, and each line is the rule's own allocation from its own statistics."""
+    from alphaprune import registry
+    from alphaprune.arch import prunable_matrices
+    from alphaprune.registry import RuleInput
+    from alphaprune.ui import session
+
+    at = _allocation_page(tiny_folder)
+    at.selectbox(key="alloc_method").set_value("atp").run()
+    at.multiselect(key="alloc_overlay").set_value(["owl", "dlp", "uniform"]).run()
+    assert not _traces(_chart(at, "allocation_chart"), "owl") and not _traces(_chart(at, "allocation_chart"), "dlp")
+    at.button(key="overlay_compute").click().run()
+    _no_errors(at)
+    figure = _chart(at, "allocation_chart")
+    measured = at.session_state[session.OUTLIERS]
+    assert {key[0] for key in measured} == {"owl", "dlp"}
+    settings = at.session_state[session.ALLOC]
+    for name in ("owl", "dlp"):
+        (line,) = _traces(figure, name)
+        values = next(v for k, v in measured.items() if k[0] == name)
+        rule = registry.rule(name)
+        params = {p.name: p.default for p in rule.params}
+        own = rule.allocate(RuleInput(tuple(prunable_matrices(tiny_llama(layers=3))), settings.sparsity,
+                                      settings.ceiling, params, statistics=tuple(values)))  # fmt: skip
+        assert line["y"] == pytest.approx(own.block_ratios)
+        assert max(own.block_ratios) - min(own.block_ratios) > 1e-3  # not uniform: the statistics shaped it
+    assert _traces(figure, "uniform")
+
+
 def test_the_statistics_previewed_are_the_ones_a_run_applies(tiny_folder, store):
     """OWL on the Allocation page measures its block statistics on the Prune page's calibration
     windows: the run then applies exactly the previewed ratios."""
@@ -232,7 +262,7 @@ def test_the_statistics_previewed_are_the_ones_a_run_applies(tiny_folder, store)
     at.button(key="owl_compute").click().run()
     _no_errors(at)
     previewed = _chart(at, "allocation_chart")
-    statistics = at.session_state[session.OUTLIERS][1]
+    statistics = list(at.session_state[session.OUTLIERS].values())[-1]  # the latest
     at.switch_page("pages/prune.py").run()
     for key, value in {"prune_samples": 4, "prune_windows": 2}.items():
         at.number_input(key=key).set_value(value)
@@ -240,7 +270,7 @@ def test_the_statistics_previewed_are_the_ones_a_run_applies(tiny_folder, store)
     at.switch_page("pages/allocation.py").run()  # other calibration settings: computed again
     assert "needs a statistic of every block" in " ".join(i.value for i in at.info)
     at.button(key="owl_compute").click().run()
-    statistics = at.session_state[session.OUTLIERS][1]
+    statistics = list(at.session_state[session.OUTLIERS].values())[-1]  # the latest
     previewed = _chart(at, "allocation_chart")
     at.switch_page("pages/prune.py").run()
     at.button(key="prune_button").click().run()

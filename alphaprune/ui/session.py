@@ -5,7 +5,7 @@ MODEL (LoadedModel), LOAD_INFO (how the last press on Load went), ANALYSIS (Anal
 CHOICE (what the last press on Load chose: spec, name, offload), FILES (the checkpoint a model
 too large for memory was analysed from, instead of a MODEL), PLAN (that analysis's preflight plan),
 ALLOC (the allocation settings: a PruneConfig, frozen; the Allocation page replaces it),
-OUTLIERS (a rule's per-block statistics: (rule, its params, values)), RESULT (PruneResult
+OUTLIERS (rules' per-block statistics: {(rule, its params, calibration): values}), RESULT (PruneResult
 of this session), RUN_ID (its id in the run history), PRUNED_ANALYSIS, GENERATIONS.
 
 Offload (alphaprune/preflight.py): when the plan for a step streams, the model is not loaded
