@@ -184,7 +184,7 @@ _UNKNOWN_METRIC = "unknown metric {!r}; use a numeric column of `alphaprune anal
 
 def check_metric(metric: str) -> None:
     """UserError unless `metric` is one of the analysis' numeric columns."""
-    from alphaprune.analysis import METRIC_NAMES
+    from alphaprune.layer_metrics import METRIC_NAMES
 
     if metric not in METRIC_NAMES:
         raise UserError(_UNKNOWN_METRIC.format(metric))

@@ -51,82 +51,12 @@ from alphaprune.checkpoint import Checkpoint
 from alphaprune.errors import UserError
 from alphaprune.farms import FarmsSettings, farms_fit
 from alphaprune.fits import XMIN_RULES, fit_all
+from alphaprune.layer_metrics import METRIC_NAMES, LayerMetrics  # noqa: F401 (re-exported)
 from alphaprune.metrics import mp_fit, spectral_metrics
 from alphaprune.spectra import PRECISIONS, all_finite, eigenvalues, is_huge, resolve_device
 
 ANALYSIS_VERSION = 1  # bump when a metric's definition changes: old cache entries are ignored
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
-
-
-@dataclass(frozen=True)
-class LayerMetrics:
-    """Everything measured on one weight matrix (shape is (out, in))."""
-
-    name: str
-    block: int
-    kind: str
-    shape: tuple[int, int]
-    params: int
-    prunable: bool
-    alpha_peak: float
-    xmin_peak: float
-    D_peak: float
-    n_tail_peak: int
-    alpha_peak_fixed: float
-    xmin_peak_fixed: float
-    D_peak_fixed: float
-    n_tail_peak_fixed: int
-    alpha_mid: float
-    xmin_mid: float
-    D_mid: float
-    n_tail_mid: int
-    alpha_ks: float
-    xmin_ks: float
-    D_ks: float
-    n_tail_ks: int
-    spectral_norm: float
-    log_spectral_norm: float
-    norm: float
-    log_norm: float
-    stable_rank: float
-    alpha_hat: float
-    entropy: float
-    rank: float
-    mp_sigma2: float
-    mp_edge_low: float
-    mp_edge_high: float
-    mp_num_spikes: int
-    mp_softrank: float
-    alpha_farms: float = float("nan")  # FARMS alpha (alphaprune/farms.py); NaN when not computed
-
-    def __eq__(self, other) -> bool:
-        """Field by field, NaN equal to NaN: a NaN read back from the cache's JSON or from a
-        worker's pickle is another float object, and tuple equality holds NaN == NaN only for
-        the same object."""
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["shape"] = list(self.shape)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LayerMetrics:
-        return cls(**{**data, "shape": tuple(data["shape"])})
-
-
-def _same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
-
-
-# Numeric per-matrix quantities a user can plot or allocate by (identity fields excluded).
-METRIC_NAMES = tuple(
-    f.name
-    for f in dataclasses.fields(LayerMetrics)
-    if f.type in ("float", "int") and f.name not in ("block", "params") and not f.name.startswith("n_tail")
-)
 
 
 @dataclass(frozen=True, eq=False)

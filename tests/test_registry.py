@@ -150,6 +150,25 @@ def test_validation_comes_from_the_specs(settings, needle):
         PruneConfig(**settings).validate()
 
 
+def test_every_setting_is_checked_without_importing_torch():
+    """A bad value is answered before torch (seconds to import) is loaded, --metric included."""
+    code = (
+        "import sys\n"
+        "from alphaprune.config import PruneConfig\n"
+        "from alphaprune.errors import UserError\n"
+        "for bad in ({'metric': 'nope'}, {'epsilon': 2.0}, {'beta': -1.0, 'allocation': 'atp'}, {'ceiling': 'x'}):\n"
+        "    try:\n"
+        "        PruneConfig(**{'allocation': 'alphapruning', **bad}).validate()\n"
+        "        raise SystemExit(f'accepted {bad}')\n"
+        "    except UserError:\n"
+        "        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_a_parameter_is_named_in_each_interface_from_its_spec():
     message = f"set {setting('owl_lambda')}"
     assert render(message, "cli") == "set --owl-lambda"
