@@ -611,7 +611,7 @@ def cmd_eval(args) -> int:
     )
     checked.validate()  # the same checks and words as a prune run's
     _preflight(args, (args.eval,), store=True)
-    from alphaprune.runs import RunRecord, RunStore, library_versions
+    from alphaprune.runs import RunRecord, RunStore, library_versions, numerics
 
     windows = args.eval_windows or 64  # the estimate's guess when all windows are asked for
     plan, ckpt = _plan(args, "eval", samples=windows, seqlen=args.seqlen, batch=args.batch_size)
@@ -623,6 +623,7 @@ def cmd_eval(args) -> int:
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
     settings.update(batch_size=args.batch_size, device=device, offload=plan.path if plan is not None else "none")
     settings["protocol"] = protocol
+    settings["numerics"] = numerics()
     record = RunRecord(
         kind="eval",
         model=args.model,

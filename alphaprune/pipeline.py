@@ -70,7 +70,7 @@ class PruneResult:
 
     def record(self, sweep: str | None = None):
         """The run-history record of this run (alphaprune/runs.py)."""
-        from alphaprune.runs import RunRecord, library_versions
+        from alphaprune.runs import RunRecord, library_versions, numerics
 
         settings = self.config.to_dict()
         settings["clipped"] = list(self.allocation.clipped)
@@ -86,6 +86,7 @@ class PruneResult:
             settings["protocol"] = self.protocol
         if self.model is not None:  # rounding differs across devices: part of what was measured
             settings["device"] = str(next(self.model.parameters()).device)
+        settings["numerics"] = numerics(self.model)
         if self.search:
             settings["search"] = [trial.to_dict() for trial in self.search]
         if self.epsilon_search:

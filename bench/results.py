@@ -179,11 +179,38 @@ def stored(store: RunStore, model: str) -> dict[str, object]:
     return {key(r.settings, r.fingerprint or ""): r for r in store.list(model=model, kind="prune")}
 
 
+STALE: set[int] = set()  # ids of stored runs whose ratios today's analysis no longer gives (report())
+STALE_NOTE = (
+    "Marked \u2020: a run whose block ratios today's analysis no longer gives (the spectra's float32 "
+    "numerics changed since it ran, moving AlphaPruning's ratios by ~0.002); its perplexity is "
+    "that of the older ratios, and the next bench/results.py run prunes it again."
+)
+
+
+def stale(record, analysis) -> bool:
+    """Whether a stored run of a rule that allocates from the analysis alone (no search, no
+    FARMS windows) has other block ratios than today's analysis gives for its settings."""
+    from alphaprune import registry
+    from alphaprune.registry import RuleInput
+
+    s = record.settings
+    rule = registry.rule(str(s.get("allocation")))
+    if rule is None or rule.needs != registry.ANALYSIS or searched(s) or s.get("metric") == "alpha_farms":
+        return False
+    params = {p.name: s.get(p.name, p.default) for p in rule.params}
+    given = RuleInput(tuple(analysis.prunable), s["sparsity"], s["ceiling"], params, s.get("mapping", "block"))
+    now = rule.allocate(given).block_ratios
+    if len(now) != len(record.block_ratios):
+        return True
+    return max(abs(a - b) for a, b in zip(now, record.block_ratios, strict=True)) > 1e-9
+
+
 def cell(record) -> str:
     if record is None:
         return "not run yet"
     minutes = record.seconds.get("total", float("nan")) / 60
-    return f"{record.ppl_after:.2f} (sparsity {record.actual_sparsity:.4f}, {minutes:.1f} min)"
+    mark = " \u2020" if record.id in STALE else ""
+    return f"{record.ppl_after:.2f}{mark} (sparsity {record.actual_sparsity:.4f}, {minutes:.1f} min)"
 
 
 LABELS = {
@@ -408,6 +435,8 @@ def write(out: Path, data: Path, store: RunStore, fp: str, dense, model: str, an
 
 def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str, analysis) -> str:
     runs = stored(store, model)
+    STALE.clear()
+    STALE.update(r.id for r in runs.values() if stale(r, analysis))
     any_run = next(iter(runs.values()), None)
     versions = ", ".join(f"{k} {v}" for k, v in (any_run.versions if any_run else {}).items())
     lines = [
@@ -425,6 +454,7 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
         _eval_time(runs),
         "",
     ]
+    lines += [STALE_NOTE, ""] if STALE else []
     lines += _tuning_table(data, runs, fp)
     lines += [f"![perplexity against sparsity per rule]({FIGURE.name})", ""]
     for sparsity in sorted(SPARSITIES):
@@ -453,7 +483,7 @@ def main() -> int:
     dense, done_now = None, 0
     for config in [] if args.report_only else grid(args.data, args.only, analysis):
         done = find(stored(store, loaded.name), config, fp)
-        if done is not None:
+        if done is not None and not stale(done, analysis):
             dense = done.ppl_before
             continue
         start = time.perf_counter()

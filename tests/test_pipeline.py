@@ -16,6 +16,8 @@ from alphaprune.prune import measured_sparsity, owl_outlier_ratios, prune_model
 from alphaprune.pruners import magnitude_mask
 from tests.conftest import tiny_llama, tiny_loaded
 
+THREADS = torch.get_num_threads()
+
 CORPUS = "The quick brown fox jumps over the lazy dog. " * 40 + "Pack my box with five dozen liquor jugs.\n" * 40
 
 
@@ -177,6 +179,17 @@ def test_more_windows_than_the_text_holds_are_recorded_as_measured(corpus):
     settings = result.record().settings
     assert settings["eval_windows"] == 10**6  # what was asked, so the same request finds this run again
     assert settings["eval_windows_measured"] == len(CORPUS) // 32
+
+
+def test_a_run_records_what_moves_its_rounding(corpus):
+    """Thread count, attention kernel and CPU: two runs can only be compared when these match."""
+    torch.set_num_threads(1)
+    try:
+        numerics = run_prune(tiny_loaded(layers=1), _config(corpus, pruner="wanda")).record().settings["numerics"]
+    finally:
+        torch.set_num_threads(THREADS)
+    assert numerics["threads"] == "1" and numerics["cpu"]
+    assert numerics["attention"] == tiny_loaded(layers=1).model.config._attn_implementation
 
 
 def test_list_allocation_is_checked_up_front(corpus, monkeypatch):
