@@ -432,7 +432,9 @@ def _summary(result, run_id: int) -> str:
     clipped = f", {len(result.allocation.clipped)} matrices held at a bound" if result.allocation.clipped else ""
     own = "".join(f" {k} {_shown(v)}" for k, v in result.config.rule_params().items() if v is not None)
     if result.search:
-        own += f" (chosen of {len(result.search)} on held-out text)"
+        from alphaprune.tune import prune_runs
+
+        own += f" (chosen of {len(result.search)} in {prune_runs(result.search)} prune runs on held-out text)"
     return (
         f"run {run_id}: {result.config.pruner} {result.config.allocation}{own} {result.config.pattern}: "
         f"perplexity {result.ppl_before:.3f} -> {result.ppl_after:.3f}, "

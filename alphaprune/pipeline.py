@@ -263,16 +263,20 @@ def _search(model, config, analysis, calib_ids, progress) -> tuple[dict, tuple]:
     heldout = text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
     blocks = len({m.block for m in prunable_matrices(model)})
 
+    def allocation(values: dict) -> alloc.Allocation:
+        return make_allocation(model, dataclasses.replace(config, **values), analysis, calib)
+
     def score(values: dict) -> float:
-        trial = dataclasses.replace(config, **values)
-        allocation = make_allocation(model, trial, analysis, calib)
-        pruned = prune_copy(model, allocation, trial, calib)
+        pruned = prune_copy(model, allocation(values), dataclasses.replace(config, **values), calib)
         try:
             return perplexity(pruned, heldout, config.batch_size)
         finally:
             del pruned
 
-    return tune.search(tune.candidates(config, blocks, config.search_budget), score, progress)
+    plan = tune.candidates(config, blocks, config.search_budget)
+    refine = lambda best: tune.refinements(config, best, blocks)  # noqa: E731
+    ratios = lambda values: allocation(values).sparsities  # noqa: E731 (same ratios, same prune)
+    return tune.search(plan, score, progress, key=ratios, budget=config.search_budget, refine=refine)
 
 
 def check_context(model: nn.Module, seqlen: int) -> None:

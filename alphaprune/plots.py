@@ -527,6 +527,8 @@ def search_figure(trials) -> go.Figure:
     one marked. One parameter: against its value; several: against the candidate's number."""
     names = list(trials[0].values) if trials else []
     one = len(names) == 1
+    if one:  # refinements come after the grid: draw the curve in the parameter's order
+        trials = sorted(trials, key=lambda t: t.values[names[0]])
     x = [t.values[names[0]] for t in trials] if one else list(range(1, len(trials) + 1))
     y = [t.heldout_ppl for t in trials]
     best = min(range(len(trials)), key=lambda i: y[i]) if trials else None

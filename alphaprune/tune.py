@@ -7,8 +7,13 @@ product, thinned evenly to at most `budget` candidates) is one prune of a copy, 
 perplexity on the held-out tail of the calibration text (text.split_heldout); the calibration
 windows come from the rest. The search is a curve of (values, held-out perplexity) stored with the run.
 
+Candidates that give the same ratios (AlphaPruning's ceiling where no block reaches it) share
+one prune run (`key`). Where the budget has room after the grid, the midpoints between the best
+value of each parameter with three or more grid values and its grid neighbours are tried too
+(`refinements`), the other parameters held at the best.
+
     plan = candidates(config, blocks=30)            # [{"epsilon": 0.1}, ...]; config.search_budget at most
-    best, trials = search(plan, score, progress)    # score(values) -> held-out perplexity
+    best, trials = search(plan, score, progress, key=ratios, budget=10, refine=lambda b: refinements(config, b, 30))
 """
 
 from __future__ import annotations
@@ -28,9 +33,15 @@ class Trial:
 
     values: dict
     heldout_ppl: float
+    pruned: bool = True  # False: an earlier candidate gave the same ratios, its score is reused
 
     def to_dict(self) -> dict:
-        return {"values": dict(self.values), "heldout_ppl": self.heldout_ppl}
+        return {"values": dict(self.values), "heldout_ppl": self.heldout_ppl, "pruned": self.pruned}
+
+
+def prune_runs(trials) -> int:
+    """How many prune runs a search cost (a stored search without the field: one per trial)."""
+    return sum(1 for t in trials if (t.pruned if isinstance(t, Trial) else t.get("pruned", True)))
 
 
 def grid(param: registry.Param, target: float, blocks: int) -> tuple:
@@ -57,13 +68,50 @@ def candidates(config: PruneConfig, blocks: int, budget: int | None = None) -> l
     return plan
 
 
-def search(plan: list[dict], score: Callable[[dict], float], progress=None) -> tuple[dict, tuple[Trial, ...]]:
-    """(the candidate of lowest held-out perplexity, every trial in order)."""
-    trials = []
-    for i, values in enumerate(plan):
-        trials.append(Trial(values, float(score(values))))
+def refinements(config: PruneConfig, best: dict, blocks: int) -> list[dict]:
+    """Midpoints between the best value of each auto parameter with 3+ grid values and its
+    grid neighbours, nearest the best first; the other parameters as in `best`."""
+    out = []
+    for name in config.auto_params():
+        param = config.auto_spec(name)
+        values = sorted(grid(param, config.sparsity, blocks))
+        if param.kind != "float" or len(values) < 3 or best.get(name) not in values:
+            continue
+        i = values.index(best[name])
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(values):
+                out.append({**best, name: param.check(round((values[i] + values[j]) / 2, 6))})
+    return out
+
+
+def search(plan: list[dict], score: Callable[[dict], float], progress=None, key=None, budget: int | None = None,
+           refine: Callable[[dict], list[dict]] | None = None) -> tuple[dict, tuple[Trial, ...]]:  # fmt: skip
+    """(the candidate of lowest held-out perplexity, every trial in order). `key(values)` is
+    what a prune depends on: candidates of one key share a prune run. With `refine`, its
+    candidates around the grid's best are tried while fewer than `budget` prunes were run."""
+    key = key or (lambda values: tuple(sorted(values.items())))
+    budget = len(plan) if budget is None else budget
+    scores: dict = {}
+    trials: list[Trial] = []
+
+    def run(values: dict) -> bool:
+        k = key(values)
+        fresh = k not in scores
+        if fresh and len(scores) >= budget:
+            return False
+        if fresh:
+            scores[k] = float(score(values))
+        trials.append(Trial(values, scores[k], fresh))
         if progress is not None:
-            words = ", ".join(f"{k} {v:g}" for k, v in values.items())
-            progress((i + 1) / len(plan), f"{words}: held-out perplexity {trials[-1].heldout_ppl:.2f}")
+            words = ", ".join(f"{name} {v:g}" for name, v in values.items())
+            progress(min(1.0, len(scores) / budget), f"{words}: held-out perplexity {scores[k]:.2f}")
+        return True
+
+    for values in plan:
+        run(values)
+    best = min(trials, key=lambda t: t.heldout_ppl)
+    for values in refine(dict(best.values)) if refine is not None else ():
+        if all(t.values != values for t in trials) and not run(values):
+            break
     best = min(trials, key=lambda t: t.heldout_ppl)
     return dict(best.values), tuple(trials)

@@ -42,6 +42,7 @@ from alphaprune.analysis import analyze  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.pipeline import PruneConfig, fingerprint, run_prune  # noqa: E402
 from alphaprune.runs import RunStore  # noqa: E402
+from alphaprune.tune import prune_runs  # noqa: E402
 
 LEGACY_PRUNERS = ("magnitude", "wanda", "sparsegpt")  # issue 3's grid
 LEGACY_RULES = ("uniform", "alphapruning", "owl")
@@ -103,7 +104,7 @@ def tuned(data: Path, rule: str, sparsity: float = 0.7, pruner: str = "wanda") -
 
 def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
     """Every configuration, most important first (see the module docstring)."""
-    first = [tuned(data, r) for r in ("atp", "alphapruning")] + [tuned(data, "alphapruning", 0.8)]
+    first = [tuned(data, r) for r in ("alphapruning", "atp")] + [tuned(data, "alphapruning", 0.8)]
     first += [tuned(data, r) for r in ("farms", "dlp", "owl")]
     configs = [c for c in first if only is None or abs(c.sparsity - only) < 1e-9]
     for sparsity in (0.7, 0.8, 0.6):
@@ -181,21 +182,25 @@ def stored(store: RunStore, model: str) -> dict[str, object]:
 
 STALE: set[int] = set()  # ids of stored runs whose ratios today's analysis no longer gives (report())
 STALE_NOTE = (
-    "Marked \u2020: a run whose block ratios today's analysis no longer gives (the spectra's float32 "
-    "numerics changed since it ran, moving AlphaPruning's ratios by ~0.002); its perplexity is "
-    "that of the older ratios, and the next bench/results.py run prunes it again."
+    "Marked \u2020: a stored run that today's code would run otherwise, kept until the next "
+    "bench/results.py run prunes it again: its block ratios come from an older analysis (the "
+    "spectra's float32 numerics changed since, moving AlphaPruning's ratios by ~0.002), or its "
+    "search predates shared prune runs for candidates of equal ratios and the refinement around the best."
 )
 
 
 def stale(record, analysis) -> bool:
-    """Whether a stored run of a rule that allocates from the analysis alone (no search, no
-    FARMS windows) has other block ratios than today's analysis gives for its settings."""
+    """Whether today's code would run a stored run otherwise: a search of the older kind, or
+    other block ratios from today's analysis for a rule that allocates from it alone (no
+    search, no FARMS windows)."""
     from alphaprune import registry
     from alphaprune.registry import RuleInput
 
     s = record.settings
+    if searched(s):
+        return any("pruned" not in trial for trial in s.get("search") or [])
     rule = registry.rule(str(s.get("allocation")))
-    if rule is None or rule.needs != registry.ANALYSIS or searched(s) or s.get("metric") == "alpha_farms":
+    if rule is None or rule.needs != registry.ANALYSIS or s.get("metric") == "alpha_farms":
         return False
     params = {p.name: s.get(p.name, p.default) for p in rule.params}
     given = RuleInput(tuple(analysis.prunable), s["sparsity"], s["ceiling"], params, s.get("mapping", "block"))
@@ -274,7 +279,7 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
             trials = record.settings.get("search") or []
             default = find(runs, protocol(data, sparsity=sparsity, allocation=rule), fp)
             lines.append(
-                f"| {LABELS[rule]} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {len(trials)} | "
+                f"| {LABELS[rule]} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {prune_runs(trials)} | "
                 f"{record.seconds.get('search', float('nan')) / 60:.1f} | {_picked(record)} | "
                 f"{min(t['heldout_ppl'] for t in trials):.2f} | **{record.ppl_after:.2f}** | "
                 f"{f'{default.ppl_after:.2f}' if default else 'not run yet'} |"

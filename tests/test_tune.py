@@ -125,3 +125,57 @@ def test_the_cli_takes_max_sparsity_auto(texts, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prune", "--model", "x", "--max-sparsity", "high"])
     assert "--max-sparsity takes (0, 1] or auto, got 'high'" in capsys.readouterr().err
+
+
+def test_candidates_of_equal_ratios_share_one_prune_run():
+    """AlphaPruning's ceiling changes nothing where no block reaches it: one prune, two trials."""
+    calls = []
+    plan = [{"epsilon": 0.1, "ceiling": 0.99}, {"epsilon": 0.1, "ceiling": 1.0}, {"epsilon": 0.3, "ceiling": 1.0}]
+
+    def score(values):
+        calls.append(values)
+        return 10.0 * values["epsilon"]
+
+    best, trials = tune.search(plan, score, key=lambda v: v["epsilon"] if v["epsilon"] < 0.2 else tuple(v.items()))
+    assert calls == [plan[0], plan[2]]
+    assert [t.pruned for t in trials] == [True, False, True] and trials[1].heldout_ppl == trials[0].heldout_ppl
+    assert tune.prune_runs(trials) == 2 == tune.prune_runs([t.to_dict() for t in trials])
+    assert tune.prune_runs([{"values": {}, "heldout_ppl": 1.0}]) == 1  # a search stored before the field
+
+
+def test_the_budget_left_after_the_grid_refines_around_the_best(texts):
+    config = _config(texts, allocation="alphapruning", epsilon="auto", ceiling="auto")
+    assert tune.refinements(config, {"epsilon": 0.3, "ceiling": 1.0}, 4) == [
+        {"epsilon": 0.25, "ceiling": 1.0},
+        {"epsilon": 0.35, "ceiling": 1.0},
+    ]  # the ceiling's two values have no midpoint worth a prune
+    assert tune.refinements(config, {"epsilon": 0.5, "ceiling": 0.99}, 4) == [{"epsilon": 0.45, "ceiling": 0.99}]
+    plan = [{"epsilon": e} for e in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    curve = lambda v: (v["epsilon"] - 0.27) ** 2  # noqa: E731
+    refine = lambda best: tune.refinements(_config(texts, allocation="alphapruning", epsilon="auto"), best, 4)  # noqa: E731
+    best, trials = tune.search(plan, curve, budget=7, refine=refine)
+    assert [t.values["epsilon"] for t in trials] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.25, 0.35] and best == {"epsilon": 0.25}
+    _, trials = tune.search(plan, curve, budget=6, refine=refine)
+    assert len(trials) == 6  # at most `budget` prune runs, refinements included
+    _, trials = tune.search(plan, curve, refine=refine)
+    assert len(trials) == 5  # no budget given: the plan's own size
+
+
+def test_auto_epsilon_and_ceiling_cost_only_distinct_prunes(texts):
+    """On a tiny model: a candidate whose ratios an earlier one gave is scored without a prune
+    (the same score), and the record keeps which trials pruned."""
+    from dataclasses import replace
+
+    from alphaprune.pipeline import make_allocation
+
+    loaded = tiny_loaded(layers=3)
+    config = _config(texts, allocation="alphapruning", epsilon="auto", ceiling="auto", pruner="magnitude")
+    result = run_prune(loaded, config)
+    scores: dict[tuple, set] = {}
+    for t in result.search:
+        ratios = make_allocation(loaded.model, replace(config, **t.values)).sparsities
+        scores.setdefault(ratios, set()).add(t.heldout_ppl)
+    assert all(len(s) == 1 for s in scores.values())  # equal ratios, equal score
+    assert tune.prune_runs(result.search) == len(scores) <= config.search_budget
+    assert len(result.search) > len(scores)  # on this model only epsilon 0.5 reaches the ceiling
+    assert [t["pruned"] for t in result.record().settings["search"]] == [t.pruned for t in result.search]
