@@ -1,6 +1,6 @@
 # Set-up, app and tests. Every target creates .venv and installs what is missing first.
 #   make run    serve the app on 127.0.0.1:8501
-#   make test   the whole test suite (installs Debian's chromium for the browser test)
+#   make test   the whole test suite (installs Debian's chromium for the browser test; WORKERS=2)
 #   make lint   ruff
 #   make bench  benchmark of the spectra analysis (installs weightwatcher)
 PYTHON ?= python3
@@ -35,8 +35,11 @@ run: setup
 	$(VENV)/bin/streamlit run app.py --server.address $(or $(ADDRESS),127.0.0.1) --server.port 8501 \
 		--server.headless true --browser.gatherUsageStats false
 
+# Two test processes (pytest-xdist), one file each at a time: most tests wait on a subprocess,
+# a browser or a model load for much of their time. WORKERS=0 runs the suite in one process.
+WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
