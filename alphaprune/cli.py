@@ -613,19 +613,19 @@ def cmd_eval(args) -> int:
     )
     checked.validate()  # the same checks and words as a prune run's
     _preflight(args, (args.eval,), store=True)
-    from alphaprune.runs import RunRecord, RunStore, library_versions, numerics
+    from alphaprune.runs import RunRecord, RunStore, library_versions
 
     windows = args.eval_windows or 64  # the estimate's guess when all windows are asked for
     plan, ckpt = _plan(args, "eval", samples=windows, seqlen=args.seqlen, batch=args.batch_size)
     update, close = _progress_bar("perplexity")
     try:
-        ppl, seconds, fp, device, protocol = _evaluate(args, plan, ckpt, update)
+        ppl, seconds, fp, device, protocol, rounding = _evaluate(args, plan, ckpt, update)
     finally:
         close()
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
     settings.update(batch_size=args.batch_size, device=device, offload=plan.path if plan is not None else "none")
     settings["protocol"] = protocol
-    settings["numerics"] = numerics()
+    settings["numerics"] = rounding
     record = RunRecord(
         kind="eval",
         model=args.model,
@@ -642,10 +642,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict]:
-    """(perplexity, seconds, fingerprint, device, tokenization protocol): block by block
-    when the plan streams."""
+def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict, dict]:
+    """(perplexity, seconds, fingerprint, device, tokenization protocol, numerics): block by
+    block when the plan streams."""
     from alphaprune.pipeline import check_context, run_eval
+    from alphaprune.runs import numerics
     from alphaprune.text import protocol
 
     if plan is not None and plan.streamed:
@@ -658,11 +659,11 @@ def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict]
         device = _device(args)
         got = eval_streamed(source, tokenizer, args.eval, args.seqlen, args.eval_windows, args.batch_size,
                             progress, device)  # fmt: skip
-        return (*got, device, protocol(tokenizer).as_dict())
+        return (*got, device, protocol(tokenizer).as_dict(), numerics(getattr(source, "model", None)))
     loaded = _load(args)
     check_context(loaded.model, args.seqlen)
     got = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, progress)
-    return (*got, str(loaded.device), protocol(loaded.tokenizer).as_dict())
+    return (*got, str(loaded.device), protocol(loaded.tokenizer).as_dict(), numerics(loaded.model))
 
 
 def cmd_sweep(args) -> int:

@@ -263,8 +263,13 @@ def _search(model, config, analysis, calib_ids, progress) -> tuple[dict, tuple]:
     heldout = text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
     blocks = len({m.block for m in prunable_matrices(model)})
 
+    made: dict[tuple, alloc.Allocation] = {}  # each candidate's allocation, made once (key and prune)
+
     def allocation(values: dict) -> alloc.Allocation:
-        return make_allocation(model, dataclasses.replace(config, **values), analysis, calib)
+        name = tuple(sorted(values.items()))
+        if name not in made:
+            made[name] = make_allocation(model, dataclasses.replace(config, **values), analysis, calib)
+        return made[name]
 
     def score(values: dict) -> float:
         pruned = prune_copy(model, allocation(values), dataclasses.replace(config, **values), calib)

@@ -91,6 +91,8 @@ def search(plan: list[dict], score: Callable[[dict], float], progress=None, key=
     candidates around the grid's best are tried while fewer than `budget` prunes were run."""
     key = key or (lambda values: tuple(sorted(values.items())))
     budget = len(plan) if budget is None else budget
+    if budget < 1 or not plan:
+        raise UserError(f"a search needs candidates and a budget of at least 1 prune run, got {budget}")
     scores: dict = {}
     trials: list[Trial] = []
 
@@ -114,4 +116,6 @@ def search(plan: list[dict], score: Callable[[dict], float], progress=None, key=
         if all(t.values != values for t in trials) and not run(values):
             break
     best = min(trials, key=lambda t: t.heldout_ppl)
+    if progress is not None:  # the budget may not be spent: the stage still ends at 1
+        progress(1.0, f"chose {', '.join(f'{k} {v:g}' for k, v in best.values.items())} of {len(scores)} prune runs")
     return dict(best.values), tuple(trials)

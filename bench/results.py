@@ -197,12 +197,15 @@ def stale(record, analysis) -> bool:
     from alphaprune.registry import RuleInput
 
     s = record.settings
-    if searched(s):
-        return any("pruned" not in trial for trial in s.get("search") or [])
+    if searched(s):  # an epsilon_search of issue 3 has no "search" list: older too
+        trials = s.get("search") or []
+        return not trials or any("pruned" not in trial for trial in trials)
     rule = registry.rule(str(s.get("allocation")))
-    if rule is None or rule.needs != registry.ANALYSIS or s.get("metric") == "alpha_farms":
+    if rule is None or rule.needs != registry.ANALYSIS or "sparsity" not in s or "ceiling" not in s:
         return False
-    params = {p.name: s.get(p.name, p.default) for p in rule.params}
+    params = {p.name: s.get(p.name) if s.get(p.name) is not None else p.default for p in rule.params}
+    if rule.analysis_options and rule.analysis_options(params):  # FARMS' windows: not in `analysis`
+        return False
     given = RuleInput(tuple(analysis.prunable), s["sparsity"], s["ceiling"], params, s.get("mapping", "block"))
     now = rule.allocate(given).block_ratios
     if len(now) != len(record.block_ratios):

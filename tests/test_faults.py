@@ -211,7 +211,7 @@ def _kill(home: Path, args: list[str], sig: int, point, rng: random.Random, redo
         cli.finished_before = attempt  # the earlier tries ran to the end, each storing its run
         # Ctrl-C while the interpreter was already shutting down (its default SIGINT action is
         # back then): the work was done, as with exit 0
-        late = sig == signal.SIGINT and code == -signal.SIGINT
+        late = sig == signal.SIGINT and code == -signal.SIGINT and "Traceback" not in cli.stderr
         if code != 0 and not late:
             break
     if sig == signal.SIGKILL:
