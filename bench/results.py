@@ -213,12 +213,15 @@ def stale(record, analysis) -> bool:
     return max(abs(a - b) for a, b in zip(now, record.block_ratios, strict=True)) > 1e-9
 
 
+def _mark(record) -> str:
+    return " \u2020" if record.id in STALE else ""
+
+
 def cell(record) -> str:
     if record is None:
         return "not run yet"
     minutes = record.seconds.get("total", float("nan")) / 60
-    mark = " \u2020" if record.id in STALE else ""
-    return f"{record.ppl_after:.2f}{mark} (sparsity {record.actual_sparsity:.4f}, {minutes:.1f} min)"
+    return f"{record.ppl_after:.2f}{_mark(record)} (sparsity {record.actual_sparsity:.4f}, {minutes:.1f} min)"
 
 
 LABELS = {
@@ -284,8 +287,8 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
             lines.append(
                 f"| {LABELS[rule]} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {prune_runs(trials)} | "
                 f"{record.seconds.get('search', float('nan')) / 60:.1f} | {_picked(record)} | "
-                f"{min(t['heldout_ppl'] for t in trials):.2f} | **{record.ppl_after:.2f}** | "
-                f"{f'{default.ppl_after:.2f}' if default else 'not run yet'} |"
+                f"{min(t['heldout_ppl'] for t in trials):.2f} | **{record.ppl_after:.2f}**{_mark(record)} | "
+                f"{f'{default.ppl_after:.2f}{_mark(default)}' if default else 'not run yet'} |"
             )
     lines += ["", "Every candidate's held-out perplexity (the search's curve):", ""]
     for sparsity in (0.7, 0.8):
