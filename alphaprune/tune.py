@@ -70,7 +70,7 @@ def candidates(config: PruneConfig, blocks: int, budget: int | None = None) -> l
 
 def refinements(config: PruneConfig, best: dict, blocks: int) -> list[dict]:
     """Midpoints between the best value of each auto parameter with 3+ grid values and its
-    grid neighbours, nearest the best first; the other parameters as in `best`."""
+    grid neighbours (the lower one first); the other parameters as in `best`."""
     out = []
     for name in config.auto_params():
         param = config.auto_spec(name)
