@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alphaprune import model_card
 from alphaprune.atomic import atomic_folder
 from alphaprune.errors import UserError
 from alphaprune.pruners import parse_pattern
@@ -102,7 +103,9 @@ def llmcompressor_recipe(ratios: dict[str, float], pruner: str, pattern: str = "
 def _keep_zeros_recipe(header: list[str], note: list[str], names: list[str], values: list[float], mask: str,
                        options: dict) -> str:  # fmt: skip
     """A fine-tuning stage that keeps the exported zeros, and the one-shot stage commented out."""
-    keep = {"start": 0, "targets": [f"{name}.weight" for name in names]}
+    # llm-compressor matches module names (compressed-tensors' match_named_modules) and then
+    # masks each module's `weight`: a parameter name ("...q_proj.weight") matches nothing.
+    keep = {"start": 0, "targets": names}
     oneshot = _sparsity_stage("WandaPruningModifier", names, values, mask, options)
     lines = (
         header
@@ -240,8 +243,34 @@ def write_export_files(folder: Path, ratios: dict, block_ratios, measured: dict,
         "measured": measured,
     }
     (Path(folder) / RECIPE_FILE).write_text(llmcompressor_recipe(ratios, pruner, pattern))
+    both_generations(Path(folder))
+    plain = json.loads(json.dumps(metadata, default=_jsonable))  # tensors and numpy scalars as numbers
+    model_card.write_card(Path(folder), ratios, record["block_ratios"], measured, plain)
     # Written last: its presence marks a complete alphaprune export.
     (Path(folder) / RATIOS_FILE).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+
+
+def both_generations(folder: Path) -> None:
+    """Make a folder transformers 5 wrote readable by transformers 4.x too, meaning unchanged.
+
+    - config.json: 5 keeps RoPE's base in `rope_parameters`; 4.x reads a top-level
+      `rope_theta` and silently falls back to 10000 without one (+4.8% perplexity on the
+      default model, whose base is 100000). Both keys are written; 5 reads the nested one.
+    - tokenizer_config.json: 5 names its fast tokenizer class `TokenizersBackend`, which 4.x
+      cannot import; `PreTrainedTokenizerFast` is the same class in 5 and exists in 4.x.
+    """
+    config_path, tok_path = folder / "config.json", folder / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        rope = config.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+            config["rope_theta"] = rope["rope_theta"]
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+    if tok_path.is_file():
+        tok = json.loads(tok_path.read_text())
+        if tok.get("tokenizer_class") == "TokenizersBackend":
+            tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tok_path.write_text(json.dumps(tok, indent=2) + "\n")
 
 
 def save_result(result, tokenizer, directory: str | os.PathLike) -> Path:

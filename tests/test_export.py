@@ -168,7 +168,8 @@ def test_magnitude_recipe_keeps_zeros_and_documents_the_ratios():
     text = llmcompressor_recipe(ratios, "magnitude")
     active = [line for line in text.splitlines() if not line.startswith("#")]
     assert "ConstantPruningModifier:" in "\n".join(active) and "sparsity:" not in "\n".join(active)
-    assert re.findall(r"- '([^']*)'", "\n".join(active)) == [f"{n}.weight" for n in ratios]
+    # module names: llm-compressor matches modules and masks their weight (a parameter name matches nothing)
+    assert re.findall(r"- '([^']*)'", "\n".join(active)) == list(ratios)
     commented = "\n".join(line[2:] for line in text.splitlines() if line.startswith("#   ") or line.startswith("# s"))
     assert _recipe_lists(commented)[:2] == (list(ratios.values()), list(ratios))
     assert "no one-shot magnitude pruner" in text
@@ -254,3 +255,48 @@ def test_failure_midway_keeps_the_previous_export(tmp_path, monkeypatch):
         _save(tmp_path, model, ratios, block_ratios, tokenizer=tokenizer)
     assert sorted(p.name for p in folder.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------- both transformers generations, model card
+
+
+def test_folder_carries_what_transformers_4_reads(tmp_path):
+    """4.x reads a top-level rope_theta (else silently 10000) and cannot import TokenizersBackend."""
+    model, ratios, block_ratios = _pruned()
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 123456.0}
+    tokenizer = _tokenizer()
+    folder = _save(tmp_path, model, ratios, block_ratios, tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 123456.0
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    reread = transformers.AutoTokenizer.from_pretrained(folder)
+    assert reread("hello world").input_ids == tokenizer("hello world").input_ids
+    assert AutoModelForCausalLM.from_pretrained(folder).config.rope_parameters["rope_theta"] == 123456.0
+
+
+def test_model_card_says_settings_ratios_perplexity_and_versions(tmp_path):
+    model, ratios, block_ratios = _pruned()
+    meta = {**METADATA, "ppl_before": 31.5, "ppl_after": 40.25, "actual_sparsity": 0.6, "clipped": ["x"]}
+    folder = _save(tmp_path, model, ratios, block_ratios, metadata=meta)
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "- wanda" in card
+    assert "| dense | 31.5000 |" in card and "| pruned | 40.2500 |" in card
+    assert "| epsilon | 0.2 |" in card and "| allocation | alpha |" in card and "clipped" in card
+    first = next(iter(ratios))
+    assert f"| {first} | {ratios[first]:.4f} | {ratios[first]:.4f} |" in card  # target and the zeros saved
+    assert f"| torch | {torch.__version__.split('+')[0]}" in card and "| transformers |" in card
+    assert (folder / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(sparsity.png)" in card
+
+
+@pytest.mark.slow
+def test_saved_default_model_generates_with_a_pipeline(real_model, tmp_path):
+    """The real model's export, read back and run by transformers.pipeline("text-generation")."""
+    ratios = {ref.name: 0.0 for ref in prunable_matrices(real_model.model)}
+    folder = save_pruned(real_model.model, real_model.tokenizer, tmp_path / "dense", ratios, [0.0] * 30, {})
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_theta"] == 100000.0  # what 4.x would otherwise take as 10000
+    pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    text = pipe("The capital of France is", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    ids = real_model.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    expected = real_model.model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert text == real_model.tokenizer.decode(expected[0], skip_special_tokens=True)
