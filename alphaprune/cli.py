@@ -258,6 +258,8 @@ def _add_runs(sub) -> None:
     p.add_argument("--sweep", help="only the runs of this sweep id")
     p.add_argument("--export", type=Path, help="write the (filtered) runs as FILE.csv or FILE.json")
     p.add_argument("--delete", type=_run_ids, help="comma-separated run ids")
+    p.add_argument("--report", type=int, metavar="ID", help="write run ID as a one-page HTML report")
+    p.add_argument("--report-out", type=Path, metavar="FILE.html", help="where --report writes (default run-ID.html)")
     p.set_defaults(func=cmd_runs)
 
 
@@ -740,6 +742,13 @@ def cmd_runs(args) -> int:
     store = RunStore()
     if args.delete:
         print(f"deleted {store.delete(args.delete, missing_ok=False)} run(s)")
+        return 0
+    if args.report is not None:
+        from alphaprune.html_report import write_run_report
+
+        out = args.report_out or Path(f"run-{args.report}.html")
+        _check_out(out, (".html", ".htm"))
+        print(f"wrote {write_run_report(store.get(args.report), out)}", file=sys.stderr)
         return 0
     if args.export is not None:
         store.export(args.export, model=args.model, kind=args.kind, sweep=args.sweep)

@@ -586,6 +586,20 @@ def runs_figure(frame, x: str = "sparsity") -> go.Figure:
     return fig
 
 
+def record_ratios_figure(block_ratios, target: float | None, title: str) -> go.Figure:
+    """A stored run's sparsity per block (runs.RunRecord.block_ratios), the target dashed."""
+    if not block_ratios:
+        return _empty("No per-block ratios in this run")
+    bars = go.Bar(x=list(range(len(block_ratios))), y=list(block_ratios), name="block sparsity",
+                  hovertemplate="block %{x}<br>sparsity %{y:.4f}<extra></extra>")  # fmt: skip
+    fig = go.Figure(data=[bars])
+    if target is not None:
+        fig.add_shape(_hline(float(target), "dash", f"target {float(target):g}"))
+    fig.update_layout(title=title, height=_HEIGHT, xaxis=dict(title="block"),
+                      yaxis=dict(title="sparsity", range=[0, 1.02]))  # fmt: skip
+    return fig
+
+
 # --- teaching ------------------------------------------------------------------------------------------------------
 
 _DEMO_DOF = 2.0  # Student-t degrees of freedom of the heavy-tailed demo matrix (infinite variance)

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from alphaprune.plots import heavy_tail_demo_figure
+from alphaprune.ui.charts import chart
 
 st.title("About: why spectra tell you where to prune")
 
@@ -19,7 +20,7 @@ under-trained, α > 8 usually a spurious fit).
     unsafe_allow_html=True,
 )
 seed = st.slider("Random seed of the demo matrices", 0, 9, 0, key="about_seed")
-st.plotly_chart(heavy_tail_demo_figure(seed=seed), key="about_demo_chart", width="stretch")
+chart(st, heavy_tail_demo_figure(seed=seed), key="about_demo_chart", name="heavy_tail_demo")
 st.markdown(
     """
 **Fitting α.** For a candidate λ<sub>min</sub>, the maximum-likelihood exponent is

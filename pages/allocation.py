@@ -20,6 +20,7 @@ from alphaprune.farms import estimate_cost
 from alphaprune.pipeline import analysis_options, cached_statistics, make_allocation
 from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
+from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
@@ -173,7 +174,7 @@ if unmeasured:
     st.caption(f"{names}: not overlaid until their block statistics are measured on the calibration windows.")
     if st.button(f"Compute statistics of {names}", key="overlay_compute", disabled=not calib_source):
         compute_statistics(unmeasured)
-st.plotly_chart(allocation_figure(allocation, sparsity, others), key="allocation_chart", width="stretch")
+chart(st, allocation_figure(allocation, sparsity, others), key="allocation_chart", name="allocation")
 
 rows = [
     {"matrix": n, "block": b, "params": p, "sparsity": s, "unclipped": r}

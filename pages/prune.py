@@ -18,6 +18,7 @@ from alphaprune.patterns import PATTERNS
 from alphaprune.pipeline import PruneConfig, run_prune
 from alphaprune.plots import before_after_figure, search_figure
 from alphaprune.preflight import WHERE
+from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
@@ -259,10 +260,10 @@ st.caption(
 )
 if result.search:
     st.markdown("**The search** (held-out calibration text; the evaluation text was not read)")
-    st.plotly_chart(search_figure(result.search), key="search_chart", width="stretch")
+    chart(st, search_figure(result.search), key="search_chart", name="search")
 pruned_analysis = st.session_state.get(PRUNED_ANALYSIS)
 if analysis is not None and pruned_analysis is not None:
-    st.plotly_chart(before_after_figure(analysis, pruned_analysis), key="before_after_chart", width="stretch")
+    chart(st, before_after_figure(analysis, pruned_analysis), key="before_after_chart", name="alpha_before_after")
 elif analysis is not None and st.button("Measure the spectra", key="pruned_spectra_button"):
     error = _spectra_of_pruned(result, run_id)
     if error:

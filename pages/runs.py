@@ -10,8 +10,10 @@ import streamlit as st
 
 from alphaprune import registry
 from alphaprune.errors import UserError
+from alphaprune.html_report import run_report
 from alphaprune.plots import runs_figure
 from alphaprune.runs import RunStore
+from alphaprune.ui.charts import chart
 
 DELETE_IDS, CONFIRM = "runs_delete_ids", "runs_delete_confirm"
 
@@ -59,9 +61,9 @@ if chosen:
     view = view[view["pruner"].isin(chosen)]
 
 left, right = st.columns(2)
-left.plotly_chart(runs_figure(view, "sparsity"), key="runs_sparsity_chart", width="stretch")
+chart(left, runs_figure(view, "sparsity"), key="runs_sparsity_chart", name="runs_by_sparsity")
 if "epsilon" in view and view["epsilon"].notna().any():
-    right.plotly_chart(runs_figure(view, "epsilon"), key="runs_eps_chart", width="stretch")
+    chart(right, runs_figure(view, "epsilon"), key="runs_eps_chart", name="runs_by_epsilon")
 wanted = ["id", "created", "kind", "model", "pruner", "allocation", "epsilon", "sparsity", "pattern"]
 wanted += ["ppl_before", "ppl_after", "actual_sparsity", "offload", "seconds_total"]  # offload: the path that ran
 st.dataframe(view[[c for c in wanted if c in view.columns]], hide_index=True, key="runs_table")
@@ -80,3 +82,12 @@ ids = set(view["id"].tolist())
 records = [r.to_dict() for r in store.list() if r.id in ids]
 right.download_button("Export JSON", json.dumps(records, indent=1), "runs.json", key="runs_json")
 right.download_button("Export CSV", view.to_csv(index=False), "runs.csv", "text/csv", key="runs_csv")
+
+left, right = st.columns([2, 1])
+report_id = left.selectbox("One-page HTML report of run", view["id"].tolist(), key="runs_report_id")
+if report_id is not None:
+    right.download_button(
+        "HTML report", lambda: run_report(store.get(int(report_id))), f"run-{report_id}.html", "text/html",
+        key="runs_report", on_click="ignore",
+        help="Its perplexities, figures, settings and versions in one offline page (`alphaprune runs --report ID`)",
+    )  # fmt: skip

@@ -16,6 +16,7 @@ from alphaprune.plots import (
 from alphaprune.report import analysis_frame
 from alphaprune.spectra import eigenvalues
 from alphaprune.tails import cached_tails
+from alphaprune.ui.charts import chart
 from alphaprune.ui.session import ANALYSIS, TAILS, matrix_weight, model_name, require
 
 st.title("Spectra")
@@ -66,18 +67,18 @@ if tested is not None and tested[:2] == (name, rule):
 
 tab_log, tab_lin, tab_scan = st.tabs(["ESD (log-log)", "ESD (linear)", "KS distance and alpha vs xmin"])
 with tab_log:
-    st.plotly_chart(esd_figure(evals, layer, rule, random_evals=random_evals), key="esd_chart", width="stretch")
+    chart(st, esd_figure(evals, layer, rule, random_evals=random_evals), key="esd_chart", name="esd")
 with tab_lin:
-    st.plotly_chart(esd_linear_figure(evals, layer, rule), key="esd_linear_chart", width="stretch")
+    chart(st, esd_linear_figure(evals, layer, rule), key="esd_linear_chart", name="esd_linear")
 with tab_scan:
-    st.plotly_chart(xmin_scan_figure(evals, layer, rule), key="xmin_chart", width="stretch")
+    chart(st, xmin_scan_figure(evals, layer, rule), key="xmin_chart", name="xmin_scan")
 
 st.subheader("Across the model")
 metrics = [m for m in METRIC_NAMES if not m.startswith(("xmin", "D_", "mp_edge", "mp_sigma"))]
 metric = st.selectbox("Metric", metrics, index=metrics.index("alpha_peak"), key="depth_metric")
 left, right = st.columns(2)
-left.plotly_chart(alpha_depth_figure(analysis, metric), key="depth_chart", width="stretch")
-right.plotly_chart(heatmap_figure(analysis, metric), key="heatmap_chart", width="stretch")
+chart(left, alpha_depth_figure(analysis, metric), key="depth_chart", name="alpha_by_depth")
+chart(right, heatmap_figure(analysis, metric), key="heatmap_chart", name="alpha_heatmap")
 
 frame = analysis_frame(analysis)
 st.dataframe(frame, hide_index=True, key="metrics_table")
