@@ -220,7 +220,29 @@ def _add_prune(sub) -> None:
     p.add_argument("--save", type=Path, help="write the pruned model (Hugging Face format) and its ratios here")
     p.add_argument("--out", type=Path, help="write the result as FILE.json")
     p.add_argument("--prompt", help="also print the dense and the pruned model's greedy continuation of this text")
+    _add_zeroshot_args(p)
     p.set_defaults(func=cmd_prune)
+
+
+def _add_zeroshot_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("zero-shot accuracy (lm-evaluation-harness, optional extra: alphaprune[lmeval])")
+    from alphaprune import zeroshot
+
+    g.add_argument("--tasks", help=f"{zeroshot.TASKS_HELP} (e.g. {zeroshot.DEFAULT_TASKS}); measured on the dense "
+                   "and the pruned model in memory")  # fmt: skip
+    g.add_argument("--task-limit", type=int, help=zeroshot.LIMIT_HELP)
+    g.add_argument("--tasks-path", help=zeroshot.PATH_HELP)
+
+
+def _zeroshot(args):
+    """The ZeroShot to measure, checked before any model is loaded; None without --tasks."""
+    if getattr(args, "tasks", None) is None:
+        return None
+    from alphaprune.zeroshot import ZeroShot, parse_tasks
+
+    spec = ZeroShot(tuple(parse_tasks(args.tasks)), args.task_limit, args.tasks_path)
+    spec.check()
+    return spec
 
 
 def _add_eval(sub) -> None:
@@ -228,6 +250,7 @@ def _add_eval(sub) -> None:
     _add_model_args(p)
     _add_data_args(p, calibration=False)
     p.add_argument("--out", type=Path, help="write the result as FILE.json")
+    _add_zeroshot_args(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -414,8 +437,11 @@ def _analysis_for(loaded, config):
         close()
 
 
-def _run_one(loaded, config, analysis, sweep=None):
-    """Prune + measure + store one configuration; returns (result, run id)."""
+def _run_one(loaded, config, analysis, sweep=None, zeroshot=None):
+    """Prune + measure (with `zeroshot`, lm-eval's accuracy before and after too) + store one
+    configuration; returns (result, run id)."""
+    import dataclasses
+
     from alphaprune.pipeline import run_prune
     from alphaprune.runs import RunStore
 
@@ -424,8 +450,19 @@ def _run_one(loaded, config, analysis, sweep=None):
         result = run_prune(loaded, config, analysis, progress=update)
     finally:
         close()
-    run_id = RunStore().add(result.record(sweep=sweep))
-    return result, run_id
+    record = result.record(sweep=sweep)
+    if zeroshot is not None:
+        accuracy = zeroshot.before_after(loaded.model, result.model, loaded.tokenizer)
+        record = dataclasses.replace(record, accuracy=accuracy)
+    run_id = RunStore().add(record)
+    return result, run_id, record.accuracy
+
+
+def _print_accuracy(accuracy: dict) -> None:
+    from alphaprune.zeroshot import summary
+
+    for line in summary(accuracy) if accuracy else ():
+        print(line)
 
 
 def _summary(result, run_id: int) -> str:
@@ -463,11 +500,18 @@ def cmd_prune(args) -> int:
     _preflight(args, _texts_read(config), store=True)
     samples = config.calib_samples if config.needs_calibration else 0
     plan, ckpt = _plan(args, "prune", samples=samples, seqlen=config.seqlen, batch=1, pruner=config.pruner)
+    zeroshot = _zeroshot(args)
     if plan is not None and plan.streamed:
+        if zeroshot is not None:
+            raise UserError(
+                "--tasks needs the pruned model in memory, which a streamed run never holds: drop it, "
+                "or evaluate the saved folder: `alphaprune eval --model FOLDER --tasks ...`"
+            )
         return _prune_streamed(args, config, plan, ckpt)
     loaded = _load(args)
-    result, run_id = _run_one(loaded, config, _analysis_for(loaded, config))
+    result, run_id, accuracy = _run_one(loaded, config, _analysis_for(loaded, config), zeroshot=zeroshot)
     print(_summary(result, run_id))
+    _print_accuracy(accuracy)
     if args.prompt is not None:
         from alphaprune.generate import generate
 
@@ -619,9 +663,13 @@ def cmd_eval(args) -> int:
 
     windows = args.eval_windows or 64  # the estimate's guess when all windows are asked for
     plan, ckpt = _plan(args, "eval", samples=windows, seqlen=args.seqlen, batch=args.batch_size)
+    zeroshot = _zeroshot(args)
+    if zeroshot is not None and plan is not None and plan.streamed:
+        raise UserError("--tasks needs the model in memory, and this run streams it block by block: drop --tasks "
+                        "or --offload, or use a machine with the memory for it")  # fmt: skip
     update, close = _progress_bar("perplexity")
     try:
-        ppl, seconds, fp, device, protocol, rounding = _evaluate(args, plan, ckpt, update)
+        ppl, seconds, fp, device, protocol, rounding, accuracy = _evaluate(args, plan, ckpt, update, zeroshot)
     finally:
         close()
     settings = {"eval": args.eval, "seqlen": args.seqlen, "eval_windows": args.eval_windows}
@@ -636,17 +684,19 @@ def cmd_eval(args) -> int:
         ppl_after=ppl,
         seconds={"total": seconds},
         versions=library_versions(),
+        accuracy=accuracy,
     )
     run_id = RunStore().add(record)
     print(f"run {run_id}: perplexity {ppl:.4f} ({args.eval}, seqlen {args.seqlen}, {seconds:.0f} s)")
+    _print_accuracy(accuracy)
     if args.out is not None:
         _write_json(args.out, {"run_id": run_id, "model": args.model, "perplexity": ppl, **settings})
     return 0
 
 
-def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict, dict]:
-    """(perplexity, seconds, fingerprint, device, tokenization protocol, numerics): block by
-    block when the plan streams."""
+def _evaluate(args, plan, ckpt, progress, zeroshot=None) -> tuple[float, float, str, str, dict, dict, dict]:
+    """(perplexity, seconds, fingerprint, device, tokenization protocol, numerics, accuracy):
+    block by block when the plan streams (then without zero-shot accuracy)."""
     from alphaprune.pipeline import check_context, run_eval
     from alphaprune.runs import numerics
     from alphaprune.text import protocol
@@ -661,11 +711,14 @@ def _evaluate(args, plan, ckpt, progress) -> tuple[float, float, str, str, dict,
         device = _device(args)
         got = eval_streamed(source, tokenizer, args.eval, args.seqlen, args.eval_windows, args.batch_size,
                             progress, device)  # fmt: skip
-        return (*got, device, protocol(tokenizer).as_dict(), numerics(getattr(source, "model", None)))
+        return (*got, device, protocol(tokenizer).as_dict(), numerics(getattr(source, "model", None)), {})
     loaded = _load(args)
     check_context(loaded.model, args.seqlen)
     got = run_eval(loaded, args.eval, args.seqlen, args.eval_windows, args.batch_size, progress)
-    return (*got, str(loaded.device), protocol(loaded.tokenizer).as_dict(), numerics(loaded.model))
+    accuracy = {}
+    if zeroshot is not None:  # the one model: its scores under "after", as a pruned model's are
+        accuracy = {**zeroshot.settings(), "after": zeroshot.measure(loaded.model, loaded.tokenizer)}
+    return (*got, str(loaded.device), protocol(loaded.tokenizer).as_dict(), numerics(loaded.model), accuracy)
 
 
 def cmd_sweep(args) -> int:
@@ -684,7 +737,7 @@ def cmd_sweep(args) -> int:
     analysis = _analysis_for(loaded, configs[0])
     sweep = uuid.uuid4().hex[:12]
     for config in configs:
-        result, run_id = _run_one(loaded, config, analysis, sweep=sweep)
+        result, run_id, _ = _run_one(loaded, config, analysis, sweep=sweep)
         print(_summary(result, run_id), flush=True)
     print(f"sweep {sweep}: {len(configs)} runs stored (alphaprune runs --sweep {sweep})")
     if args.out is not None:
@@ -721,7 +774,7 @@ def cmd_compare(args) -> int:
     if len(todo) < len(configs):
         print(f"compare {cid}: {len(configs) - len(todo)} of {len(configs)} rules already measured", file=sys.stderr)
     for config in todo:
-        result, run_id = _run_one(loaded, config, _analysis_for(loaded, config), sweep=cid)
+        result, run_id, _ = _run_one(loaded, config, _analysis_for(loaded, config), sweep=cid)
         print(_summary(result, run_id), flush=True)
         del result  # its pruned copy: never two copies beside the dense model
         gc.collect()

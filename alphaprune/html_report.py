@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alphaprune import atomic
 from alphaprune.figure_files import png_config
-from alphaprune.runs import RunRecord
+from alphaprune.runs import RunRecord, accuracy_cells
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -46,6 +46,8 @@ def run_report(record: RunRecord) -> str:
     head = f"Run {record.id}: {record.kind} of {record.model}"
     parts = [f"<h1>{html.escape(head)}</h1>", f"<p>Created {html.escape(record.created)} by alphaprune.</p>"]
     parts += ["<h2>Results</h2>", _table(_results(record))]
+    if record.accuracy:
+        parts += ["<h2>Zero-shot accuracy (lm-eval)</h2>", _table(accuracy_cells(record.accuracy))]
     for index, (name, fig) in enumerate(run_figures(record)):
         inline = index == 0  # plotly.js once, in the first figure (offline: no CDN)
         div = fig.to_html(

@@ -12,7 +12,8 @@
 One table `runs`: scalar columns for what people filter and sort on, JSON text for the rest
 (settings, ratios, block_ratios, seconds, versions); `PRAGMA user_version` holds the schema
 version so a later alphaprune can migrate old files (schema 1 -> 2: ids AUTOINCREMENT, so a
-deleted run's id is never given to a later run; every run is kept). Every operation opens its own
+deleted run's id is never given to a later run; 2 -> 3: an `accuracy` column for zero-shot
+results; every run is kept). Every operation opens its own
 connection (the app calls in from several threads) and writes in one transaction, so an
 interrupted write leaves no half record.
 
@@ -45,13 +46,14 @@ from alphaprune import atomic
 from alphaprune.errors import UserError
 from alphaprune.paths import check_writable, data_dir
 
-SCHEMA_VERSION = 2  # bump with a migration step in `_migrate`
+SCHEMA_VERSION = 3  # bump with a migration step in `_ensure_schema`
 KINDS = ("prune", "eval")
 BUSY_TIMEOUT_S = 30.0  # writers wait this long for another thread's / process's lock
 
 _SCALARS = ("created", "kind", "model", "fingerprint", "sweep", "ppl_before", "ppl_after", "actual_sparsity", "notes")
-_JSONS = ("settings", "ratios", "block_ratios", "seconds", "versions")
+_JSONS = ("settings", "ratios", "block_ratios", "seconds", "versions", "accuracy")
 _COLUMNS = ("id", *_SCALARS, *_JSONS)
+_V2_COLUMNS = _COLUMNS[:-1]  # schema 2 had no accuracy column
 _FLOATS = ("ppl_before", "ppl_after", "actual_sparsity")
 _UNUSABLE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_CANTOPEN)
 
@@ -70,7 +72,8 @@ _TABLE = """CREATE TABLE {name} (
         ratios TEXT NOT NULL,
         block_ratios TEXT NOT NULL,
         seconds TEXT NOT NULL,
-        versions TEXT NOT NULL
+        versions TEXT NOT NULL,
+        accuracy TEXT NOT NULL DEFAULT '{{}}'
     )"""  # AUTOINCREMENT: ids only grow, even after the newest run is deleted
 _INDEXES = ("CREATE INDEX runs_model ON runs (model, created)", "CREATE INDEX runs_sweep ON runs (sweep)")
 
@@ -125,6 +128,8 @@ class RunRecord:
     actual_sparsity: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     versions: dict[str, str] = field(default_factory=dict)  # library_versions()
+    # zero-shot accuracy (alphaprune/zeroshot.py): {"before"|"after": {task: {metric: value}}, "tasks", "limit"}
+    accuracy: dict = field(default_factory=dict)
     sweep: str | None = None  # groups the runs of one sweep
     notes: str = ""
 
@@ -153,6 +158,7 @@ class RunRecord:
             actual_sparsity=_float(data.get("actual_sparsity")),
             seconds={str(k): float(v) for k, v in (data.get("seconds") or {}).items()},
             versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
+            accuracy=dict(data.get("accuracy") or {}),
             sweep=data.get("sweep"),
             notes=data.get("notes") or "",
         )
@@ -208,6 +214,7 @@ def _row(record: RunRecord) -> tuple:
     blocks = [float(v) for v in record.block_ratios]
     seconds = {str(k): float(v) for k, v in record.seconds.items()}
     jsons = [_dumps(record.settings), _dumps(ratios), _dumps(blocks), _dumps(seconds), _dumps(record.versions)]
+    jsons.append(_dumps(record.accuracy))
     return (*scalars, *jsons)
 
 
@@ -235,7 +242,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     """Schema 1 -> 2: the same rows in a table whose ids AUTOINCREMENT (SQLite cannot alter a
     key in place). sqlite_sequence starts at the largest id copied."""
     conn.execute(_TABLE.format(name="runs_v2"))
-    conn.execute(f"INSERT INTO runs_v2 ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM runs")
+    conn.execute(f"INSERT INTO runs_v2 ({', '.join(_V2_COLUMNS)}) SELECT {', '.join(_V2_COLUMNS)} FROM runs")
     conn.execute("DROP TABLE runs")  # its indexes go with it
     conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
     for statement in _INDEXES:
@@ -301,7 +308,9 @@ class RunStore:
             if version == 0:
                 self._create(conn)
             elif version == 1:
-                _migrate_1_to_2(conn)
+                _migrate_1_to_2(conn)  # straight into today's table: accuracy '{}'
+            elif version == 2:
+                conn.execute("ALTER TABLE runs ADD COLUMN accuracy TEXT NOT NULL DEFAULT '{}'")  # schema 3
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -334,6 +343,13 @@ class RunStore:
                 _row(record),
             )
             return cur.lastrowid
+
+    def set_accuracy(self, run_id: int, accuracy: dict) -> None:
+        """Store zero-shot accuracy measured after the run was stored (the app's on-demand step)."""
+        with self._connect() as conn, _transaction(conn):
+            done = conn.execute("UPDATE runs SET accuracy = ? WHERE id = ?", (_dumps(accuracy), int(run_id)))
+            if done.rowcount == 0:
+                raise UserError(f"no run with id {run_id} in {self.path}")
 
     def get(self, run_id: int) -> RunRecord:
         with self._connect() as conn:
@@ -404,7 +420,7 @@ class RunStore:
 
 
 _FIXED_COLUMNS = ("id", "created", "kind", "model", "fingerprint", "sweep", *_FLOATS)
-_TAIL_COLUMNS = ("seconds_total", "ratios", "block_ratios", "versions", "notes")
+_TAIL_COLUMNS = ("seconds_total", "ratios", "block_ratios", "versions", "accuracy", "notes")
 
 
 def _unique(keys: Iterable[str]) -> list[str]:
@@ -418,6 +434,17 @@ def _flat_value(value):
     return value
 
 
+def accuracy_cells(accuracy: dict) -> dict[str, float]:
+    """Zero-shot scores as flat columns: {"boolq acc before": 0.61, "boolq acc after": 0.58, ...}."""
+    cells = {}
+    for when in ("before", "after"):
+        for task, metrics in (accuracy.get(when) or {}).items():
+            for metric in ("acc", "acc_norm"):
+                if metric in metrics:
+                    cells[f"{task} {metric} {when}"] = metrics[metric]
+    return cells
+
+
 def flat_rows(records: Iterable[RunRecord]) -> tuple[list[str], list[dict]]:
     """(columns, one dict per run) for CSV and DataFrames: the fixed columns, then every
     settings key as its own column (prefixed "setting_" only if it clashes), seconds_<stage>
@@ -428,15 +455,19 @@ def flat_rows(records: Iterable[RunRecord]) -> tuple[list[str], list[dict]]:
     taken = set(_FIXED_COLUMNS) | set(_TAIL_COLUMNS) | set(stage_columns.values())
     settings = _unique(k for r in records for k in r.settings)
     setting_columns = {k: f"setting_{k}" if k in taken else k for k in settings}
-    columns = [*_FIXED_COLUMNS, *setting_columns.values(), *stage_columns.values(), *_TAIL_COLUMNS]
+    scores = _unique(c for r in records for c in accuracy_cells(r.accuracy))
+    columns = [*_FIXED_COLUMNS, *setting_columns.values(), *scores, *stage_columns.values(), *_TAIL_COLUMNS]
     rows = []
     for r in records:
         row = {name: getattr(r, name) for name in _FIXED_COLUMNS}
         row.update({col: _flat_value(r.settings.get(k)) for k, col in setting_columns.items()})
+        row.update(dict.fromkeys(scores))
+        row.update(accuracy_cells(r.accuracy))
         row.update({col: r.seconds.get(s) for s, col in stage_columns.items()})
         # A stage named "total" is the measured total; otherwise the stages add up to it.
         row["seconds_total"] = r.seconds.get("total", sum(r.seconds.values())) if r.seconds else None
         row.update(ratios=_dumps(r.ratios), block_ratios=_dumps(r.block_ratios), versions=_dumps(r.versions))
+        row["accuracy"] = _dumps(r.accuracy) if r.accuracy else None
         row["notes"] = r.notes
         rows.append(row)
     return columns, rows

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from alphaprune import registry
+from alphaprune import registry, zeroshot
 from alphaprune.errors import UserError
 from alphaprune.export import save_result
 from alphaprune.generate import generate
@@ -20,6 +20,7 @@ from alphaprune.plots import before_after_figure, search_figure
 from alphaprune.preflight import WHERE
 from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
+    ACCURACY,
     ALLOC,
     ANALYSIS,
     CALIBRATION,
@@ -31,11 +32,13 @@ from alphaprune.ui.session import (
     RESULT,
     RUN_ID,
     TEXT_SOURCES,
+    accuracy_rows,
     allocation_words,
     check_stream_folder,
     compare_rules,
     failure,
     keep_result,
+    measure_accuracy,
     model_name,
     nm_override,
     progress_callback,
@@ -270,6 +273,22 @@ elif analysis is not None and st.button("Measure the spectra", key="pruned_spect
         st.error(error)
     else:
         st.rerun()
+
+if result.model is not None and loaded is not None:
+    with st.expander("Zero-shot accuracy (lm-evaluation-harness)", expanded=bool(st.session_state.get(ACCURACY))):
+        left, mid, right = st.columns([2, 2, 1])
+        tasks = left.text_input("Tasks", zeroshot.DEFAULT_TASKS, key="zs_tasks", help=zeroshot.TASKS_HELP)
+        tasks_path = mid.text_input("Local task folder (optional)", "", key="zs_path", help=zeroshot.PATH_HELP)
+        limit = right.number_input("Samples per task", 1, None, None, key="zs_limit", placeholder="all",
+                                   help=zeroshot.LIMIT_HELP)  # fmt: skip
+        if st.button("Measure accuracy, dense and pruned", key="zs_button"):
+            with st.spinner("lm-eval on the dense and the pruned model ..."):
+                try:
+                    measure_accuracy(loaded, result, tasks, limit and int(limit), tasks_path.strip())
+                except Exception as exc:
+                    st.error(failure(exc, "measuring zero-shot accuracy", "the run and its perplexities are kept"))
+        if st.session_state.get(ACCURACY):
+            st.dataframe(accuracy_rows(st.session_state[ACCURACY]), hide_index=True, key="zs_table")
 
 if result.model is None or loaded is None:  # streamed: neither model is in memory
     st.info(

@@ -298,3 +298,22 @@ def test_compare_runs_one_stored_run_per_rule_and_resumes(tiny_folder):
     assert len(runs) == 2 and len({r.ppl_before for r in runs}) == 1  # the same texts and dense model
     at.button(key="compare_button").click().run()
     assert runs_stored() == before + 2  # resumed: both rules were measured already
+
+
+def test_zero_shot_accuracy_is_measured_shown_and_stored_with_the_run(tiny_folder):
+    """lm-eval on the dense and the pruned tiny model (the local task of tests/data), on demand."""
+    tasks = Path(__file__).parent / "data" / "lmeval_tiny"
+    at = prune(prune_page(load(app(), str(tiny_folder)), prune_pruner="magnitude"))
+    no_errors(at)
+    at.text_input(key="zs_tasks").set_value("alphaprune_tiny")
+    at.text_input(key="zs_path").set_value(str(tasks))
+    at.number_input(key="zs_limit").set_value(3)
+    at.button(key="zs_button").click().run(timeout=300)
+    no_errors(at)
+    table = at.dataframe[-1].value
+    assert list(table["metric"]) == ["acc", "acc_norm"] and set(table.columns) >= {"dense", "pruned", "change"}
+    stored = RunStore().list()[-1].accuracy
+    assert stored["limit"] == 3 and stored["after"]["alphaprune_tiny"]["acc"] == table["pruned"][0]
+    at.text_input(key="zs_tasks").set_value("no_such_task")
+    at.button(key="zs_button").click().run(timeout=300)
+    assert "knows no task 'no_such_task'" in at.error[0].value and len(at.error) == 1

@@ -23,6 +23,7 @@ from alphaprune.figure_files import COLUMNS, figure_csv, figure_rows, png_config
 from alphaprune.html_report import run_report
 from alphaprune.runs import RunRecord, RunStore
 
+ACCURACY = {"tasks": ["tiny"], "before": {"tiny": {"acc": 0.5}}, "after": {"tiny": {"acc": 0.25}}}
 SEARCH = [
     {"values": {"epsilon": 0.1}, "heldout_ppl": 30.0, "pruned": True},
     {"values": {"epsilon": 0.3}, "heldout_ppl": 25.0, "pruned": True},
@@ -40,7 +41,8 @@ def _record(**settings) -> RunRecord:
     base["numerics"] = {"threads": "2", "attention": "sdpa"}
     return RunRecord(kind="prune", model="m", settings={**base, **settings}, ratios={"a": 0.5, "b": 0.7},
                      block_ratios=[0.5, 0.7], ppl_before=10.0, ppl_after=12.5, actual_sparsity=0.6,
-                     seconds={"prune": 3.0}, versions={"torch": "2.13.0"})  # fmt: skip
+                     seconds={"prune": 3.0}, versions={"torch": "2.13.0"},
+                     accuracy=ACCURACY)  # fmt: skip
 
 
 def _rows(text: str) -> list[dict]:
@@ -77,7 +79,8 @@ def test_html_report_is_one_offline_page_with_figures_settings_and_versions():
     assert page.count("plotly.js v") == 1 and "<script src=" not in page  # inlined once: works offline
     assert '"toImageButtonOptions": {"format": "png", "filename": "run7_search"' in page  # the PNG button
     for needle in ("<th>perplexity after</th><td>12.5</td>", "<th>epsilon</th><td>0.3</td>", "<th>torch</th>",
-                   "<th>attention</th><td>sdpa</td>", "<th>b</th><td>0.7</td>"):  # fmt: skip
+                   "<th>attention</th><td>sdpa</td>", "<th>b</th><td>0.7</td>",
+                   "<th>tiny acc after</th><td>0.25</td>"):  # fmt: skip
         assert needle in page, needle
 
 

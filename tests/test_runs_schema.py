@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import pytest
@@ -43,9 +44,10 @@ def test_a_schema_1_history_is_migrated_with_every_run(tmp_path):
     conn.execute(SCHEMA_1)
     conn.execute("CREATE INDEX runs_model ON runs (model, created)")
     conn.execute("CREATE INDEX runs_sweep ON runs (sweep)")
-    rows = [runs._row(record(n)) for n in range(4)]
+    rows = [runs._row(record(n))[:-1] for n in range(4)]  # schema 1 had no accuracy column
     marks = ", ".join("?" * len(rows[0]))
-    conn.executemany(f"INSERT INTO runs ({', '.join(runs._SCALARS + runs._JSONS)}) VALUES ({marks})", rows)
+    columns = runs._SCALARS + runs._JSONS[:-1]
+    conn.executemany(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", rows)
     conn.execute("DELETE FROM runs WHERE id = 2")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
@@ -56,7 +58,7 @@ def test_a_schema_1_history_is_migrated_with_every_run(tmp_path):
     assert [r.id for r in kept] == [1, 3, 4]
     assert [r.notes for r in kept] == ["run 0", "run 2", "run 3"] and kept[2].ppl_after == 23.0
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == runs.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == runs.SCHEMA_VERSION == 3
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     conn.close()
     assert {"runs_model", "runs_sweep"} <= indexes
@@ -72,3 +74,21 @@ def test_delete_can_refuse_unknown_ids_and_then_deletes_nothing(tmp_path):
     assert "\n" not in str(err.value)
     assert [r.id for r in store.list()] == [first]
     assert store.delete([first], missing_ok=False) == 1
+
+
+def test_schema_2_gains_the_accuracy_column_and_keeps_every_run(tmp_path):
+    """A run history of schema 2 (no accuracy column) opens, migrates and stores accuracy."""
+    path = tmp_path / "runs.sqlite"
+    RunStore(path).add(record(0))
+    with sqlite3.connect(path) as conn:  # make it what schema 2 wrote
+        conn.execute("ALTER TABLE runs DROP COLUMN accuracy")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    store = RunStore(path)
+    assert [r.notes for r in store.list()] == ["run 0"] and store.list()[0].accuracy == {}
+    scores = {"before": {"tiny": {"acc": 0.5}}, "after": {"tiny": {"acc": 0.25}}, "tasks": ["tiny"], "limit": None}
+    run_id = store.add(dataclasses.replace(record(1), accuracy=scores))
+    assert store.get(run_id).accuracy == scores
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()

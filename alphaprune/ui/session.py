@@ -55,6 +55,7 @@ RESULT = "prune_result"
 RUN_ID = "prune_run_id"
 PRUNED_ANALYSIS = "pruned_analysis"
 GENERATIONS = "generations"
+ACCURACY = "zero_shot_accuracy"  # the run record's accuracy of the session's pruned model (alphaprune/zeroshot.py)
 TAILS = "tail_test_result"  # (matrix, xmin rule, tails.TailTest) of the Spectra page's last tail test
 COMPARE = "compare_rows"  # (compare id, rows of compare.table) of the Prune page's last comparison
 FINGERPRINT = "dense_fingerprint"  # (model object, short hex)
@@ -373,10 +374,35 @@ def keep_result(result) -> int:
     Held first, so a failing store (a locked or broken database) loses nothing measured;
     the optional steps after it (spectra of the pruned model) run on a stored run."""
     st.session_state[RESULT] = result
-    for key in (RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
+    for key in (RUN_ID, PRUNED_ANALYSIS, GENERATIONS, ACCURACY):
         st.session_state[key] = None
     st.session_state[RUN_ID] = RunStore().add(result.record())
     return st.session_state[RUN_ID]
+
+
+def measure_accuracy(loaded: LoadedModel, result, tasks: str, limit: int | None, include_path: str | None) -> dict:
+    """Zero-shot accuracy of the dense and the session's pruned model (lm-eval), held in the
+    session first, then stored with the run (a failing store loses nothing measured)."""
+    from alphaprune.zeroshot import ZeroShot, parse_tasks
+
+    spec = ZeroShot(tuple(parse_tasks(tasks)), limit, include_path or None)
+    spec.check()
+    st.session_state[ACCURACY] = spec.before_after(loaded.model, result.model, loaded.tokenizer)
+    if st.session_state.get(RUN_ID):
+        RunStore().set_accuracy(st.session_state[RUN_ID], st.session_state[ACCURACY])
+    return st.session_state[ACCURACY]
+
+
+def accuracy_rows(accuracy: dict) -> list[dict]:
+    """One row per task and metric: dense, pruned and the change."""
+    rows = []
+    for task in accuracy.get("tasks", []):
+        before, after = accuracy["before"].get(task, {}), accuracy["after"].get(task, {})
+        for metric in ("acc", "acc_norm"):
+            if metric in before and metric in after:
+                rows.append({"task": task, "metric": metric, "dense": before[metric], "pruned": after[metric],
+                             "change": after[metric] - before[metric]})  # fmt: skip
+    return rows
 
 
 def compare_rules(loaded: LoadedModel, base: PruneConfig, rules: list[str], analysis, progress):
