@@ -257,10 +257,22 @@ def _add_eval(sub) -> None:
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="one prune run per epsilon and/or sparsity of a grid, all stored")
     _add_prune_args(p)
-    p.add_argument("--epsilons", type=_floats, help="comma-separated epsilons (AlphaPruning)")
+    p.add_argument("--epsilons", type=_floats, help="comma-separated epsilons (rules with an epsilon)")
     p.add_argument("--sparsities", type=_floats, help="comma-separated target sparsities")
+    p.add_argument("--pruners", type=_names, help="comma-separated pruners (default: --pruner)")
+    p.add_argument("--rules", type=_names, help="comma-separated allocation rules (default: --allocation)")
+    p.add_argument("--ray", metavar="ADDRESS", help="fan the cells out as Ray tasks: 'local' (a cluster on this "
+                   "machine) or a cluster's address; needs alphaprune[ray]")  # fmt: skip
+    p.add_argument("--workers", type=int, help="with --ray local: CPUs of the local cluster (default: all)")
     p.add_argument("--out", type=Path, help="write the sweep's runs as FILE.csv or FILE.json")
     p.set_defaults(func=cmd_sweep)
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
+    return names
 
 
 def _add_compare(sub) -> None:
@@ -722,28 +734,37 @@ def _evaluate(args, plan, ckpt, progress, zeroshot=None) -> tuple[float, float, 
 
 
 def cmd_sweep(args) -> int:
-    import uuid
+    from alphaprune import registry, sweep
+    from alphaprune.runs import RunStore
 
-    from alphaprune import registry
-
-    if args.epsilons and "epsilon" not in registry.rule(args.allocation).param_names():
-        raise UserError(f"--epsilons applies to rules with an epsilon, not --allocation {args.allocation}")
-    epsilons = args.epsilons or [args.epsilon]
-    sparsities = args.sparsities or [args.sparsity]
-    configs = [_config(args, sparsity=s, **({} if e is None else {"epsilon": e})) for s in sparsities for e in epsilons]
+    rules = args.rules or [args.allocation]
+    if args.epsilons and not any("epsilon" in registry.rule(r).param_names() for r in rules):
+        raise UserError(f"--epsilons applies to rules with an epsilon, not {', '.join(rules)}")
+    configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules)
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)
-    loaded = _load(args)
-    analysis = _analysis_for(loaded, configs[0])
-    sweep = uuid.uuid4().hex[:12]
-    for config in configs:
-        result, run_id, _ = _run_one(loaded, config, analysis, sweep=sweep)
-        print(_summary(result, run_id), flush=True)
-    print(f"sweep {sweep}: {len(configs)} runs stored (alphaprune runs --sweep {sweep})")
+    if args.ray is not None:
+        sweep._ray()  # the extra installed, before any work
+    store = RunStore()
+    sid = sweep.sweep_id(args.model, configs)
+    todo = sweep.pending(store, args.model, configs, sid)
+    print(f"sweep {sid}: {len(configs)} cells, {len(configs) - len(todo)} already stored", file=sys.stderr)
+    update, close = _progress_bar(f"sweep {len(todo)} cells")
+    try:
+        if args.ray is not None:
+            model = sweep.ModelSpec(args.model, args.dtype, args.device, args.trust_remote_code)
+            sweep.run_ray(args.ray, model, todo, sid, len(configs), store, update, args.workers)
+        elif todo:
+            sweep.run_sequential(_load(args), todo, sid, len(configs), store, update)
+    finally:
+        close()
+    for record in store.list(sweep=sid):
+        print(f"run {record.id}: {record.settings.get('pruner')} {record.settings.get('allocation')} "
+              f"s={record.settings.get('sparsity')} eps={record.settings.get('epsilon')}: "
+              f"perplexity {record.ppl_before:.3f} -> {record.ppl_after:.3f}")  # fmt: skip
+    print(f"sweep {sid}: {len(configs)} runs stored (alphaprune runs --sweep {sid})")
     if args.out is not None:
-        from alphaprune.runs import RunStore
-
-        RunStore().export(args.out, sweep=sweep)
+        store.export(args.out, sweep=sid)
     return 0
 
 

@@ -13,9 +13,11 @@ from alphaprune.errors import UserError
 from alphaprune.html_report import run_report
 from alphaprune.plots import runs_figure
 from alphaprune.runs import RunStore
+from alphaprune.sweep import progress_of
 from alphaprune.ui.charts import chart
 
 DELETE_IDS, CONFIRM = "runs_delete_ids", "runs_delete_confirm"
+SWEEP_REFRESH_S = 5  # how often the sweeps' progress is re-read
 
 
 def delete_runs(store: RunStore, ids: list[int]) -> None:
@@ -45,6 +47,16 @@ if frame.empty:
 if {"epsilon", "allocation"} <= set(frame.columns):  # only AlphaPruning has one (older records stored the default)
     frame["epsilon"] = frame["epsilon"].where(frame["allocation"].map(lambda a: registry.has_param(a, "epsilon")))
 
+
+@st.fragment(run_every=SWEEP_REFRESH_S)
+def sweep_progress() -> None:
+    """The unfinished sweeps' progress, re-read every few seconds while their cells land."""
+    unfinished = [s for s in progress_of(RunStore().list(kind="prune")) if s["stored"] < s["cells"]]
+    for s in unfinished[:3]:
+        st.progress(s["stored"] / s["cells"], text=f"sweep {s['sweep']}: {s['stored']} of {s['cells']} cells stored")
+
+
+sweep_progress()
 left, mid, right = st.columns(3)
 models = left.multiselect("Model", sorted(frame["model"].unique()), key="runs_models")
 kind_options = sorted(frame["kind"].unique())

@@ -1,0 +1,123 @@
+"""Sweeps (issue 12, item 2): a grid of cells stored under one id that a rerun resumes, one
+after another or fanned out as Ray tasks in a local cluster of two workers.
+
+The Ray sweep stores the same four runs as the sequential one (the driver writes every record,
+workers never touch the store); a driver killed midway leaves whole runs only, and the rerun
+adds just the missing cells.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alphaprune.cli import main
+from alphaprune.runs import RunStore
+from tests.conftest import tiny_llama, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 80
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep-model")
+    tiny_llama(layers=4, hidden=128).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """This test's own run store and cache (the CLI, its subprocesses and Ray's workers read them)."""
+    for name in ("DATA", "CACHE"):
+        monkeypatch.setenv(f"ALPHAPRUNE_{name}", str(tmp_path / name.lower()))
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    return tmp_path
+
+
+def _grid(folder: str, home: Path, pruner: str = "wanda") -> list[str]:
+    corpus = str(home / "corpus.txt")
+    return ["sweep", "--model", folder, "--pruner", pruner, "--allocation", "alphapruning", "--epsilons", "0.1,0.3",
+            "--sparsities", "0.4,0.6", "--calib", corpus, "--eval", corpus, "--calib-samples", "8", "--seqlen", "64",
+            "--eval-windows", "4"]  # fmt: skip
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "alphaprune", *args], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def _cells(records) -> dict:
+    return {r.settings["cell"]: (r.ppl_before, r.ppl_after, r.actual_sparsity, r.ratios) for r in records}
+
+
+def test_a_sequential_sweep_resumes_with_only_the_missing_cells(tiny_folder, home, capsys):
+    assert main(_grid(tiny_folder, home, "magnitude")) == 0
+    store = RunStore()
+    first = store.list()
+    assert len(first) == 4 and len({r.sweep for r in first}) == 1 and first[0].settings["sweep_cells"] == 4
+    store.delete([first[2].id])
+    assert main(_grid(tiny_folder, home, "magnitude")) == 0
+    assert "3 already stored" in capsys.readouterr().err
+    again = store.list()
+    assert [r.id for r in again[:3]] == [first[0].id, first[1].id, first[3].id] and len(again) == 4
+    assert _cells(again) == _cells(first)
+
+
+def test_ray_local_sweep_equals_the_sequential_one_and_resumes_after_a_kill(tiny_folder, home, monkeypatch):
+    pytest.importorskip("ray")
+    assert main(_grid(tiny_folder, home)) == 0  # sequential, into a store of its own
+    sequential = _cells(RunStore().list())
+    monkeypatch.setenv("ALPHAPRUNE_DATA", str(home / "ray-data"))
+    store = RunStore()
+    driver = _cli([*_grid(tiny_folder, home), "--ray", "local", "--workers", "2"], start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not store.path.exists() or not store.list():  # the first cell lands
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no cell stored in 300 s"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local cluster it started
+    driver.wait()
+    kept = store.list()
+    assert 1 <= len(kept) <= 4
+    rerun = _cli([*_grid(tiny_folder, home), "--ray", "local", "--workers", "2"])
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-2000:]
+    assert f"{len(kept)} already stored" in err
+    final = store.list()
+    assert len(final) == 4 and [r.id for r in final[: len(kept)]] == [r.id for r in kept]
+    assert _cells(final) == sequential  # the same four runs as one after another
+
+
+def test_ray_missing_names_the_extra(tiny_folder, home, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n))
+                        if n == "ray" else real(n, *a, **k))  # fmt: skip
+    assert main([*_grid(tiny_folder, home), "--ray", "local"]) == 2
+    assert "alphaprune[ray]" in capsys.readouterr().err
+
+
+def test_runs_page_shows_an_unfinished_sweeps_progress(home):
+    from streamlit.testing.v1 import AppTest
+
+    from alphaprune.runs import RunRecord
+
+    store = RunStore()
+    for cell in ("a", "b"):  # 2 of a 4-cell grid have landed
+        settings = {"pruner": "wanda", "allocation": "uniform", "sparsity": 0.5, "cell": cell, "sweep_cells": 4}
+        store.add(RunRecord(kind="prune", model="m", sweep="sweep-x", settings=settings, ppl_before=9, ppl_after=12))
+    at = AppTest.from_file("../app.py", default_timeout=120).run()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception and not at.error
+    [bar] = at.get("progress")
+    assert bar.proto.value == 50 and "sweep sweep-x: 2 of 4 cells stored" in bar.proto.text
