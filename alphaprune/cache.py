@@ -48,7 +48,9 @@ def tensor_digest(name: str, weight: torch.Tensor, as_dtype: torch.dtype | None 
 
 
 def _module_weight(ref: MatrixRef) -> torch.Tensor:
-    return ref.module.weight
+    from alphaprune.placement import stored_weight  # a device map may keep it on disk
+
+    return stored_weight(ref.module)
 
 
 def weights_fingerprint(

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from alphaprune.arch import MatrixRef, find_blocks
+from alphaprune.placement import module_device
 
 Progress = Callable[[float, str], None]
 BlockVisitor = Callable[[int, nn.Module, Callable[[], None]], None]
@@ -81,9 +82,20 @@ def feed(block: nn.Module, inputs: list[torch.Tensor], kwargs: list[dict], devic
     where it is) on its own. keep=True replaces each input by the block's output, stored where
     the input was (the CPU for the block-by-block path): the next block's inputs."""
     for i, (x, kw) in enumerate(zip(inputs, kwargs, strict=True)):
+        if device is not None:  # position embeddings, masks: where the block computes
+            kw = {k: _to(v, device) for k, v in kw.items()}
         out = _hidden(block(x if device is None else x.to(device), **kw))
         if keep:
             inputs[i] = out.to(x.device)
+
+
+def _to(value, device):
+    """A tensor, or a tuple / list of them (RoPE's (cos, sin)), moved to `device`; else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple | list):
+        return type(value)(_to(v, device) for v in value)
+    return value
 
 
 @torch.no_grad()
@@ -92,8 +104,9 @@ def sequential(model: nn.Module, windows: torch.Tensor, on_block: BlockVisitor, 
     blocks = find_blocks(model).modules
     inputs, kwargs = capture_block_inputs(model, windows)
     for index, block in enumerate(blocks):
-        on_block(index, block, lambda block=block: feed(block, inputs, kwargs))
-        feed(block, inputs, kwargs, keep=True)
+        device = module_device(block)  # a device map may put each block elsewhere
+        on_block(index, block, lambda block=block, device=device: feed(block, inputs, kwargs, device))
+        feed(block, inputs, kwargs, device, keep=True)
         if progress is not None:
             progress((index + 1) / len(blocks), f"block {index + 1}/{len(blocks)}")
 

@@ -71,6 +71,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "disk: read block by block from its files; auto: the first that fits (measured free memory)",
     )
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code (off by default)")
+    p.add_argument("--device-map", metavar="MAP", help="spread the model over devices with accelerate: auto, "
+                   "balanced, sequential or FILE.json (module prefix -> GPU index, cpu or disk; disk: eval only); "
+                   "the in-memory path, --offload is then not used")  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -308,7 +311,22 @@ def _load(args, dtype: str | None = None):
             file=sys.stderr,
         )
     dtype = dtype or args.dtype
-    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    device_map = _device_map(args)
+    return load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                      device_map=device_map)  # fmt: skip
+
+
+def _device_map(args, pruning: bool = False):
+    """The parsed --device-map (None without one); pruning refuses a map with disk, before any work."""
+    from alphaprune.placement import has_disk, parse_device_map
+
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    if pruning and has_disk(device_map):
+        raise UserError(
+            "--device-map puts weights on disk, and pruning rewrites every weight in memory: use a map "
+            "without disk (cpu or GPUs) for pruning, or --offload disk to prune block by block from the files"
+        )
+    return device_map
 
 
 def _preflight(args, texts: tuple[str, ...] = (), store: bool = False) -> None:
@@ -334,6 +352,8 @@ def _plan(args, step: str, **work):
     (alphaprune/offload.py's plan_for decides, for the app too)."""
     from alphaprune.offload import plan_for
 
+    if getattr(args, "device_map", None) is not None:  # accelerate places the model: in memory
+        return None, None
     return plan_for(args.model, step, args.offload, args.device, args.dtype, **work)
 
 
@@ -506,6 +526,7 @@ def _texts_read(config) -> tuple[str, ...]:
 
 
 def cmd_prune(args) -> int:
+    _device_map(args, pruning=True)
     config = _config(args)
     _check_out(args.out, (".json",))
     _check_save(args.save)
@@ -734,6 +755,9 @@ def _evaluate(args, plan, ckpt, progress, zeroshot=None) -> tuple[float, float, 
 
 
 def cmd_sweep(args) -> int:
+    _device_map(args, pruning=True)
+    if args.ray is not None and args.device_map is not None:
+        raise UserError("--device-map places one model in this process; Ray's workers each load their own: drop one")
     from alphaprune import registry, sweep
     from alphaprune.runs import RunStore
 
@@ -769,6 +793,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    _device_map(args, pruning=True)
     from alphaprune import compare
     from alphaprune.runs import RunStore
 

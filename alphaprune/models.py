@@ -226,11 +226,14 @@ def _from_pretrained(location: str, dtype: torch.dtype, trust_remote_code: bool,
 
     _quiet_transformers()
     weights = {} if "gguf_file" in kw else {"use_safetensors": True}
+    placed = {k: kw.pop(k) for k in ("device_map", "offload_folder") if k in kw}  # the model's alone
+    check_memory = kw.pop("check_memory", True)  # False: a device map puts weights on disk
     config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **kw)
     _check_causal(config, kw.get("gguf_file") or location)
-    _check_memory(config, dtype, kw.get("gguf_file") or location)
+    if check_memory:
+        _check_memory(config, dtype, kw.get("gguf_file") or location)
     model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=dtype, trust_remote_code=trust_remote_code, **weights, **kw
+        location, dtype=dtype, trust_remote_code=trust_remote_code, **weights, **placed, **kw
     )
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kw)
     return model, tokenizer
@@ -321,10 +324,18 @@ def check_model(spec: str, device: str = "auto") -> tuple[str, str, dict]:
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+    spec: str = DEFAULT_MODEL,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
-    """Load `spec` (see the module docstring); raises UserError with a one-line reason."""
+    """Load `spec` (see the module docstring); raises UserError with a one-line reason.
+    `device_map` (alphaprune/placement.py) spreads a folder's or hub model's modules over
+    devices and disk with accelerate instead of putting the whole model on `device`."""
     source, location, hub = check_model(spec, device)
+    if device_map is not None:
+        return _load_placed(spec, source, location, hub, dtype, trust_remote_code, device_map)
     from alphaprune.spectra import resolve_device
 
     dev = resolve_device(device)
@@ -344,6 +355,36 @@ def load_model(
     dtype_name = str(torch_dtype).removeprefix("torch.")
     seconds = time.perf_counter() - start
     return LoadedModel(spec, source, location, model, tok, dtype_name, str(dev), seconds, from_cache)
+
+
+def _load_placed(spec, source, location, hub, dtype, trust_remote_code, device_map) -> LoadedModel:
+    """load_model with accelerate's placement: no `.to(device)`, offloaded weights in the cache."""
+    import hashlib
+
+    import torch
+
+    from alphaprune.paths import cache_dir
+    from alphaprune.placement import first_device, has_disk
+
+    if source in ("bundled", "gguf"):
+        raise UserError(
+            f"a device map needs a model folder or hub id, not the GGUF file of {spec}: save it as a folder "
+            "first (alphaprune prune --sparsity 0 --save FOLDER) and give that folder"
+        )
+    torch_dtype = _pick_dtype(dtype, torch.device("cpu"))  # auto: float32; --dtype bfloat16 for large GPU maps
+    offload = cache_dir() / "offload" / hashlib.sha1(str(location).encode()).hexdigest()[:16]
+    start = time.perf_counter()
+    placed = dict(device_map=device_map, offload_folder=str(offload), check_memory=not has_disk(device_map))
+    try:
+        model, tok = _from_pretrained(location, torch_dtype, trust_remote_code, **placed, **hub)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _load_error(spec, source, exc) from exc
+    model.eval()
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    device = str(first_device(model))
+    return LoadedModel(spec, source, location, model, tok, dtype_name, device, time.perf_counter() - start, False)
 
 
 def _load_error(spec: str, source: str, exc: Exception) -> UserError:

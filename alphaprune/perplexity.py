@@ -47,7 +47,9 @@ def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: Progress | None = None) -> float:
     """exp(mean token NLL) over (W, seqlen) windows, batch_size windows per forward pass."""
-    device = next(model.parameters()).device
+    from alphaprune.placement import first_device
+
+    device = first_device(model)  # the embeddings' (a device map may keep other weights on meta)
     nll, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size].to(device)

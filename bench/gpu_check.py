@@ -156,6 +156,55 @@ def cmd_agreement(a) -> None:
     _save(a.out, "agreement", doc)
 
 
+def _placement_map(layers: int, device: str) -> dict:
+    """The blocks spread over the GPUs there are (two or more), else half on the GPU, half on the CPU."""
+    import torch
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    spots = list(range(gpus)) if gpus >= 2 else [0 if gpus else "cpu", "cpu"]
+    owner = {f"model.layers.{i}": spots[i * len(spots) // layers] for i in range(layers)}
+    return {"model.embed_tokens": spots[0], "model.rotary_emb": spots[0], **owner, "model.norm": spots[-1],
+            "lm_head": spots[-1]}  # fmt: skip
+
+
+def _ppl(row_out: Path) -> dict:
+    return json.loads(row_out.read_text())
+
+
+def cmd_placement(a) -> None:
+    """--device-map across devices against one device: eval and Wanda perplexity (issue 12, item 1)."""
+    from alphaprune.arch import prunable_matrices
+    from alphaprune.export import save_pruned
+    from alphaprune.models import load_model
+
+    doc = {"model": a.model, "device": a.device, "seqlen": a.seqlen, "eval_windows": a.eval_windows, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as scratch:
+        loaded = load_model(a.model)
+        folder = Path(scratch) / "dense"
+        zero = {ref.name: 0.0 for ref in prunable_matrices(loaded.model)}
+        save_pruned(loaded.model, loaded.tokenizer, folder, zero, [], {})
+        layers = loaded.model.config.num_hidden_layers
+        del loaded
+        (Path(scratch) / "map.json").write_text(json.dumps(_placement_map(layers, a.device)))
+        doc["map"] = json.loads((Path(scratch) / "map.json").read_text())
+        data = ["--eval", a.eval, "--seqlen", str(a.seqlen), "--eval-windows", str(a.eval_windows)]
+        common = ["--model", str(folder), "--dtype", "float32", *data]
+        prune = ["prune", *common, "--pruner", "wanda", "--sparsity", "0.5", "--calib", a.calib,
+                 "--calib-samples", str(a.calib_samples)]  # fmt: skip
+        for name, args in (("eval", ["eval", *common]), ("prune", prune)):
+            for side, extra in (
+                ("single", ["--device", a.device]),
+                ("map", ["--device-map", str(Path(scratch) / "map.json")]),
+            ):
+                out = Path(scratch) / f"{name}-{side}.json"
+                row = _cli([*args, *extra, "--out", str(out)], Path(scratch) / f"work-{name}-{side}")
+                doc["runs"][f"{name}_{side}"] = {**_ppl(out), "wall_s": row["wall"]}
+        for name, key in (("eval", "perplexity"), ("prune", "ppl_after")):
+            one, two = doc["runs"][f"{name}_single"][key], doc["runs"][f"{name}_map"][key]
+            doc[f"{name}_rel_diff"] = two / one - 1
+    _save(a.out, "placement", doc)
+
+
 def _windows(a, tokenizer):
     from alphaprune import text
 
@@ -280,7 +329,14 @@ def report_lines(out: Path) -> list[str]:
             f"(ours takes {tp['ours_over_bare_time']:.2f}x the time); perplexity {tp['ppl_ours']:.4f} vs "
             f"{tp['ppl_bare']:.4f}.",
         ]
-    if not (an or ag or tp):
+    pl = _read(out, "placement")
+    if pl:
+        lines += [
+            "",
+            f"`--device-map` ({sorted({str(v) for v in pl['map'].values()})}) against one {pl['device']}: "
+            f"eval perplexity relative difference {pl['eval_rel_diff']:+.2e}, Wanda 50% {pl['prune_rel_diff']:+.2e}.",
+        ]
+    if not (an or ag or tp or pl):
         lines += ["", "No results found."]
     return lines + ["", END]
 
@@ -326,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--pruners", type=lambda v: v.split(","), default=["wanda", "sparsegpt"])
     s.add_argument("--sparsity", type=float, default=0.5)
     s.add_argument("--calib-samples", type=int, default=32)
+    s = sub.add_parser("placement", parents=[shared, data])
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--device", default="cuda")
+    s.add_argument("--calib-samples", type=int, default=32)
     s = sub.add_parser("throughput", parents=[shared, data])
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--device", default="cuda")
@@ -335,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--doc", type=Path)
     a = p.parse_args(argv)
     a.out = a.out.expanduser().resolve()
-    parts = {"analysis": cmd_analysis, "agreement": cmd_agreement, "throughput": cmd_throughput, "report": cmd_report}
+    parts = {
+        "analysis": cmd_analysis,
+        "agreement": cmd_agreement,
+        "throughput": cmd_throughput,
+        "placement": cmd_placement,
+        "report": cmd_report,
+    }
     parts[a.part](a)
     return 0
 

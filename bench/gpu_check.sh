@@ -8,7 +8,8 @@
 # 1. streamed analysis of the synthetic Llama-2-7B-shaped checkpoint (LAYERS, default 32:
 #    13.5 GB of disk, written first by bench/scale.py) on CUDA, with time per matrix;
 # 2. Wanda and SparseGPT on the default model, CUDA against CPU: masks and perplexity;
-# 3. bf16 perplexity throughput against a bare forward loop.
+# 3. bf16 perplexity throughput against a bare forward loop;
+# 4. --device-map across the GPUs (or GPU and CPU) against one device: eval and Wanda perplexity.
 # Each part writes OUT/PART.json (bench/gpu_check.py); then OUT/gpu_check.md gathers them.
 # Environment: PYTHON (default .venv/bin/python, else python3), OUT, LAYERS, CKPT_DIR (where
 # the checkpoint is written), CALIB / EVAL (text sources, default python-docs), QUICK=1
@@ -44,7 +45,7 @@ MODEL="${MODEL:-smollm2-135m}"
 CKPT_DIR="${CKPT_DIR:-$HOME/.cache/alphaprune-bench/scale}"
 CALIB="${CALIB:-python-docs}"
 EVAL="${EVAL:-python-docs}"
-PARTS="${PARTS:-analysis agreement throughput}"
+PARTS="${PARTS:-analysis agreement throughput placement}"
 if [[ "${QUICK:-0}" == "1" ]]; then
     DATA=(--seqlen 256 --eval-windows 4); SAMPLES=(--calib-samples 8)
 else
@@ -66,7 +67,9 @@ for part in $PARTS; do
             --calib "$CALIB" --eval "$EVAL" "${DATA[@]}" "${SAMPLES[@]}" ;;
         throughput) "$PYTHON" bench/gpu_check.py throughput --out "$OUT" --model "$MODEL" --device "$DEVICE" \
             --eval "$EVAL" "${DATA[@]}" ;;
-        *) die "unknown part '$part' in PARTS: use analysis, agreement, throughput" ;;
+        placement) "$PYTHON" bench/gpu_check.py placement --out "$OUT" --model "$MODEL" --device "$DEVICE" \
+            --calib "$CALIB" --eval "$EVAL" "${DATA[@]}" "${SAMPLES[@]}" ;;
+        *) die "unknown part '$part' in PARTS: use analysis, agreement, throughput, placement" ;;
     esac
     echo "== $part: $(( $(date +%s) - start )) s" >&2
 done
