@@ -470,10 +470,8 @@ def _analysis_for(loaded, config):
 
 
 def _run_one(loaded, config, analysis, sweep=None, zeroshot=None):
-    """Prune + measure (with `zeroshot`, lm-eval's accuracy before and after too) + store one
-    configuration; returns (result, run id)."""
-    import dataclasses
-
+    """Prune + measure + store one configuration (with `zeroshot`, then lm-eval's accuracy before
+    and after, stored with it); returns (result, run id, accuracy)."""
     from alphaprune.pipeline import run_prune
     from alphaprune.runs import RunStore
 
@@ -482,12 +480,16 @@ def _run_one(loaded, config, analysis, sweep=None, zeroshot=None):
         result = run_prune(loaded, config, analysis, progress=update)
     finally:
         close()
-    record = result.record(sweep=sweep)
+    store = RunStore()
+    run_id = store.add(result.record(sweep=sweep))  # stored first: a failing lm-eval loses nothing measured
+    accuracy = {}
     if zeroshot is not None:
-        accuracy = zeroshot.before_after(loaded.model, result.model, loaded.tokenizer)
-        record = dataclasses.replace(record, accuracy=accuracy)
-    run_id = RunStore().add(record)
-    return result, run_id, record.accuracy
+        try:
+            accuracy = zeroshot.before_after(loaded.model, result.model, loaded.tokenizer)
+        except UserError as exc:
+            raise UserError(f"{exc} (run {run_id} is stored with its perplexities)") from None
+        store.set_accuracy(run_id, accuracy)
+    return result, run_id, accuracy
 
 
 def _print_accuracy(accuracy: dict) -> None:

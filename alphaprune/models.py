@@ -364,17 +364,19 @@ def _load_placed(spec, source, location, hub, dtype, trust_remote_code, device_m
     import torch
 
     from alphaprune.paths import cache_dir
-    from alphaprune.placement import first_device, has_disk
+    from alphaprune.placement import first_device
 
     if source in ("bundled", "gguf"):
         raise UserError(
-            f"a device map needs a model folder or hub id, not the GGUF file of {spec}: save it as a folder "
-            "first (alphaprune prune --sparsity 0 --save FOLDER) and give that folder"
+            f"a device map needs a model folder or hub id, not the GGUF file of {spec}: drop --device-map "
+            "(a GGUF model is dequantized into memory whole), or give the model's folder"
         )
-    torch_dtype = _pick_dtype(dtype, torch.device("cpu"))  # auto: float32; --dtype bfloat16 for large GPU maps
+    gpu = device_map in ("auto", "balanced", "sequential") and torch.cuda.is_available()
+    gpu = gpu or (isinstance(device_map, dict) and any(v not in ("cpu", "disk") for v in device_map.values()))
+    torch_dtype = _pick_dtype(dtype, torch.device("cuda" if gpu else "cpu"))  # auto: as --device would
     offload = cache_dir() / "offload" / hashlib.sha1(str(location).encode()).hexdigest()[:16]
     start = time.perf_counter()
-    placed = dict(device_map=device_map, offload_folder=str(offload), check_memory=not has_disk(device_map))
+    placed = dict(device_map=device_map, offload_folder=str(offload), check_memory=False)  # accelerate places it
     try:
         model, tok = _from_pretrained(location, torch_dtype, trust_remote_code, **placed, **hub)
     except UserError:

@@ -351,6 +351,9 @@ def _check_heldout_unseen(calib_text, calib_ids, eval_text, eval_windows) -> Non
 
 def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | None = None) -> PruneResult:
     """Prune a copy of `loaded.model` as configured and measure it (see the module docstring)."""
+    from alphaprune.placement import refuse_offloaded_for_pruning
+
+    refuse_offloaded_for_pruning(loaded.model)
     config.validate()
     model, clock, seconds = loaded.model, time.perf_counter(), {}
     _check_resources(model, config)

@@ -83,10 +83,12 @@ def stored_weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-def refuse_disk_for_pruning(model: nn.Module) -> None:
-    """Pruning writes weights in place: a model with disk-offloaded weights is refused."""
-    if has_disk(getattr(model, "hf_device_map", None)):
+def refuse_offloaded_for_pruning(model: nn.Module) -> None:
+    """Pruning writes weights in place: a model whose device map offloaded any weight (to disk,
+    or to the CPU beside GPUs: accelerate then keeps them out of the modules) is refused."""
+    if any(param.device.type == "meta" for param in model.parameters()):
         raise UserError(
-            "this model's device map keeps weights on disk, and pruning rewrites every weight in memory: "
-            "use a map without 'disk' (cpu or GPUs), or --offload disk to prune block by block from the files"
+            "this model's device map offloads weights (to disk, or to the CPU beside GPUs), and pruning "
+            "rewrites every weight in memory: use a map that fits the devices (GPUs only, or cpu only), "
+            "or --offload disk to prune block by block from the files"
         )

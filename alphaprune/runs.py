@@ -439,9 +439,9 @@ def accuracy_cells(accuracy: dict) -> dict[str, float]:
     cells = {}
     for when in ("before", "after"):
         for task, metrics in (accuracy.get(when) or {}).items():
-            for metric in ("acc", "acc_norm"):
-                if metric in metrics:
-                    cells[f"{task} {metric} {when}"] = metrics[metric]
+            for metric, value in metrics.items():
+                if not metric.endswith("_stderr"):
+                    cells[f"{task} {metric} {when}"] = value
     return cells
 
 

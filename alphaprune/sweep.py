@@ -3,14 +3,16 @@
     configs = grid(base, epsilons=[0.2, 0.3], sparsities=[0.5, 0.7], pruners=["wanda"], rules=[])
     sid = sweep_id("smollm2-135m", configs)           # the same grid, the same id: it resumes
     todo = pending(RunStore(), "smollm2-135m", configs, sid)
-    run_sequential(loaded, todo, sid, store, progress)          # in this process
-    run_ray("local", "smollm2-135m", todo, sid, store, progress)  # or fanned out over Ray
+    run_sequential(loaded, todo, sid, len(configs), store, progress)         # in this process
+    run_ray("local", ModelSpec("smollm2-135m"), todo, sid, len(configs), store, progress)  # or on Ray
 
 Each cell is one pruning run stored under the sweep's id with its cell key (a digest of its
 settings) and the grid's size, so a rerun of an interrupted sweep does only the cells not yet
 stored, and the Runs page can show how far a sweep has come. On Ray, every task loads the
 model, prunes one cell and returns its record; only the driver writes the run store. A task
-asks for one GPU when the cluster has one, else one CPU. Ray is an optional extra
+asks for one GPU when the cluster has one, else one CPU (a local cluster of N workers holds up
+to N models at once). On a remote cluster the workers need this checkout, the model and the
+texts at the same paths (a shared filesystem). Ray is an optional extra
 (`pip install alphaprune[ray]`).
 """
 
@@ -171,10 +173,11 @@ def _result(ray, ref) -> dict:
     """A task's record, or the task's own one-line error (a UserError stays one line)."""
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
+    except ray.exceptions.RayError as exc:  # a task's error, a crashed worker, memory, ...
         cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
         message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"a sweep cell failed on Ray: {message[:300]}") from None
+        raise UserError(f"a sweep cell failed on Ray ({type(exc).__name__}): {message[:300]}; the cells "
+                        "stored so far are kept, run the same sweep again to resume") from None  # fmt: skip
 
 
 def progress_of(records) -> list[dict]:

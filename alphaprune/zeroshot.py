@@ -14,6 +14,7 @@ one-line message, and a local task (YAML + data, `include_path`) runs anywhere.
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ DEFAULT_TASKS = "paper"
 TASKS_HELP = f"lm-eval task names, comma-separated; 'paper': {', '.join(PAPER_TASKS)}"
 PATH_HELP = "a folder of local lm-eval task YAML files (works offline)"
 LIMIT_HELP = "at most this many samples per task (default: all)"
+BATCH_SIZE = 8  # requests per forward pass
 
 
 def check_installed() -> None:
@@ -110,7 +112,7 @@ def _offline(on: bool):
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, include_path: str | None = None,
-                   batch_size: int = 1) -> dict[str, dict[str, float]]:  # fmt: skip
+                   batch_size: int = BATCH_SIZE) -> dict[str, dict[str, float]]:  # fmt: skip
     """{task: {metric: value}} of `model` as it is in memory (lm-eval's HFLM around it)."""
     check_installed()
     from lm_eval import simple_evaluate
@@ -120,12 +122,20 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         raise UserError(f"the sample limit must be at least 1, got {limit}")
     task_dict = load_tasks(tasks, include_path)
     device = str(next(model.parameters()).device)
+    tokenizer = copy.deepcopy(tokenizer)  # lm-eval sets a pad token on it: not on the app's shared one
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               prefix_token_id=_prefix_token(tokenizer))  # fmt: skip
     was_training = model.training
     try:
+        # no global reseeding (zero-shot needs none; the app's process keeps its generators)
         out = simple_evaluate(model=lm, tasks=list(task_dict.values()), limit=limit, log_samples=False,
-                              task_manager=task_manager(tasks, include_path))  # fmt: skip
+                              task_manager=task_manager(tasks, include_path), random_seed=None,
+                              numpy_random_seed=None, torch_random_seed=None)  # fmt: skip
+    except UserError:
+        raise
+    except Exception as exc:  # lm-eval's own failures (memory, a context too long ...), in one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"lm-eval failed on {', '.join(tasks)}: {type(exc).__name__}: {first}") from None
     finally:
         model.train(was_training)
     return {task: _metrics(values) for task, values in out["results"].items()}
@@ -162,14 +172,14 @@ class ZeroShot:
     tasks: tuple[str, ...]
     limit: int | None = None
     include_path: str | None = None
-    batch_size: int = 8
+    batch_size: int = BATCH_SIZE
 
     def check(self) -> None:
         """Before any model is loaded: lm-eval installed, every task name known, the limit sane."""
         check_installed()
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--task-limit must be at least 1, got {self.limit}")
-        task_manager(list(self.tasks), self.include_path)
+        load_tasks(list(self.tasks), self.include_path)  # names known and data at hand (offline: one line)
 
     def measure(self, model, tokenizer) -> dict[str, dict[str, float]]:
         return evaluate_tasks(model, tokenizer, list(self.tasks), self.limit, self.include_path, self.batch_size)
@@ -183,12 +193,22 @@ class ZeroShot:
         return {"tasks": list(self.tasks), "limit": self.limit, "include_path": self.include_path}
 
 
-def summary(accuracy: dict, metric: str = "acc") -> list[str]:
-    """One line per task: 'boolq: acc 0.6120 -> 0.5810' (or one number for a single model)."""
+def summary(accuracy: dict) -> list[str]:
+    """One line per task and its main metric: 'boolq: acc 0.6120 -> 0.5810' (one number for one model)."""
     lines = []
     for task in accuracy.get("tasks", []):
-        before = accuracy.get("before", {}).get(task, {}).get(metric)
-        after = accuracy.get("after", {}).get(task, {}).get(metric)
-        shown = f"{before:.4f} -> {after:.4f}" if before is not None and after is not None else f"{after:.4f}"
+        before = accuracy.get("before", {}).get(task, {})
+        after = accuracy.get("after", {}).get(task, {})
+        metric = main_metric(after or before)
+        if metric is None:
+            continue
+        shown = f"{after[metric]:.4f}" if metric not in before else f"{before[metric]:.4f} -> {after[metric]:.4f}"
         lines.append(f"zero-shot {task}: {metric} {shown}")
     return lines
+
+
+def main_metric(metrics: dict) -> str | None:
+    """acc where a task has it, else its first metric that is not a standard error."""
+    if "acc" in metrics:
+        return "acc"
+    return next((m for m in metrics if not m.endswith("_stderr")), None)

@@ -191,7 +191,10 @@ def cmd_placement(a) -> None:
         common = ["--model", str(folder), "--dtype", "float32", *data]
         prune = ["prune", *common, "--pruner", "wanda", "--sparsity", "0.5", "--calib", a.calib,
                  "--calib-samples", str(a.calib_samples)]  # fmt: skip
-        for name, args in (("eval", ["eval", *common]), ("prune", prune)):
+        steps = [("eval", ["eval", *common])]
+        if len({str(v) for v in doc["map"].values()} - {"cpu"}) != 1:  # one GPU + cpu offloads: eval only
+            steps.append(("prune", prune))
+        for name, args in steps:
             for side, extra in (
                 ("single", ["--device", a.device]),
                 ("map", ["--device-map", str(Path(scratch) / "map.json")]),
@@ -199,7 +202,7 @@ def cmd_placement(a) -> None:
                 out = Path(scratch) / f"{name}-{side}.json"
                 row = _cli([*args, *extra, "--out", str(out)], Path(scratch) / f"work-{name}-{side}")
                 doc["runs"][f"{name}_{side}"] = {**_ppl(out), "wall_s": row["wall"]}
-        for name, key in (("eval", "perplexity"), ("prune", "ppl_after")):
+        for name, key in (("eval", "perplexity"), ("prune", "ppl_after"))[: len(steps)]:
             one, two = doc["runs"][f"{name}_single"][key], doc["runs"][f"{name}_map"][key]
             doc[f"{name}_rel_diff"] = two / one - 1
     _save(a.out, "placement", doc)
@@ -334,7 +337,8 @@ def report_lines(out: Path) -> list[str]:
         lines += [
             "",
             f"`--device-map` ({sorted({str(v) for v in pl['map'].values()})}) against one {pl['device']}: "
-            f"eval perplexity relative difference {pl['eval_rel_diff']:+.2e}, Wanda 50% {pl['prune_rel_diff']:+.2e}.",
+            f"eval perplexity relative difference {pl['eval_rel_diff']:+.2e}"
+            + (f", Wanda 50% {pl['prune_rel_diff']:+.2e}." if "prune_rel_diff" in pl else " (prune: needs 2+ GPUs)."),
         ]
     if not (an or ag or tp or pl):
         lines += ["", "No results found."]

@@ -33,8 +33,20 @@ def delete_runs(store: RunStore, ids: list[int]) -> None:
     st.toast(f"Deleted {deleted} run{'s' if deleted != 1 else ''}")
 
 
+@st.fragment(run_every=SWEEP_REFRESH_S)
+def sweep_progress() -> None:
+    """The unfinished sweeps' progress, re-read every few seconds while their cells land."""
+    try:
+        unfinished = [s for s in progress_of(RunStore().list(kind="prune")) if s["stored"] < s["cells"]]
+    except UserError:
+        return  # the page below says what is wrong with the store
+    for s in unfinished[:3]:
+        st.progress(s["stored"] / s["cells"], text=f"sweep {s['sweep']}: {s['stored']} of {s['cells']} cells stored")
+
+
 st.title("Runs")
 st.caption("Every prune and eval run, from this app and from the CLI, kept in one SQLite file.")
+sweep_progress()  # before the store is read below: shown even while it is still empty
 try:
     store = RunStore()
     frame = store.frame()
@@ -47,16 +59,6 @@ if frame.empty:
 if {"epsilon", "allocation"} <= set(frame.columns):  # only AlphaPruning has one (older records stored the default)
     frame["epsilon"] = frame["epsilon"].where(frame["allocation"].map(lambda a: registry.has_param(a, "epsilon")))
 
-
-@st.fragment(run_every=SWEEP_REFRESH_S)
-def sweep_progress() -> None:
-    """The unfinished sweeps' progress, re-read every few seconds while their cells land."""
-    unfinished = [s for s in progress_of(RunStore().list(kind="prune")) if s["stored"] < s["cells"]]
-    for s in unfinished[:3]:
-        st.progress(s["stored"] / s["cells"], text=f"sweep {s['sweep']}: {s['stored']} of {s['cells']} cells stored")
-
-
-sweep_progress()
 left, mid, right = st.columns(3)
 models = left.multiselect("Model", sorted(frame["model"].unique()), key="runs_models")
 kind_options = sorted(frame["kind"].unique())

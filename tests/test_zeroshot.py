@@ -88,3 +88,9 @@ def test_prune_measures_accuracy_before_and_after_as_lm_evals_cli_does(store, tm
     assert 0 <= after["acc"] <= 1 and "acc_norm" in before and "acc_stderr" in after
     theirs = _lm_eval_cli(saved, tmp_path / "lm_eval_out")
     assert theirs["acc,none"] == after["acc"] and theirs["acc_norm,none"] == after["acc_norm"]
+
+
+def test_summary_of_a_task_without_acc_uses_its_own_metric():
+    accuracy = {"tasks": ["wikitext", "tiny"], "before": {"wikitext": {"word_perplexity": 30.0}, "tiny": {}},
+                "after": {"wikitext": {"word_perplexity": 45.0, "word_perplexity_stderr": 1.0}, "tiny": {}}}  # fmt: skip
+    assert zeroshot.summary(accuracy) == ["zero-shot wikitext: word_perplexity 30.0000 -> 45.0000"]

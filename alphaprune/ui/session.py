@@ -398,8 +398,8 @@ def accuracy_rows(accuracy: dict) -> list[dict]:
     rows = []
     for task in accuracy.get("tasks", []):
         before, after = accuracy["before"].get(task, {}), accuracy["after"].get(task, {})
-        for metric in ("acc", "acc_norm"):
-            if metric in before and metric in after:
+        for metric in [m for m in after if not m.endswith("_stderr")]:
+            if metric in before:
                 rows.append({"task": task, "metric": metric, "dense": before[metric], "pruned": after[metric],
                              "change": after[metric] - before[metric]})  # fmt: skip
     return rows
