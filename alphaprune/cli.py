@@ -765,7 +765,8 @@ def cmd_sweep(args) -> int:
 
     rules = args.rules or [args.allocation]
     if args.epsilons and not any("epsilon" in registry.rule(r).param_names() for r in rules):
-        raise UserError(f"--epsilons applies to rules with an epsilon, not {', '.join(rules)}")
+        given = f"--rules {','.join(rules)}" if args.rules else f"--allocation {args.allocation}"
+        raise UserError(f"--epsilons applies to rules with an epsilon, not {given}")
     configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules)
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)
