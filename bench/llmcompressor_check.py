@@ -136,7 +136,11 @@ class Checker:
         from alphaprune.pruners import parse_pattern
 
         nm = parse_pattern(pattern)  # N:M prunes N of every M weights, whatever the ratios
-        cols = {name: m.weight.shape[1] for name, m in self.loaded.model.named_modules() if hasattr(m, "weight")}
+        cols = {
+            n: m.weight.shape[1]
+            for n, m in self.loaded.model.named_modules()
+            if getattr(m, "weight", None) is not None and m.weight.dim() == 2
+        }
         # Wanda keeps int(ratio * in) weights of each row out, ours as llm-compressor's
         target = {
             n: (nm[0] / nm[1] if nm else int(r * cols[n]) / cols[n]) for n, r in load_ratios(folder).ratios.items()
