@@ -146,7 +146,9 @@ def _ppl_cache_key(fp: str, source: text.Text, windows: torch.Tensor, device: st
 
 def dense_perplexity(model: nn.Module, fp: str, source: text.Text, windows: torch.Tensor, batch_size: int, progress):
     """Perplexity of the unpruned model, from the cache when measured before."""
-    device = next(model.parameters()).device.type
+    from alphaprune.placement import placement_key
+
+    device = placement_key(model)  # a device map is measured (and cached) as a placement of its own
     return cached_perplexity(fp, source, windows, device, lambda: perplexity(model, windows, batch_size, progress))
 
 

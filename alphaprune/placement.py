@@ -61,6 +61,17 @@ def first_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def placement_key(model: nn.Module) -> str:
+    """Where a model computes, for cache keys: "cpu", "cuda", or "map:<digest>" for a device map
+    spanning more than one place (measured as its own placement, never taken from another's)."""
+    import hashlib
+
+    mapping = getattr(model, "hf_device_map", None)
+    if isinstance(mapping, dict) and len({str(v) for v in mapping.values()}) > 1:
+        return "map:" + hashlib.sha1(json.dumps(mapping, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return first_device(model).type
+
+
 def module_device(module: nn.Module) -> torch.device | None:
     """The device a module computes on (its first real parameter's), None when all are on meta."""
     hook = getattr(module, "_hf_hook", None)

@@ -51,10 +51,16 @@ def _eval(home, capsys, *extra) -> float:
     return float(re.search(r"perplexity ([0-9.]+)", capsys.readouterr().out).group(1))
 
 
-def test_cpu_and_disk_map_gives_the_single_device_perplexity(home, capsys):
+def test_cpu_and_disk_map_gives_the_single_device_perplexity(home, capsys, monkeypatch):
     single = _eval(home, capsys)
+    from alphaprune import perplexity as ppl_module
+
+    measured = []  # the placed model is measured, not read from the single-device run's cache entry
+    real = ppl_module.perplexity
+    monkeypatch.setattr("alphaprune.pipeline.perplexity", lambda m, *a, **k: measured.append(m) or real(m, *a, **k))
     placed = _eval(home, capsys, "--device-map", _map(home, **CPU_AND_DISK))
     assert abs(placed - single) / single < 1e-5
+    assert len(measured) == 1 and measured[0].hf_device_map["model.layers.1"] == "disk"
     loaded = load_model(str(home / "model"), device_map=parse_device_map(_map(home, **CPU_AND_DISK)))
     assert loaded.model.hf_device_map["model.layers.1"] == "disk"  # really offloaded: no weight in memory
     assert loaded.model.model.layers[1].mlp.up_proj.weight.device.type == "meta"

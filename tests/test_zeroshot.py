@@ -91,6 +91,7 @@ def test_prune_measures_accuracy_before_and_after_as_lm_evals_cli_does(store, tm
 
 
 def test_summary_of_a_task_without_acc_uses_its_own_metric():
-    accuracy = {"tasks": ["wikitext", "tiny"], "before": {"wikitext": {"word_perplexity": 30.0}, "tiny": {}},
-                "after": {"wikitext": {"word_perplexity": 45.0, "word_perplexity_stderr": 1.0}, "tiny": {}}}  # fmt: skip
+    after = {"wikitext": {"word_perplexity": 45.0, "word_perplexity_stderr": 1.0}, "tiny": {}}
+    before = {"wikitext": {"word_perplexity": 30.0}, "tiny": {}}
+    accuracy = {"tasks": ["wikitext", "tiny"], "before": before, "after": after}
     assert zeroshot.summary(accuracy) == ["zero-shot wikitext: word_perplexity 30.0000 -> 45.0000"]
