@@ -84,6 +84,12 @@ class Allocation:
         return float(np.dot(p, self.sparsities) / p.sum())
 
     @property
+    def spread(self) -> float:
+        """Parameter-weighted mean |ratio - target|: how far from uniform (0) the allocation is."""
+        p = np.asarray(self.params, dtype=np.float64)
+        return float(np.dot(p, np.abs(np.asarray(self.sparsities) - self.target)) / p.sum())
+
+    @property
     def block_ratios(self) -> list[float]:
         """Parameter-weighted sparsity of each block, in block order."""
         return _block_means(self.blocks, self.params, self.sparsities)

@@ -298,6 +298,9 @@ def _add_runs(sub) -> None:
     p.add_argument("--delete", type=_run_ids, help="comma-separated run ids")
     p.add_argument("--report", type=int, metavar="ID", help="write run ID as a one-page HTML report")
     p.add_argument("--report-out", type=Path, metavar="FILE.html", help="where --report writes (default run-ID.html)")
+    p.add_argument("--figures", type=int, metavar="ID",
+                   help="write each figure of run ID as CSV (data) and HTML (chart; PNG by its camera)")  # fmt: skip
+    p.add_argument("--figures-dir", type=Path, default=Path("."), metavar="DIR", help="where --figures writes")
     p.set_defaults(func=cmd_runs)
 
 
@@ -776,23 +779,31 @@ def cmd_sweep(args) -> int:
     sid = sweep.sweep_id(args.model, configs)
     todo = sweep.pending(store, args.model, configs, sid)
     print(f"sweep {sid}: {len(configs)} cells, {len(configs) - len(todo)} already stored", file=sys.stderr)
+    for record in store.list(sweep=sid):  # a resumed sweep's cells stored before
+        print(_cell_line(record.id, record))
     update, close = _progress_bar(f"sweep {len(todo)} cells")
+    shown = lambda run_id, record: print(_cell_line(run_id, record), flush=True)  # noqa: E731 (as each lands)
     try:
         if args.ray is not None:
             model = sweep.ModelSpec(args.model, args.dtype, args.device, args.trust_remote_code)
-            sweep.run_ray(args.ray, model, todo, sid, len(configs), store, update, args.workers)
+            sweep.run_ray(args.ray, model, todo, sid, len(configs), store, update, args.workers, shown)
         elif todo:
-            sweep.run_sequential(_load(args), todo, sid, len(configs), store, update)
+            sweep.run_sequential(_load(args), todo, sid, len(configs), store, update, shown)
     finally:
         close()
-    for record in store.list(sweep=sid):
-        print(f"run {record.id}: {record.settings.get('pruner')} {record.settings.get('allocation')} "
-              f"s={record.settings.get('sparsity')} eps={record.settings.get('epsilon')}: "
-              f"perplexity {record.ppl_before:.3f} -> {record.ppl_after:.3f}")  # fmt: skip
     print(f"sweep {sid}: {len(configs)} runs stored (alphaprune runs --sweep {sid})")
     if args.out is not None:
         store.export(args.out, sweep=sid)
     return 0
+
+
+def _cell_line(run_id: int, record) -> str:
+    """One sweep cell's line: its run id, pruner, rule, sparsity, epsilon and perplexities."""
+    return (
+        f"run {run_id}: {record.settings.get('pruner')} {record.settings.get('allocation')} "
+        f"s={record.settings.get('sparsity')} eps={record.settings.get('epsilon')}: "
+        f"perplexity {record.ppl_before:.3f} -> {record.ppl_after:.3f}"
+    )
 
 
 def cmd_compare(args) -> int:
@@ -851,6 +862,14 @@ def cmd_runs(args) -> int:
         out = args.report_out or Path(f"run-{args.report}.html")
         _check_out(out, (".html", ".htm"))
         print(f"wrote {write_run_report(store.get(args.report), out)}", file=sys.stderr)
+        return 0
+    if args.figures is not None:
+        from alphaprune.html_report import write_run_figures
+
+        if not args.figures_dir.is_dir() or not os.access(args.figures_dir, os.W_OK):
+            raise UserError(f"--figures-dir {args.figures_dir} is not a writable folder: give one that is")
+        for path in write_run_figures(store.get(args.figures), args.figures_dir):
+            print(f"wrote {path}", file=sys.stderr)
         return 0
     if args.export is not None:
         store.export(args.export, model=args.model, kind=args.kind, sweep=args.sweep)

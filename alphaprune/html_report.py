@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from alphaprune import atomic
-from alphaprune.figure_files import png_config
+from alphaprune.figure_files import figure_csv, png_config
 from alphaprune.runs import RunRecord, accuracy_cells
 
 _STYLE = (
@@ -36,7 +36,7 @@ def run_figures(record: RunRecord) -> list[tuple[str, object]]:
     figures = [("block_ratios", record_ratios_figure(record.block_ratios, record.settings.get("sparsity"), title))]
     search = record.settings.get("search") or []
     if search:
-        trials = [Trial(t["values"], t["heldout_ppl"], t.get("pruned", True)) for t in search]
+        trials = [Trial.from_dict(t) for t in search]
         figures.append(("search", search_figure(trials)))
     return figures
 
@@ -70,6 +70,18 @@ def run_report(record: RunRecord) -> str:
 def write_run_report(record: RunRecord, path: str | Path) -> Path:
     """run_report into `path`, written atomically (alphaprune/atomic.py)."""
     return atomic.write_text(path, run_report(record))
+
+
+def write_run_figures(record: RunRecord, folder: str | Path) -> list[Path]:
+    """Each figure of `record` (run_figures) as run-ID-NAME.csv, its data (figure_files), beside
+    run-ID-NAME.html, the chart alone (its toolbar's camera saves the PNG); written atomically."""
+    folder, written = Path(folder), []
+    for name, fig in run_figures(record):
+        stem = folder / f"run-{record.id}-{name}"
+        written.append(atomic.write_text(stem.with_suffix(".csv"), figure_csv(fig)))
+        page = fig.to_html(include_plotlyjs=True, full_html=True, config=png_config(f"run-{record.id}-{name}"))
+        written.append(atomic.write_text(stem.with_suffix(".html"), page))
+    return written
 
 
 def _results(record: RunRecord) -> dict:

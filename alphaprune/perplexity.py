@@ -39,23 +39,43 @@ def nll_of_logits(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int
     return total, targets.numel()
 
 
-def _window_nll(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
-    """(sum of token NLLs, number of predicted tokens) for a (b, seqlen) batch."""
-    return nll_of_logits(model(input_ids=batch, use_cache=False).logits, batch)
+def _forwards(model: nn.Module, windows: torch.Tensor, batch_size: int, progress: Progress | None):
+    """(b, seqlen, vocab) logits and their (b, seqlen) ids, batch_size windows per forward pass."""
+    from alphaprune.placement import first_device
+
+    device = first_device(model)  # the embeddings' (a device map may keep other weights on meta)
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        yield model(input_ids=batch, use_cache=False).logits, batch
+        if progress is not None:
+            done = min(start + batch_size, len(windows))
+            progress(done / len(windows), f"perplexity {done}/{len(windows)} windows")
 
 
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: Progress | None = None) -> float:
     """exp(mean token NLL) over (W, seqlen) windows, batch_size windows per forward pass."""
-    from alphaprune.placement import first_device
-
-    device = first_device(model)  # the embeddings' (a device map may keep other weights on meta)
     nll, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size].to(device)
-        batch_nll, batch_count = _window_nll(model, batch)
+    for logits, batch in _forwards(model, windows, batch_size, progress):
+        batch_nll, batch_count = nll_of_logits(logits, batch)
         nll, count = nll + batch_nll, count + batch_count
-        if progress is not None:
-            done = min(start + batch_size, len(windows))
-            progress(done / len(windows), f"perplexity {done}/{len(windows)} windows")
     return math.exp(nll / count)
+
+
+@torch.no_grad()
+def window_nlls(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: Progress | None = None,
+                ) -> list[float]:  # fmt: skip
+    """The mean token NLL of each of the (W, seqlen) windows: the terms whose mean is log
+    perplexity (equal windows), kept apart so that two models can be compared window by window
+    (the standard errors of alphaprune/tune.py)."""
+    out: list[float] = []
+    for logits, batch in _forwards(model, windows, batch_size, progress):
+        for row in range(batch.shape[0]):
+            total, count = nll_of_logits(logits[row : row + 1], batch[row : row + 1])
+            out.append(total / count)
+    return out
+
+
+def perplexity_of(nlls: list[float]) -> float:
+    """exp(mean token NLL) from equal windows' mean NLLs (window_nlls)."""
+    return math.exp(sum(nlls) / len(nlls))

@@ -33,7 +33,7 @@ from alphaprune.config import PruneConfig  # noqa: F401  (re-exported: pipeline.
 from alphaprune.errors import UserError, setting
 from alphaprune.paths import cache_dir
 from alphaprune.patterns import check_pattern
-from alphaprune.perplexity import perplexity
+from alphaprune.perplexity import perplexity, window_nlls
 from alphaprune.prune import block_statistics, measured_sparsity, prune_model
 
 Progress = Callable[[float, str], None]
@@ -255,9 +255,11 @@ def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConf
     return pruned
 
 
-def _search(model, config, analysis, calib_ids, progress) -> tuple[dict, tuple]:
-    """The auto parameters' values of lowest perplexity on held-out calibration text
-    (alphaprune/tune.py): each candidate prunes a copy calibrated on the rest of the text."""
+def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple[dict, tuple]:
+    """The auto parameters' values chosen on held-out calibration text (alphaprune/tune.py:
+    lowest perplexity, or nearer uniform within one standard error of it): each candidate
+    prunes a copy calibrated on the rest of the text. `observe(values, pruned)` sees each
+    candidate's pruned copy once scored (bench/tuning_check.py measures it on other text)."""
     from alphaprune import tune
 
     train_ids = text.split_heldout(calib_ids)[0]
@@ -273,10 +275,14 @@ def _search(model, config, analysis, calib_ids, progress) -> tuple[dict, tuple]:
             made[name] = make_allocation(model, dataclasses.replace(config, **values), analysis, calib)
         return made[name]
 
-    def score(values: dict) -> float:
-        pruned = prune_copy(model, allocation(values), dataclasses.replace(config, **values), calib)
+    def score(values: dict) -> tune.Score:
+        made_here = allocation(values)
+        pruned = prune_copy(model, made_here, dataclasses.replace(config, **values), calib)
         try:
-            return perplexity(pruned, heldout, config.batch_size)
+            nlls = window_nlls(pruned, heldout, config.batch_size)
+            if observe is not None:
+                observe(values, pruned)
+            return tune.Score(tuple(nlls), made_here.spread)
         finally:
             del pruned
 

@@ -103,14 +103,24 @@ def prune_cell(loaded, config: PruneConfig, sid: str, cells: int, progress=None)
     return result, cell_record(result, sid, cells)
 
 
-def run_sequential(loaded, todo: list[PruneConfig], sid: str, cells: int, store, progress=None) -> list[int]:
-    """The pending cells one after another in this process; the stored run ids."""
+def run_sequential(loaded, todo: list[PruneConfig], sid: str, cells: int, store, progress=None,
+                   stored=None) -> list[int]:  # fmt: skip
+    """The pending cells one after another in this process; the stored run ids. `stored(id,
+    record)` is told of each cell as it is stored (the CLI prints it then, not at the end)."""
     ids = []
     for i, config in enumerate(todo):
         stage = None if progress is None else (lambda f, m, i=i: progress((i + f) / len(todo), m))
         _, record = prune_cell(loaded, config, sid, cells, stage)
-        ids.append(store.add(record))
+        ids.append(_keep(store, record, stored))
     return ids
+
+
+def _keep(store, record, stored=None) -> int:
+    """Store one cell's record (the driver alone writes the store) and tell `stored`."""
+    run_id = store.add(record)
+    if stored is not None:
+        stored(run_id, record)
+    return run_id
 
 
 def _ray():
@@ -146,9 +156,9 @@ def start_ray(address: str, workers: int | None = None):
 
 
 def run_ray(address: str, model: ModelSpec, todo: list[PruneConfig], sid: str, cells: int, store,
-            progress=None, workers: int | None = None) -> list[int]:  # fmt: skip
+            progress=None, workers: int | None = None, stored=None) -> list[int]:  # fmt: skip
     """The pending cells as Ray tasks (one GPU each when the cluster has GPUs, else one CPU);
-    each finished cell is stored by this driver as it lands. The stored run ids."""
+    each finished cell is stored by this driver as it lands (and `stored` told). The stored run ids."""
     if not todo:
         return []
     ray = start_ray(address, workers)
@@ -161,7 +171,7 @@ def run_ray(address: str, model: ModelSpec, todo: list[PruneConfig], sid: str, c
             done, waiting = ray.wait(waiting, num_returns=1)
             from alphaprune.runs import RunRecord
 
-            ids.append(store.add(RunRecord.from_dict(_result(ray, done[0]))))
+            ids.append(_keep(store, RunRecord.from_dict(_result(ray, done[0])), stored))
             if progress is not None:
                 progress(len(ids) / len(todo), f"{len(ids)} of {len(todo)} cells stored")
         return ids

@@ -83,6 +83,9 @@ def main() -> int:
               + " ".join(f"{v:12.4f}" if v is not None else f"{'missing':>12s}" for v in row))  # fmt: skip
     print(f"runs: sequential {len(seq)}, ray {len(ray)}; killed after {kept} stored, the rerun added "
           f"{len(resumed) - kept} (total {len(resumed)}); seconds {seconds}")  # fmt: skip
+    if not 0 < kept < 4:  # nothing was left for the rerun to add: the resume was not exercised
+        print(f"the kill left {kept} of 4 cells stored: the resume was not tested; run again")
+        return 1
     print("identical" if same and len(ray) == len(resumed) == 4 else "DIFFERENT")
     return 0 if same and len(ray) == len(resumed) == 4 else 1
 

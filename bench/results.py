@@ -38,11 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, no install needed
 
+from alphaprune import tune  # noqa: E402
 from alphaprune.analysis import analyze  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.pipeline import PruneConfig, fingerprint, run_prune  # noqa: E402
 from alphaprune.runs import RunStore  # noqa: E402
-from alphaprune.tune import prune_runs  # noqa: E402
+from alphaprune.tune import Trial, prune_runs  # noqa: E402
 
 LEGACY_PRUNERS = ("magnitude", "wanda", "sparsegpt")  # issue 3's grid
 LEGACY_RULES = ("uniform", "alphapruning", "owl")
@@ -185,7 +186,8 @@ STALE_NOTE = (
     "Marked \u2020: a stored run that today's code would run otherwise, kept until the next "
     "bench/results.py run prunes it again: its block ratios come from an older analysis (the "
     "spectra's float32 numerics changed since, moving AlphaPruning's ratios by ~0.002), or its "
-    "search predates shared prune runs for candidates of equal ratios and the refinement around the best."
+    "search predates shared prune runs for candidates of equal ratios and the refinement around the best, "
+    "or the one-standard-error rule (tune.choose), which needs each held-out window's score."
 )
 
 
@@ -198,8 +200,8 @@ def stale(record, analysis) -> bool:
 
     s = record.settings
     if searched(s):  # an epsilon_search of issue 3 has no "search" list: older too
-        trials = s.get("search") or []
-        return not trials or any("pruned" not in trial for trial in trials)
+        trials = s.get("search") or []  # before the one-SE rule: no held-out windows kept
+        return not trials or any("pruned" not in trial or "heldout_nlls" not in trial for trial in trials)
     rule = registry.rule(str(s.get("allocation")))
     if rule is None or rule.needs != registry.ANALYSIS or "sparsity" not in s or "ceiling" not in s:
         return False
@@ -271,6 +273,13 @@ def _picked(record) -> str:
     return ", ".join(f"{n} {record.settings[n]:g}" for n in names)
 
 
+def _picked_heldout(record) -> float:
+    """The held-out perplexity of the candidate the search chose (not always the lowest: the
+    one-standard-error rule may choose one nearer uniform)."""
+    trials = [Trial.from_dict(t) for t in record.settings.get("search") or []]
+    return tune.choose(trials).heldout_ppl
+
+
 def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
     """Each rule with Wanda, its parameters searched on held-out calibration text."""
     lines = ["### Tuned on held-out calibration text (Wanda)", ""]
@@ -287,7 +296,7 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
             lines.append(
                 f"| {LABELS[rule]} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {prune_runs(trials)} | "
                 f"{record.seconds.get('search', float('nan')) / 60:.1f} | {_picked(record)} | "
-                f"{min(t['heldout_ppl'] for t in trials):.2f} | **{record.ppl_after:.2f}**{_mark(record)} | "
+                f"{_picked_heldout(record):.2f} | **{record.ppl_after:.2f}**{_mark(record)} | "
                 f"{f'{default.ppl_after:.2f}{_mark(default)}' if default else 'not run yet'} |"
             )
     lines += ["", "Every candidate's held-out perplexity (the search's curve):", ""]

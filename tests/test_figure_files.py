@@ -94,6 +94,23 @@ def test_cli_writes_the_report_and_refuses_a_missing_run(store, tmp_path, capsys
     assert main(["runs", "--report", str(run_id), "--report-out", str(tmp_path / "r.txt")]) == 2
 
 
+def test_cli_writes_each_figure_of_a_run_as_csv_and_chart(store, tmp_path, capsys):
+    run_id = store.add(_record())
+    tmp_path = tmp_path / "figures"
+    tmp_path.mkdir()
+    assert main(["runs", "--figures", str(run_id), "--figures-dir", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"run-{run_id}-{n}.{ext}" for n in ("block_ratios", "search") for ext in ("csv", "html")]
+    ratios = _rows((tmp_path / f"run-{run_id}-block_ratios.csv").read_text())
+    assert [float(r["y"]) for r in ratios] == [0.5, 0.7]  # the run's block ratios
+    search = _rows((tmp_path / f"run-{run_id}-search.csv").read_text())
+    assert {(r["x"], r["y"]) for r in search if r["trace"] == "candidates"} == {("0.1", "30.0"), ("0.3", "25.0")}
+    page = (tmp_path / f"run-{run_id}-search.html").read_text()
+    assert f'"filename": "run-{run_id}-search"' in page and "<script src=" not in page
+    assert main(["runs", "--figures", str(run_id), "--figures-dir", str(tmp_path / "missing")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+
+
 def test_runs_page_offers_csv_per_chart_and_the_html_report(store):
     run_id = store.add(_record())
     at = AppTest.from_file("../app.py", default_timeout=120).run()

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from alphaprune import pipeline
+from alphaprune import pipeline, tune
 from alphaprune.arch import find_blocks, prunable_matrices
 from alphaprune.calibrate import collect, sequential
 from alphaprune.errors import UserError
@@ -137,7 +137,7 @@ def test_run_prune_nm_and_auto_epsilon(corpus):
     auto = run_prune(loaded, _config(corpus, pruner="magnitude", allocation="alphapruning", epsilon=None))
     tried = dict(auto.epsilon_search)
     assert list(tried)[:5] == [0.1, 0.2, 0.3, 0.4, 0.5]  # the grid, then midpoints around its best
-    assert len(tried) <= 10 and auto.config.epsilon == min(tried, key=tried.get)
+    assert len(tried) <= 10 and auto.config.epsilon == tune.choose(auto.search).values["epsilon"]
 
 
 @pytest.mark.parametrize(
@@ -228,3 +228,16 @@ def test_real_model_small_prune(real_model, real_analysis):
     assert 1.0 < result.ppl_before < result.ppl_after < 10 * result.ppl_before
     assert torch.equal(real_model.model.model.layers[3].mlp.up_proj.weight, before)
     assert len(result.allocation.block_ratios) == 30
+
+
+def test_window_nlls_are_the_terms_of_perplexity(corpus):
+    """exp(mean of the per-window NLLs) is perplexity() on equal windows, batched or not."""
+    from alphaprune.perplexity import perplexity, perplexity_of, window_nlls
+    from alphaprune.text import evaluation_windows, read_text, tokenize
+
+    loaded = tiny_loaded(layers=1)
+    windows = evaluation_windows(tokenize(read_text(corpus), loaded.tokenizer), 32, 5)
+    nlls = window_nlls(loaded.model, windows, batch_size=2)
+    assert len(nlls) == 5 and len(set(nlls)) > 1
+    assert perplexity_of(nlls) == pytest.approx(perplexity(loaded.model, windows, 3), rel=1e-6)
+    assert window_nlls(loaded.model, windows, batch_size=1) == pytest.approx(nlls, rel=1e-6)

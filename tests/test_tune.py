@@ -1,11 +1,14 @@
 """Tuning any rule's parameters on held-out calibration text (alphaprune/tune.py): the grids come
-from the specs, the budget thins them, the search picks the lowest held-out perplexity, and the
-curve is stored with the run.
+from the specs, the budget thins them, the search picks the lowest held-out perplexity or, by the
+one-standard-error rule, a candidate nearer uniform that ties with it, and the curve is stored
+with the run.
 
     .venv/bin/python -m pytest tests/test_tune.py -q
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -69,8 +72,9 @@ def test_auto_on_a_rule_runs_its_search_and_stores_it(texts, rule, name):
     result = run_prune(loaded, _config(texts, allocation=rule, pruner="wanda", search_budget=3, **{name: "auto"}))
     trials = result.search
     assert len(trials) == 3 and all(set(t.values) == {name} for t in trials)
-    best = min(trials, key=lambda t: t.heldout_ppl)
+    best = tune.choose(trials)
     assert result.config.param(name) == best.values[name]  # the run used the winner
+    assert all(len(t.heldout_nlls) == 8 and t.spread is not None for t in trials)
     stored = result.record().settings
     assert stored[name] == best.values[name] and len(stored["search"]) == 3
     assert result.seconds["search"] > 0
@@ -112,7 +116,7 @@ def test_auto_ceiling_runs_and_the_run_keeps_its_pick(texts):
     config = _config(texts, allocation="alphapruning", epsilon=0.3, ceiling="auto", pruner="magnitude")
     result = run_prune(loaded, config)
     assert [t.values for t in result.search] == [{"ceiling": 0.99}, {"ceiling": 1.0}]
-    best = min(result.search, key=lambda t: t.heldout_ppl)
+    best = tune.choose(result.search)
     assert result.config.ceiling == best.values["ceiling"] == result.allocation.ceiling
     assert result.record().settings["ceiling"] == best.values["ceiling"]
 
@@ -179,3 +183,44 @@ def test_auto_epsilon_and_ceiling_cost_only_distinct_prunes(texts):
     assert tune.prune_runs(result.search) == len(scores) <= config.search_budget
     assert len(result.search) > len(scores)  # on this model only epsilon 0.5 reaches the ceiling
     assert [t["pruned"] for t in result.record().settings["search"]] == [t.pruned for t in result.search]
+
+
+def _trial(value, nlls, spread):
+    return tune.Trial({"epsilon": value}, math.exp(sum(nlls) / len(nlls)), True, tuple(nlls), spread)
+
+
+def test_gap_is_the_paired_mean_and_standard_error_of_the_window_differences():
+    a, b = _trial(0.3, [5.0, 5.2, 4.9, 5.1], 0.07), _trial(0.35, [4.9, 5.0, 4.9, 5.0], 0.08)
+    diffs = [0.1, 0.2, 0.0, 0.1]
+    mean = sum(diffs) / 4
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4)
+    assert tune.gap(a, b) == pytest.approx((mean, se), rel=1e-12)
+    assert tune.gap(a, _trial(0.1, [5.0], 0.0)) == (math.inf, 0.0)  # other windows: never a tie
+
+
+def test_choose_keeps_the_lowest_unless_a_candidate_nearer_uniform_ties_within_one_se():
+    lowest = _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)
+    noisy_tie = _trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07)  # +0.0375 nats, SE 0.069: a tie
+    clear_loss = _trial(0.2, [5.10, 5.20, 5.15, 5.25], 0.05)  # +0.2 nats every window: no tie
+    farther = _trial(0.4, [4.96, 4.96, 4.98, 5.04], 0.10)  # +0.01, SE 0.022: ties, but farther from uniform
+    assert tune.choose([lowest, clear_loss]) is lowest
+    assert tune.choose([lowest, noisy_tie, clear_loss, farther]) is noisy_tie
+    assert tune.choose([lowest, farther]) is lowest
+    bare = [tune.Trial({"epsilon": 0.1}, 20.0), tune.Trial({"epsilon": 0.2}, 19.0)]
+    assert tune.choose(bare) is bare[1]  # stored before the windows were kept: the lowest
+
+
+def test_a_trial_round_trips_through_its_record():
+    t = _trial(0.3, [5.0, 5.1], 0.07)
+    assert tune.Trial.from_dict(t.to_dict()) == t
+    old = {"values": {"epsilon": 0.1}, "heldout_ppl": 20.0}  # a record stored before the fields
+    assert tune.Trial.from_dict(old) == tune.Trial({"epsilon": 0.1}, 20.0)
+
+
+def test_the_search_chooses_by_the_one_se_rule_on_scores_with_windows():
+    windows = {0.1: [5.3, 5.4, 5.2, 5.5], 0.3: [4.80, 5.20, 4.90, 5.15], 0.35: [4.90, 5.00, 4.95, 5.05]}
+    spread = {0.1: 0.02, 0.3: 0.07, 0.35: 0.08}
+    plan = [{"epsilon": e} for e in windows]
+    best, trials = tune.search(plan, lambda v: tune.Score(tuple(windows[v["epsilon"]]), spread[v["epsilon"]]))
+    assert best == {"epsilon": 0.3}  # 0.35 is lowest, 0.3 ties with it and is nearer uniform
+    assert min(trials, key=lambda t: t.heldout_ppl).values == {"epsilon": 0.35}

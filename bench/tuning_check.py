@@ -1,0 +1,145 @@
+"""Auto tuning against the hand-picked best, side by side in one run (issue 11's tuning bar).
+
+The authors pick a rule's parameter by hand, looking at the evaluation text's perplexity. Our
+"auto" must choose without that text, on the held-out tail of the calibration text. Rounding
+alone moves perplexity at 70-80% by 10-20% from one machine to another, so both are measured
+here in one process, with one thread count and one attention kernel:
+
+1. the auto search itself (pipeline._search, the code `prune --epsilon auto` runs), with every
+   candidate's pruned copy also measured on the evaluation text: what a hand-picker sees;
+2. per candidate: held-out perplexity, its paired gap to the held-out best in standard errors
+   (tune.gap), the allocation's spread from uniform, and the evaluation perplexity;
+3. what each selection picks: the lowest held-out perplexity (before), the one-standard-error
+   rule (tune.choose, now), and the hand-picked best on the evaluation text (the oracle);
+4. the final runs (run_prune, the whole calibration text) of the auto pick and of the oracle's
+   values set by hand, and their ratio: auto / hand-picked.
+
+Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, the first 32 x
+1024 windows of wikitext2_test.raw), Wanda. On the 2-core machine: ~4.5 min a candidate.
+
+    nice .venv/bin/python bench/tuning_check.py --rule alphapruning --sparsity 0.7
+    nice .venv/bin/python bench/tuning_check.py --rule atp --sparsity 0.7 --out bench/tuning_atp70.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results  # noqa: E402  (the protocol and each rule's auto parameters)
+
+from alphaprune import pipeline, text, tune  # noqa: E402
+from alphaprune.analysis import analyze  # noqa: E402
+from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
+from alphaprune.perplexity import perplexity  # noqa: E402
+from alphaprune.runs import numerics  # noqa: E402
+
+
+def label(values: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in values.items())
+
+
+def search_side_by_side(loaded, config, analysis, eval_windows, log) -> tuple[dict, tuple, dict]:
+    """(the chosen values, the trials, evaluation perplexity per candidate label)."""
+    calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
+    on_eval: dict[str, float] = {}
+
+    def observe(values: dict, pruned) -> None:
+        on_eval[label(values)] = perplexity(pruned, eval_windows, config.batch_size)
+        log(f"  {label(values)}: evaluation perplexity {on_eval[label(values)]:.2f}")
+
+    progress = lambda f, msg: log(f"  [{f:4.0%}] {msg}")  # noqa: E731
+    best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe)
+    return best, trials, on_eval
+
+
+def evaluated(trials, on_eval: dict) -> dict[str, float]:
+    """Evaluation perplexity of every candidate's label, a shared prune run's for the candidates
+    that shared it (equal ratios, equal held-out windows' NLLs)."""
+    fresh = {t.heldout_nlls: on_eval[label(t.values)] for t in trials if label(t.values) in on_eval}
+    return {label(t.values): fresh[t.heldout_nlls] for t in trials if t.heldout_nlls in fresh}
+
+
+def table(trials, on_eval: dict) -> list[dict]:
+    lowest = min(trials, key=lambda t: t.heldout_ppl)
+    rows = []
+    for t in trials:
+        mean, se = tune.gap(t, lowest)
+        rows.append({
+            "values": label(t.values), "heldout_ppl": t.heldout_ppl, "gap_nats": mean, "gap_se": se,
+            "spread": t.spread, "eval_ppl": on_eval.get(label(t.values)), "pruned": t.pruned,
+        })  # fmt: skip
+    return rows
+
+
+def final(loaded, config, analysis, values: dict, log) -> float:
+    result = pipeline.run_prune(loaded, dataclasses.replace(config, **values), analysis)
+    log(f"  final run, {label(values)}: perplexity {result.ppl_after:.2f} (sparsity {result.actual_sparsity:.4f})")
+    return result.ppl_after
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rule", default="alphapruning", choices=sorted(results.TUNED))
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--pruner", default="wanda")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, help="write the measurements as JSON")
+    ap.add_argument("--quick", action="store_true", help="4 x 256 calibration, 4 evaluation windows, 3 candidates")
+    args = ap.parse_args()
+    clock = time.perf_counter()
+    log = lambda msg: print(f"[{(time.perf_counter() - clock) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
+    loaded = load_model(DEFAULT_MODEL)
+    analysis = analyze(loaded.model, loaded.name)
+    config = results.tuned(args.data, args.rule, args.sparsity, args.pruner)
+    if args.quick:  # a smoke run of the script, not a measurement
+        config = dataclasses.replace(config, calib_samples=4, seqlen=256, eval_windows=4, search_budget=3)
+    eval_windows = text.evaluation_windows(
+        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
+    )
+    log(f"{args.rule} at {args.sparsity:.0%}, {args.pruner}; numerics {numerics(loaded.model)}")
+    chosen, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log)
+    on_eval = evaluated(trials, on_eval)
+    rows = table(trials, on_eval)
+    lowest = min(trials, key=lambda t: t.heldout_ppl).values
+    oracle = min((t for t in trials if label(t.values) in on_eval), key=lambda t: on_eval[label(t.values)]).values
+    report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model),
+              "candidates": rows, "lowest_heldout": lowest, "one_se": chosen, "hand_picked": oracle}  # fmt: skip
+    for name, values in (("one_se", chosen), ("lowest_heldout", lowest), ("hand_picked", oracle)):
+        log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
+    finals = {}
+    for values in {label(v): v for v in (chosen, oracle)}.values():
+        finals[label(values)] = final(loaded, config, analysis, values, log)
+    report["final"] = finals
+    report["auto_over_hand_picked"] = finals[label(chosen)] / finals[label(oracle)]
+    report["minutes"] = (time.perf_counter() - clock) / 60
+    _print(rows, report)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _print(rows: list[dict], report: dict) -> None:
+    print("\n| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["gap_nats"] / r["gap_se"] if r["gap_se"] else 0.0
+        ev = f"{r['eval_ppl']:.2f}" if r["eval_ppl"] is not None else "shared"
+        cells = (r["values"], f"{r['heldout_ppl']:.2f}", f"{r['gap_nats']:.4f}", f"{ratio:.2f}")
+        cells += (f"{r['spread']:.4f}", ev)
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nfinal runs: {report['final']}")
+    print(f"auto (one-SE rule) / hand-picked on the evaluation text: {report['auto_over_hand_picked']:.4f}")
+    print(f"numerics: {report['numerics']}; {report['minutes']:.1f} min")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
