@@ -300,7 +300,7 @@ def _add_runs(sub) -> None:
     p.add_argument("--report-out", type=Path, metavar="FILE.html", help="where --report writes (default run-ID.html)")
     p.add_argument("--figures", type=int, metavar="ID",
                    help="write each figure of run ID as CSV (data) and HTML (chart; PNG by its camera)")  # fmt: skip
-    p.add_argument("--figures-dir", type=Path, default=Path("."), metavar="DIR", help="where --figures writes")
+    p.add_argument("--figures-dir", type=Path, metavar="DIR", help="where --figures writes (default .)")
     p.set_defaults(func=cmd_runs)
 
 
@@ -852,6 +852,10 @@ def cmd_compare(args) -> int:
 def cmd_runs(args) -> int:
     from alphaprune.runs import RunStore
 
+    if sum(x is not None for x in (args.report, args.figures, args.export, args.delete)) > 1:
+        raise UserError("give one of --report, --figures, --export and --delete at a time")
+    if args.figures is None and args.figures_dir is not None:
+        raise UserError("--figures-dir says where --figures writes: give --figures ID too")
     store = RunStore()
     if args.delete:
         print(f"deleted {store.delete(args.delete, missing_ok=False)} run(s)")
@@ -866,9 +870,10 @@ def cmd_runs(args) -> int:
     if args.figures is not None:
         from alphaprune.html_report import write_run_figures
 
-        if not args.figures_dir.is_dir() or not os.access(args.figures_dir, os.W_OK):
-            raise UserError(f"--figures-dir {args.figures_dir} is not a writable folder: give one that is")
-        for path in write_run_figures(store.get(args.figures), args.figures_dir):
+        folder = args.figures_dir or Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--figures-dir {folder} is not a writable folder: give one that is")
+        for path in write_run_figures(store.get(args.figures), folder):
             print(f"wrote {path}", file=sys.stderr)
         return 0
     if args.export is not None:

@@ -37,7 +37,7 @@ def run_figures(record: RunRecord) -> list[tuple[str, object]]:
     search = record.settings.get("search") or []
     if search:
         trials = [Trial.from_dict(t) for t in search]
-        figures.append(("search", search_figure(trials)))
+        figures.append(("search", search_figure(trials, record.settings)))
     return figures
 
 

@@ -8,9 +8,10 @@
 The user's dense model is never modified: the pruner works on a deep copy. The dense
 perplexity is cached on disk (keyed by the weights' fingerprint and the evaluation text,
 seqlen and windows), so runs against the same text do not pay for it twice.
-`epsilon="auto"` (or None) tries a grid of epsilons and keeps the one with the lowest
-perplexity on held-out calibration text (the tail of the calibration source), never on the
-evaluation text.
+`epsilon="auto"` (or None; any rule's auto parameter likewise) tries a grid of candidates on
+held-out calibration text (the tail of the calibration source), never on the evaluation text,
+and keeps the lowest perplexity or, by the one-standard-error rule, a candidate nearer uniform
+that ties with it (alphaprune/tune.py).
 """
 
 from __future__ import annotations

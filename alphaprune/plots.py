@@ -522,14 +522,14 @@ def _prune_runs(frame, x: str):
     return runs, ""
 
 
-def search_figure(trials) -> go.Figure:
+def search_figure(trials, settings: dict | None = None) -> go.Figure:
     """An "auto" search's curve: held-out perplexity of each candidate (tune.Trial), the chosen
-    one marked (tune.choose: the lowest, or one nearer uniform within a standard error of it),
-    each candidate's paired gap to the lowest in standard errors in its hover. One parameter:
+    one marked (the run's `settings` say which: tune.chosen_of; without them tune.choose), each
+    candidate's paired gap to the lowest in standard errors in its hover. One parameter:
     against its value; several: against the candidate's number."""
     from alphaprune import tune
 
-    chosen = tune.choose(trials) if trials else None
+    chosen = None if not trials else tune.chosen_of(trials, settings) if settings else tune.choose(trials)
     names = list(trials[0].values) if trials else []
     one = len(names) == 1
     if one:  # refinements come after the grid: draw the curve in the parameter's order
@@ -553,10 +553,12 @@ def _gap_words(trial, trials) -> str:
     """'<br>+0.012 nats (0.8 SE) from the lowest' where the held-out windows were kept."""
     from alphaprune import tune
 
-    mean, se = tune.gap(trial, min(trials, key=lambda t: t.heldout_ppl))
-    if not se:
+    if not any(math.isfinite(t.heldout_ppl) for t in trials):
         return ""
-    return f"<br>{mean:+.3f} nats/token ({mean / se:.1f} SE) from the lowest"
+    mean, se = tune.gap(trial, tune.lowest(trials))
+    if not math.isfinite(mean) or not trial.heldout_nlls:
+        return ""
+    return f"<br>{mean:+.3f} nats/token ({mean / se:.1f} SE) from the lowest" if se else f"<br>{mean:+.3f} nats/token"
 
 
 def runs_figure(frame, x: str = "sparsity") -> go.Figure:

@@ -3,14 +3,17 @@
 A parameter whose spec allows "auto" (AlphaPruning's and FARMS' epsilon, ATP's beta, DLP's
 alpha, OWL's lambda, and any rule's ceiling: 0.99 or 1.0) and is set to "auto" is chosen by a
 budgeted search: each candidate of its spec's grid (several auto parameters: their grids'
-product, thinned evenly to at most `budget` candidates) is one prune of a copy, scored by
-perplexity on the held-out tail of the calibration text (text.split_heldout); the calibration
-windows come from the rest. The search is a curve of (values, held-out perplexity) stored with the run.
+product, thinned evenly to at most `budget` candidates) is one prune of a copy, scored on the
+held-out tail of the calibration text (text.split_heldout: each window's mean token NLL); the
+calibration windows come from the rest. The search is a curve of trials (values, held-out
+perplexity, the windows' NLLs, the allocation's spread from uniform) stored with the run.
 
-Candidates that give the same ratios (AlphaPruning's ceiling where no block reaches it) share
-one prune run (`key`). Where the budget has room after the grid, the midpoints between the best
-value of each parameter with three or more grid values and its grid neighbours are tried too
-(`refinements`), the other parameters held at the best.
+The choice (`choose`) is the one-standard-error rule of model selection: the lowest held-out
+perplexity, unless candidates nearer uniform are within one paired standard error of it; then
+the nearest uniform of those. Candidates that give the same ratios (AlphaPruning's ceiling
+where no block reaches it) share one prune run (`key`). Where the budget has room after the
+grid, the midpoints between the chosen value of each parameter with three or more grid values
+and its grid neighbours are tried too (`refinements`), the other parameters held as chosen.
 
     plan = candidates(config, blocks=30)            # [{"epsilon": 0.1}, ...]; config.search_budget at most
     best, trials = search(plan, score, progress, key=ratios, budget=10, refine=lambda b: refinements(config, b, 30))
@@ -51,9 +54,12 @@ class Trial:
 
     @classmethod
     def from_dict(cls, data: dict) -> Trial:
-        """A stored trial (older records lack the windows and the spread)."""
-        nlls = tuple(data.get("heldout_nlls", ()))
-        return cls(data["values"], data["heldout_ppl"], data.get("pruned", True), nlls, data.get("spread"))
+        """A stored trial (older records lack the windows and the spread; the run store keeps
+        inf and nan as strings, float() reads them back)."""
+        nlls = tuple(float(x) for x in data.get("heldout_nlls", ()))
+        spread = data.get("spread")
+        return cls(data["values"], float(data["heldout_ppl"]), data.get("pruned", True), nlls,
+                   None if spread is None else float(spread))  # fmt: skip
 
 
 def gap(trial: Trial, best: Trial) -> tuple[float, float]:
@@ -75,11 +81,28 @@ def choose(trials) -> Trial:
     ranks close candidates by chance, and the more extreme allocation is the one that falls off
     a cliff on other text (AlphaPruning at 70%: epsilon 0.35 led 0.3 by 5% held out, and lost
     by 8% on WikiText)."""
-    best = min(trials, key=lambda t: t.heldout_ppl)
+    finite = [t for t in trials if math.isfinite(t.heldout_ppl)]
+    if not finite:  # every candidate broke the model (e.g. a block pruned whole at 80%)
+        raise UserError("every candidate of the search gave a non-finite held-out perplexity; give the values by hand")
+    best = lowest(finite)
     if best.spread is None:
         return best
-    ties = [t for t in trials if t.spread is not None and _within(t, best)]
+    ties = [t for t in finite if t.spread is not None and _within(t, best)]
     return min(ties, key=lambda t: (round(t.spread, 9), t.heldout_ppl))
+
+
+def lowest(trials) -> Trial:
+    """The trial of lowest finite held-out perplexity (a nan never wins a comparison)."""
+    return min((t for t in trials if math.isfinite(t.heldout_ppl)), key=lambda t: t.heldout_ppl)
+
+
+def chosen_of(trials, settings: dict) -> Trial:
+    """The trial a stored run chose: the one whose values are the run's settings (a rule changed
+    since the run cannot change what it chose); `choose` where none matches."""
+    for trial in trials:
+        if all(settings.get(k) == v for k, v in trial.values.items()):
+            return trial
+    return choose(trials)
 
 
 def _within(trial: Trial, best: Trial) -> bool:
@@ -119,7 +142,7 @@ def candidates(config: PruneConfig, blocks: int, budget: int | None = None) -> l
 
 
 def refinements(config: PruneConfig, best: dict, blocks: int) -> list[dict]:
-    """Midpoints between the best value of each auto parameter with 3+ grid values and its
+    """Midpoints between the chosen value of each auto parameter with 3+ grid values and its
     grid neighbours (the lower one first); the other parameters as in `best`."""
     out = []
     for name in config.auto_params():
@@ -152,12 +175,12 @@ def as_trial(values: dict, score) -> Trial:
     return Trial(values, float(score))
 
 
-def search(plan: list[dict], score: Callable[[dict], float], progress=None, key=None, budget: int | None = None,
+def search(plan: list[dict], score: Callable[[dict], Score | float], progress=None, key=None, budget: int | None = None,
            refine: Callable[[dict], list[dict]] | None = None) -> tuple[dict, tuple[Trial, ...]]:  # fmt: skip
     """(the chosen candidate, every trial in order). `score(values)` gives a Score (the chosen
     one: `choose`) or a held-out perplexity (the lowest is chosen). `key(values)` is what a
     prune depends on: candidates of one key share a prune run. With `refine`, its candidates
-    around the grid's lowest are tried while fewer than `budget` prunes were run."""
+    around the grid's choice are tried while fewer than `budget` prunes were run."""
     key = key or (lambda values: tuple(sorted(values.items())))
     budget = len(plan) if budget is None else budget
     if budget < 1 or not plan:
@@ -180,7 +203,7 @@ def search(plan: list[dict], score: Callable[[dict], float], progress=None, key=
 
     for values in plan:
         run(values)
-    best = min(trials, key=lambda t: t.heldout_ppl)
+    best = choose(trials)  # refine around the choice: the lowest may be one the rule passes over
     for values in refine(dict(best.values)) if refine is not None else ():
         if all(t.values != values for t in trials) and not run(values):
             break

@@ -274,10 +274,10 @@ def _picked(record) -> str:
 
 
 def _picked_heldout(record) -> float:
-    """The held-out perplexity of the candidate the search chose (not always the lowest: the
+    """The held-out perplexity of the candidate the run chose (not always the lowest: the
     one-standard-error rule may choose one nearer uniform)."""
     trials = [Trial.from_dict(t) for t in record.settings.get("search") or []]
-    return tune.choose(trials).heldout_ppl
+    return tune.chosen_of(trials, record.settings).heldout_ppl
 
 
 def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:

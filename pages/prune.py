@@ -263,7 +263,7 @@ st.caption(
 )
 if result.search:
     st.markdown("**The search** (held-out calibration text; the evaluation text was not read)")
-    chart(st, search_figure(result.search), key="search_chart", name="search")
+    chart(st, search_figure(result.search, result.config.to_dict()), key="search_chart", name="search")
 pruned_analysis = st.session_state.get(PRUNED_ANALYSIS)
 if analysis is not None and pruned_analysis is not None:
     chart(st, before_after_figure(analysis, pruned_analysis), key="before_after_chart", name="alpha_before_after")

@@ -109,6 +109,10 @@ def test_cli_writes_each_figure_of_a_run_as_csv_and_chart(store, tmp_path, capsy
     assert f'"filename": "run-{run_id}-search"' in page and "<script src=" not in page
     assert main(["runs", "--figures", str(run_id), "--figures-dir", str(tmp_path / "missing")]) == 2
     assert "not a writable folder" in capsys.readouterr().err
+    assert main(["runs", "--figures-dir", str(tmp_path)]) == 2  # a folder for nothing
+    assert main(["runs", "--figures", str(run_id), "--report", str(run_id)]) == 2
+    err = capsys.readouterr().err
+    assert "give --figures ID too" in err and "one of --report, --figures" in err
 
 
 def test_runs_page_offers_csv_per_chart_and_the_html_report(store):

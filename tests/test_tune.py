@@ -224,3 +224,46 @@ def test_the_search_chooses_by_the_one_se_rule_on_scores_with_windows():
     best, trials = tune.search(plan, lambda v: tune.Score(tuple(windows[v["epsilon"]]), spread[v["epsilon"]]))
     assert best == {"epsilon": 0.3}  # 0.35 is lowest, 0.3 ties with it and is nearer uniform
     assert min(trials, key=lambda t: t.heldout_ppl).values == {"epsilon": 0.35}
+
+
+def test_a_stored_trial_with_non_finite_scores_reads_back_and_never_wins():
+    """The run store keeps inf and nan as strings; a candidate that broke the model is never chosen."""
+    from alphaprune.runs import _jsonable
+
+    broken = tune.Trial({"epsilon": 0.5}, math.nan, True, (math.nan, math.nan), 0.2)
+    fine = _trial(0.3, [5.0, 5.1], 0.07)
+    stored = [tune.Trial.from_dict(d) for d in _jsonable([broken.to_dict(), fine.to_dict()])]
+    assert math.isnan(stored[0].heldout_ppl) and stored[1] == fine
+    assert tune.choose(stored) == fine and tune.choose([broken, fine]) is fine
+    with pytest.raises(UserError, match="non-finite"):
+        tune.choose([broken])
+
+
+def test_the_chosen_trial_of_a_record_is_the_one_its_settings_name():
+    trials = [_trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07), _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)]
+    assert tune.chosen_of(trials, {"epsilon": 0.35}) is trials[1]  # what the run used, whatever the rule says now
+    assert tune.chosen_of(trials, {"epsilon": 0.9}) is tune.choose(trials) is trials[0]
+
+
+def test_spread_is_zero_for_uniform_and_grows_with_epsilon(texts):
+    from dataclasses import replace
+
+    from alphaprune.pipeline import make_allocation
+
+    model = tiny_loaded(layers=4).model
+    config = _config(texts, allocation="alphapruning", ceiling=1.0)
+    spreads = [make_allocation(model, replace(config, epsilon=e)).spread for e in (0.0, 0.1, 0.2, 0.3)]
+    assert spreads[0] == pytest.approx(0.0, abs=1e-12)
+    assert all(a < b for a, b in zip(spreads, spreads[1:], strict=False)), spreads
+    uniform = make_allocation(model, _config(texts, allocation="uniform"))
+    assert uniform.spread == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_search_figure_stars_the_chosen_candidate():
+    from alphaprune.plots import search_figure
+
+    trials = [_trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07), _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)]
+    star = lambda fig: [t for t in fig.data if t.name == "chosen"][0].x[0]  # noqa: E731
+    assert star(search_figure(trials)) == 0.3  # the rule's choice, not the lowest (0.35)
+    assert star(search_figure(trials, {"epsilon": 0.35})) == 0.35  # a stored run's own choice
+    assert "SE) from the lowest" in search_figure(trials).data[0].customdata[0]
