@@ -12,13 +12,16 @@ here in one process, with one thread count and one attention kernel:
 3. what each selection picks: the lowest held-out perplexity (before), the one-standard-error
    rule (tune.choose, now), and the hand-picked best on the evaluation text (the oracle);
 4. the final runs (run_prune, the whole calibration text) of the auto pick and of the oracle's
-   values set by hand, and their ratio: auto / hand-picked.
+   values set by hand, and their ratio: auto / hand-picked;
+5. with --authors E,..: the authors' AlphaPruning configuration at those epsilons (their
+   unclipped ratios; a block whose ratio exceeds 1 pruned whole, as their Wanda does).
 
 Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, the first 32 x
 1024 windows of wikitext2_test.raw), Wanda. On the 2-core machine: ~4.5 min a candidate.
 
     nice .venv/bin/python bench/tuning_check.py --rule alphapruning --sparsity 0.7
     nice .venv/bin/python bench/tuning_check.py --rule atp --sparsity 0.7 --out bench/tuning_atp70.json
+    nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3,0.4     # the authors' runs alone
 """
 
 from __future__ import annotations
@@ -81,20 +84,15 @@ def table(trials, on_eval: dict) -> list[dict]:
 
 
 def final(loaded, config, analysis, values: dict, log) -> float:
+    """run_prune (the whole calibration text) with `values` set by hand: its perplexity."""
     result = pipeline.run_prune(loaded, dataclasses.replace(config, **values), analysis)
-    log(f"  final run, {label(values)}: perplexity {result.ppl_after:.2f} (sparsity {result.actual_sparsity:.4f})")
+    log(f"  final run, {label(values) or config.allocation}: perplexity {result.ppl_after:.2f} "
+        f"(sparsity {result.actual_sparsity:.4f})")  # fmt: skip
     return result.ppl_after
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rule", default="alphapruning", choices=sorted(results.TUNED))
-    ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--pruner", default="wanda")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, help="write the measurements as JSON")
-    ap.add_argument("--quick", action="store_true", help="4 x 256 calibration, 4 evaluation windows, 3 candidates")
-    args = ap.parse_args()
+    args = _args()
     clock = time.perf_counter()
     log = lambda msg: print(f"[{(time.perf_counter() - clock) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
     loaded = load_model(DEFAULT_MODEL)
@@ -102,42 +100,73 @@ def main() -> int:
     config = results.tuned(args.data, args.rule, args.sparsity, args.pruner)
     if args.quick:  # a smoke run of the script, not a measurement
         config = dataclasses.replace(config, calib_samples=4, seqlen=256, eval_windows=4, search_budget=3)
-    eval_windows = text.evaluation_windows(
-        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
-    )
     log(f"{args.rule} at {args.sparsity:.0%}, {args.pruner}; numerics {numerics(loaded.model)}")
-    chosen, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log)
-    on_eval = evaluated(trials, on_eval)
-    rows = table(trials, on_eval)
-    lowest = min(trials, key=lambda t: t.heldout_ppl).values
-    oracle = min((t for t in trials if label(t.values) in on_eval), key=lambda t: on_eval[label(t.values)]).values
-    report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model),
-              "candidates": rows, "lowest_heldout": lowest, "one_se": chosen, "hand_picked": oracle}  # fmt: skip
-    for name, values in (("one_se", chosen), ("lowest_heldout", lowest), ("hand_picked", oracle)):
-        log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
-    finals = {}
-    for values in {label(v): v for v in (chosen, oracle)}.values():
-        finals[label(values)] = final(loaded, config, analysis, values, log)
-    report["final"] = finals
-    report["auto_over_hand_picked"] = finals[label(chosen)] / finals[label(oracle)]
+    report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model)}
+    if not args.skip_search:
+        report.update(_search_report(loaded, config, analysis, log))
+    if args.authors:
+        runs = {e: final(loaded, _authors(config, analysis, e), analysis, {}, log) for e in args.authors}
+        report["authors"] = {f"epsilon {e:g}, ratios above 1 pruned whole": ppl for e, ppl in runs.items()}
     report["minutes"] = (time.perf_counter() - clock) / 60
-    _print(rows, report)
+    _print(report)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 
-def _print(rows: list[dict], report: dict) -> None:
-    print("\n| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = r["gap_nats"] / r["gap_se"] if r["gap_se"] else 0.0
-        ev = f"{r['eval_ppl']:.2f}" if r["eval_ppl"] is not None else "shared"
-        cells = (r["values"], f"{r['heldout_ppl']:.2f}", f"{r['gap_nats']:.4f}", f"{ratio:.2f}")
-        cells += (f"{r['spread']:.4f}", ev)
-        print("| " + " | ".join(cells) + " |")
-    print(f"\nfinal runs: {report['final']}")
-    print(f"auto (one-SE rule) / hand-picked on the evaluation text: {report['auto_over_hand_picked']:.4f}")
+def _args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rule", default="alphapruning", choices=sorted(results.TUNED))
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--pruner", default="wanda")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, help="write the measurements as JSON")
+    ap.add_argument("--quick", action="store_true", help="4 x 256 calibration, 4 evaluation windows, 3 candidates")
+    ap.add_argument("--authors", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                    help="AlphaPruning: also run the authors' code's ratios at these epsilons (unclipped, any "
+                         "ratio above 1 pruning its block whole, as their Wanda does)")  # fmt: skip
+    ap.add_argument("--skip-search", action="store_true", help="only the --authors runs")
+    return ap.parse_args()
+
+
+def _authors(config, analysis, epsilon: float):
+    """The authors' configuration at `epsilon` (bench/results.py's whole-block list allocation)."""
+    plain = dataclasses.replace(config, allocation="alphapruning", epsilon=epsilon, ceiling=1.0, search_budget=10)
+    return results.as_whole_block(plain, analysis)
+
+
+def _search_report(loaded, config, analysis, log) -> dict:
+    """The search with every candidate on the evaluation text, each selection's pick, and the
+    final runs of the auto pick and of the hand-picked values."""
+    eval_windows = text.evaluation_windows(
+        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
+    )
+    chosen, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log)
+    on_eval = evaluated(trials, on_eval)
+    lowest = tune.lowest(trials).values
+    oracle = min((t for t in trials if label(t.values) in on_eval), key=lambda t: on_eval[label(t.values)]).values
+    for name, values in (("one_se", chosen), ("lowest_heldout", lowest), ("hand_picked", oracle)):
+        log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
+    distinct = {label(v): v for v in (chosen, oracle)}
+    finals = {name: final(loaded, config, analysis, v, log) for name, v in distinct.items()}
+    return {"candidates": table(trials, on_eval), "lowest_heldout": lowest, "one_se": chosen, "hand_picked": oracle,
+            "final": finals, "auto_over_hand_picked": finals[label(chosen)] / finals[label(oracle)]}  # fmt: skip
+
+
+def _print(report: dict) -> None:
+    if "candidates" in report:
+        print("\n| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |")
+        print("|---|---|---|---|---|---|")
+        for r in report["candidates"]:
+            ratio = r["gap_nats"] / r["gap_se"] if r["gap_se"] else 0.0
+            ev = f"{r['eval_ppl']:.2f}" if r["eval_ppl"] is not None else "shared"
+            cells = (r["values"], f"{r['heldout_ppl']:.2f}", f"{r['gap_nats']:.4f}", f"{ratio:.2f}")
+            cells += (f"{r['spread']:.4f}", ev)
+            print("| " + " | ".join(cells) + " |")
+        print(f"\nfinal runs: {report['final']}")
+        print(f"auto (one-SE rule) / hand-picked on the evaluation text: {report['auto_over_hand_picked']:.4f}")
+    for name, ppl in report.get("authors", {}).items():
+        print(f"authors' code, {name}: {ppl:.2f}")
     print(f"numerics: {report['numerics']}; {report['minutes']:.1f} min")
 
 
