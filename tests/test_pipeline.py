@@ -230,6 +230,24 @@ def test_real_model_small_prune(real_model, real_analysis):
     assert len(result.allocation.block_ratios) == 30
 
 
+@pytest.mark.slow
+def test_real_model_auto_epsilon_returns_the_candidate_it_scored(real_model, real_analysis):
+    """The default model, Wanda with epsilon auto (two candidates): the search keeps each held-out
+    window's score, and the run returns the chosen candidate itself (same held-out perplexity)."""
+    from alphaprune import text
+    from alphaprune.perplexity import perplexity
+
+    config = PruneConfig(sparsity=0.6, pruner="wanda", allocation="alphapruning", epsilon="auto", calib_samples=2,
+                         seqlen=128, eval_windows=2, search_budget=2)  # fmt: skip
+    result = run_prune(real_model, config, analysis=real_analysis)
+    assert [t.values["epsilon"] for t in result.search] == [0.1, 0.5]  # the grid thinned to the budget
+    assert all(len(t.heldout_nlls) == pipeline.HELDOUT_WINDOWS and t.spread > 0 for t in result.search)
+    ids = text.tokenize(text.read_text(config.calib), real_model.tokenizer)
+    heldout = text.heldout_windows(ids, 128, pipeline.HELDOUT_WINDOWS)
+    chosen = tune.chosen_of(result.search, result.config.to_dict())
+    assert perplexity(result.model, heldout) == pytest.approx(chosen.heldout_ppl, rel=1e-6)
+
+
 def test_window_nlls_are_the_terms_of_perplexity(corpus):
     """exp(mean of the per-window NLLs) is perplexity() on equal windows, batched or not."""
     from alphaprune.perplexity import perplexity, perplexity_of, window_nlls
