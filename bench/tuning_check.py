@@ -191,8 +191,14 @@ def _section(report: dict, name: str) -> list[str]:
                 + "; ".join(f"{k}: **{v:.2f}**" for k, v in report["final"].items())]  # fmt: skip
         out += [f"- auto / the hand-picked values set by hand: **{report['auto_over_hand_picked']:.4f}**"]
     for what, ppl in report.get("authors", {}).items():
-        out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
+        out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**{_note(report)}")
+    if report.get("authors") and "auto" in report:
+        out.append(f"- auto / the authors' best here: **{report['auto'] / min(report['authors'].values()):.4f}**")
     return out + [""]
+
+
+def _note(report: dict) -> str:
+    return f" ({report['authors_note']})" if report.get("authors_note") else ""
 
 
 def _table_lines(rows: list[dict]) -> list[str]:
