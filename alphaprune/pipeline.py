@@ -90,7 +90,6 @@ class PruneResult:
         settings["numerics"] = numerics(self.model)
         if self.search:
             settings["search"] = [trial.to_dict() for trial in self.search]
-            settings["calibrated_on"] = f"the calibration text before its held-out tail ({text.HELDOUT_FRACTION:.0%})"
         if self.epsilon_search:
             settings["epsilon_search"] = [list(pair) for pair in self.epsilon_search]
         return RunRecord(
@@ -257,17 +256,6 @@ def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConf
     return pruned
 
 
-def calibration(calib_ids: torch.Tensor, config: PruneConfig) -> torch.Tensor:
-    """(samples, seqlen) calibration windows. A run with a search draws them from the text before
-    its held-out tail, for every candidate and for the final prune alike: the model it returns is
-    the candidate it scored (same allocation, same windows, so the same weights), and the held-out
-    score still describes a model that never saw that tail. Drawing them again from the whole
-    text would only redraw the windows (the same count), which alone moves Wanda at 70% on
-    SmolLM2 by ~15%, and would cost a prune run."""
-    source = text.split_heldout(calib_ids)[0] if config.auto_params() else calib_ids
-    return text.calibration_windows(source, config.calib_samples, config.seqlen, config.seed)
-
-
 def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple[dict, tuple]:
     """The auto parameters' values chosen on held-out calibration text (alphaprune/tune.py:
     lowest perplexity, or nearer uniform within one standard error of it): each candidate
@@ -275,7 +263,8 @@ def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple
     candidate's pruned copy once scored (bench/tuning_check.py measures it on other text)."""
     from alphaprune import tune
 
-    calib = calibration(calib_ids, config)
+    train_ids = text.split_heldout(calib_ids)[0]
+    calib = text.calibration_windows(train_ids, config.calib_samples, config.seqlen, config.seed)
     heldout = text.heldout_windows(calib_ids, config.seqlen, HELDOUT_WINDOWS)
     blocks = len({m.block for m in prunable_matrices(model)})
 
@@ -378,7 +367,9 @@ def run_prune(loaded, config: PruneConfig, analysis=None, progress: Progress | N
     model, clock, seconds = loaded.model, time.perf_counter(), {}
     _check_resources(model, config)
     eval_text, eval_windows, calib_ids = read_texts(loaded.tokenizer, config)
-    calib = None if calib_ids is None else calibration(calib_ids, config)  # before `config` loses its "auto"
+    calib = None
+    if calib_ids is not None:
+        calib = text.calibration_windows(calib_ids, config.calib_samples, config.seqlen, config.seed)
     fp = analysis.fingerprint if analysis is not None and analysis.fingerprint else fingerprint(model)
     seconds["texts"] = time.perf_counter() - clock
     t = time.perf_counter()

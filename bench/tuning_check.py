@@ -11,9 +11,8 @@ here in one process, with one thread count and one attention kernel:
    (tune.gap), the allocation's spread from uniform, and the evaluation perplexity;
 3. what each selection picks: the lowest held-out perplexity (before), the one-standard-error
    rule (tune.choose, now), and the hand-picked best on the evaluation text (the oracle);
-4. auto's perplexity (run_prune with the auto setting returns the chosen candidate's own pruned
-   copy, pipeline.calibration), and runs with the auto pick's and the oracle's values set by
-   hand (calibration windows drawn from the whole text); the ratio auto / hand-picked;
+4. the final runs (run_prune, the whole calibration text) of the auto pick and of the oracle's
+   values set by hand, and their ratio: auto / hand-picked;
 5. with --authors E,..: the authors' AlphaPruning configuration at those epsilons (their
    unclipped ratios; a block whose ratio exceeds 1 pruned whole, as their Wanda does).
 
@@ -155,9 +154,9 @@ def _search_report(loaded, config, analysis, log) -> dict:
         log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
     distinct = {label(v): v for v in (chosen, oracle)}
     finals = {name: final(loaded, config, analysis, v, log) for name, v in distinct.items()}
-    auto = on_eval[label(chosen)]  # run_prune returns the chosen candidate itself (pipeline.calibration)
     return {"candidates": table(trials, on_eval), "lowest_heldout": lowest, "one_se": chosen, "hand_picked": oracle,
-            "auto": auto, "final": finals, "auto_over_hand_picked": auto / finals[label(oracle)]}  # fmt: skip
+            "final": finals, "auto_over_hand_picked": finals[label(chosen)] / finals[label(oracle)],
+            "copies_auto_over_hand_picked": on_eval[label(chosen)] / on_eval[label(oracle)]}  # fmt: skip
 
 
 def render(folder: Path) -> str:
@@ -174,7 +173,9 @@ def render(folder: Path) -> str:
         "",
     ]
     for path in sorted(folder.glob("*.json")):
-        lines += _section(json.loads(path.read_text()), path.name)
+        report = json.loads(path.read_text())
+        report["candidates_eval"] = {r["values"]: r["eval_ppl"] for r in report.get("candidates", [])}
+        lines += _section(report, path.name)
     return "\n".join(lines)
 
 
@@ -186,19 +187,14 @@ def _section(report: dict, name: str) -> list[str]:
         for key, words in (("lowest_heldout", "lowest held-out (the rule before)"), ("one_se", "one-SE rule (auto)"),
                            ("hand_picked", "hand-picked on the evaluation text")):  # fmt: skip
             out.append(f"- {words}: {label(report[key])}")
-        out += [f"- auto (`run_prune` with the auto setting returns the chosen candidate): **{report['auto']:.2f}**"]
-        out += ["- the same values set by hand (calibration windows drawn from the whole text): "
+        out += ["- final runs (an auto run's final prune is the chosen values' run set by hand): "
                 + "; ".join(f"{k}: **{v:.2f}**" for k, v in report["final"].items())]  # fmt: skip
-        out += [f"- auto / the hand-picked values set by hand: **{report['auto_over_hand_picked']:.4f}**"]
+        out += [f"- auto / hand-picked, final runs: **{report['auto_over_hand_picked']:.4f}**"]
+        auto, hand = (report["candidates_eval"][label(report[k])] for k in ("one_se", "hand_picked"))
+        out += [f"- auto / hand-picked, the search's own copies (same windows): **{auto / hand:.4f}**"]
     for what, ppl in report.get("authors", {}).items():
-        out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**{_note(report)}")
-    if report.get("authors") and "auto" in report:
-        out.append(f"- auto / the authors' best here: **{report['auto'] / min(report['authors'].values()):.4f}**")
+        out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
     return out + [""]
-
-
-def _note(report: dict) -> str:
-    return f" ({report['authors_note']})" if report.get("authors_note") else ""
 
 
 def _table_lines(rows: list[dict]) -> list[str]:
@@ -215,7 +211,8 @@ def _table_lines(rows: list[dict]) -> list[str]:
 
 
 def _print(report: dict) -> None:
-    print("\n".join(_section(report, "this run")))
+    shown = {**report, "candidates_eval": {r["values"]: r["eval_ppl"] for r in report.get("candidates", [])}}
+    print("\n".join(_section(shown, "this run")))
 
 
 if __name__ == "__main__":

@@ -267,20 +267,3 @@ def test_the_search_figure_stars_the_chosen_candidate():
     assert star(search_figure(trials)) == 0.3  # the rule's choice, not the lowest (0.35)
     assert star(search_figure(trials, {"epsilon": 0.35})) == 0.35  # a stored run's own choice
     assert "SE) from the lowest" in search_figure(trials).data[0].customdata[0]
-
-
-def test_an_auto_run_returns_the_candidate_it_scored(texts):
-    """The final prune uses the search's calibration windows (the text before its held-out tail),
-    so the returned model is the chosen candidate: its held-out perplexity is the trial's own."""
-    from alphaprune import pipeline, text
-    from alphaprune.perplexity import perplexity
-
-    loaded = tiny_loaded(layers=3)
-    result = run_prune(loaded, _config(texts, allocation="atp", pruner="wanda", beta="auto", search_budget=3))
-    ids = text.tokenize(text.read_text(texts[0]), loaded.tokenizer)
-    heldout = text.heldout_windows(ids, 32, pipeline.HELDOUT_WINDOWS)
-    chosen = tune.chosen_of(result.search, result.config.to_dict())
-    assert perplexity(result.model, heldout) == pytest.approx(chosen.heldout_ppl, rel=1e-9)
-    assert "held-out tail" in result.record().settings["calibrated_on"]
-    by_hand = run_prune(loaded, _config(texts, allocation="atp", pruner="wanda", beta=chosen.values["beta"]))
-    assert "calibrated_on" not in by_hand.record().settings  # a hand-set run draws from the whole text
