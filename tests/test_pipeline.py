@@ -231,19 +231,27 @@ def test_real_model_small_prune(real_model, real_analysis):
 
 
 @pytest.mark.slow
-def test_real_model_auto_epsilon_is_reproduced_by_its_choice_set_by_hand(real_model, real_analysis):
-    """The default model, Wanda with epsilon auto (two candidates): the search keeps each held-out
-    window's score, and the run is exactly the run of its chosen values set by hand (same
-    calibration windows, drawn from the whole text), so a stored auto run can be reproduced."""
-    import dataclasses
-
-    config = PruneConfig(sparsity=0.6, pruner="wanda", allocation="alphapruning", epsilon="auto", calib_samples=2,
-                         seqlen=128, eval_windows=2, search_budget=2)  # fmt: skip
+def test_real_model_auto_epsilon_keeps_each_heldout_window(real_model, real_analysis):
+    """The default model, magnitude with epsilon auto (two candidates, small texts): the search
+    keeps each held-out window's score and each candidate's spread, and the run uses its choice."""
+    config = PruneConfig(sparsity=0.6, pruner="magnitude", allocation="alphapruning", epsilon="auto", calib_samples=1,
+                         seqlen=64, eval_windows=1, search_budget=2)  # fmt: skip
     auto = run_prune(real_model, config, analysis=real_analysis)
     assert [t.values["epsilon"] for t in auto.search] == [0.1, 0.5]  # the grid thinned to the budget
-    assert all(len(t.heldout_nlls) == pipeline.HELDOUT_WINDOWS and t.spread > 0 for t in auto.search)
-    assert tune.chosen_of(auto.search, auto.config.to_dict()) is tune.choose(auto.search)
-    by_hand = run_prune(real_model, dataclasses.replace(config, epsilon=auto.config.epsilon), analysis=real_analysis)
+    assert all(len(t.heldout_nlls) == pipeline.HELDOUT_WINDOWS for t in auto.search)
+    assert 0 < auto.search[0].spread < auto.search[1].spread  # epsilon 0.5 is farther from uniform
+    assert auto.config.epsilon == tune.choose(auto.search).values["epsilon"]
+
+
+def test_an_auto_run_is_its_choice_set_by_hand(corpus):
+    """An auto run's final prune is exactly the run of its chosen values set by hand (the same
+    calibration windows, drawn from the whole text): a stored auto run can be reproduced."""
+    import dataclasses
+
+    loaded = tiny_loaded(layers=2)
+    config = _config(corpus, pruner="wanda", allocation="alphapruning", epsilon="auto", search_budget=3)
+    auto = run_prune(loaded, config)
+    by_hand = run_prune(loaded, dataclasses.replace(config, epsilon=auto.config.epsilon))
     assert by_hand.ppl_after == auto.ppl_after and by_hand.allocation.sparsities == auto.allocation.sparsities
 
 
