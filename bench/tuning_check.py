@@ -22,6 +22,8 @@ Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, t
     nice .venv/bin/python bench/tuning_check.py --rule alphapruning --sparsity 0.7 --out bench/tuning/ap70.json
     nice .venv/bin/python bench/tuning_check.py --rule atp --sparsity 0.7 --out bench/tuning/atp70.json
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --out bench/tuning/authors70.json
+    nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --hand epsilon=0.3,ceiling=0.99 \
+        --seeds 1,2 --out bench/tuning/seeds70.json          # how much the calibration draw moves them
     .venv/bin/python bench/tuning_check.py --render       # docs/tuning.md from bench/tuning/*.json
 """
 
@@ -109,8 +111,17 @@ def main() -> int:
     if not args.skip_search:
         report.update(_search_report(loaded, config, analysis, log))
     if args.authors:
-        runs = {e: final(loaded, _authors(config, analysis, e), analysis, {}, log) for e in args.authors}
-        report["authors"] = {f"epsilon {e:g}, ratios above 1 pruned whole": ppl for e, ppl in runs.items()}
+        report["authors"] = {
+            f"epsilon {e:g}, ratios above 1 pruned whole" + _seed_words(seed, args.seeds):
+            final(loaded, dataclasses.replace(_authors(config, analysis, e), seed=seed), analysis, {}, log)
+            for e in args.authors for seed in args.seeds
+        }  # fmt: skip
+    if args.hand:
+        report["by_hand"] = {
+            label(args.hand) + _seed_words(seed, args.seeds):
+            final(loaded, dataclasses.replace(config, seed=seed), analysis, args.hand, log)
+            for seed in args.seeds
+        }  # fmt: skip
     report["minutes"] = (time.perf_counter() - clock) / 60
     _print(report)
     if args.out:
@@ -129,9 +140,22 @@ def _args():
     ap.add_argument("--authors", type=lambda v: [float(x) for x in v.split(",")], default=[],
                     help="AlphaPruning: also run the authors' code's ratios at these epsilons (unclipped, any "
                          "ratio above 1 pruning its block whole, as their Wanda does)")  # fmt: skip
-    ap.add_argument("--skip-search", action="store_true", help="only the --authors runs")
+    ap.add_argument("--hand", type=_values, default={}, metavar="NAME=V,..",
+                    help="also run the rule with these values set by hand, e.g. epsilon=0.3,ceiling=0.99")  # fmt: skip
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                    help="calibration seeds of the --authors and --hand runs (the windows drawn)")  # fmt: skip
+    ap.add_argument("--skip-search", action="store_true", help="only the --authors and --hand runs")
     ap.add_argument("--render", action="store_true", help="only rewrite docs/tuning.md from bench/tuning/*.json")
     return ap.parse_args()
+
+
+def _values(text: str) -> dict:
+    """'epsilon=0.3,ceiling=0.99' -> {"epsilon": 0.3, "ceiling": 0.99}."""
+    return {k: float(v) for k, v in (pair.split("=") for pair in text.split(","))}
+
+
+def _seed_words(seed: int, seeds: list[int]) -> str:
+    return f", calibration seed {seed}" if seeds != [0] else ""
 
 
 def _authors(config, analysis, epsilon: float):
@@ -194,6 +218,8 @@ def _section(report: dict, name: str) -> list[str]:
         out += [f"- auto / hand-picked, the search's own copies (same windows): **{auto / hand:.4f}**"]
     for what, ppl in report.get("authors", {}).items():
         out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
+    for what, ppl in report.get("by_hand", {}).items():
+        out.append(f"- set by hand, {what}: **{ppl:.2f}**")
     return out + [""]
 
 
