@@ -67,10 +67,11 @@ def pending(store, model_name: str, configs: list[PruneConfig], sid: str) -> lis
     return [c for c in configs if cell_key(c) not in done]
 
 
-def cell_record(result, sid: str, cells: int):
-    """The record of one cell: the run's, with its cell key and the grid's size."""
+def cell_record(result, sid: str, cells: int, config: PruneConfig):
+    """The record of one cell: the run's, with its cell key and the grid's size. The key is the
+    cell's own `config` (pending's), not the run's: an "auto" cell's run carries the values chosen."""
     record = result.record(sweep=sid)
-    settings = {**record.settings, "cell": cell_key(result.config), "sweep_cells": cells}
+    settings = {**record.settings, "cell": cell_key(config), "sweep_cells": cells}
     return dataclasses.replace(record, settings=settings)
 
 
@@ -100,7 +101,7 @@ def prune_cell(loaded, config: PruneConfig, sid: str, cells: int, progress=None)
 
         analysis = analyze(loaded.model, loaded.name, device=loaded.device, **analysis_options(config))
     result = run_prune(loaded, config, analysis, progress=progress)
-    return result, cell_record(result, sid, cells)
+    return result, cell_record(result, sid, cells, config)
 
 
 def run_sequential(loaded, todo: list[PruneConfig], sid: str, cells: int, store, progress=None,

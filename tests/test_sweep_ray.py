@@ -130,3 +130,21 @@ def test_runs_page_shows_an_unfinished_sweeps_progress(home):
     assert not at.exception and not at.error
     [bar] = at.get("progress")
     assert bar.proto.value == 50 and "sweep sweep-x: 2 of 4 cells stored" in bar.proto.text
+
+
+def test_a_stored_auto_cell_is_not_pending_again(home):
+    """An "auto" cell's run carries the values its search chose; the cell is still keyed by its own
+    settings, so the same sweep run again finds it stored."""
+    from alphaprune import sweep
+    from alphaprune.config import PruneConfig
+    from tests.conftest import tiny_loaded
+
+    corpus = str(home / "corpus.txt")
+    config = PruneConfig(sparsity=0.5, pruner="magnitude", allocation="atp", beta="auto", search_budget=2,
+                         calib=corpus, eval=corpus, calib_samples=2, seqlen=64, eval_windows=2)  # fmt: skip
+    loaded = tiny_loaded(layers=3)
+    store, sid = RunStore(), sweep.sweep_id(loaded.name, [config])
+    assert sweep.pending(store, loaded.name, [config], sid) == [config]
+    sweep.run_sequential(loaded, [config], sid, 1, store)
+    assert store.list()[0].settings["beta"] != "auto"  # the run records the chosen beta
+    assert sweep.pending(store, loaded.name, [config], sid) == []
