@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -196,11 +197,43 @@ def render(folder: Path) -> str:
         "Final runs: `run_prune` on the whole calibration text with the values set by hand.",
         "",
     ]
-    for path in sorted(folder.glob("*.json")):
-        report = json.loads(path.read_text())
+    reports = {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    lines += _seeds_table(reports.values())
+    for name, report in reports.items():
         report["candidates_eval"] = {r["values"]: r["eval_ppl"] for r in report.get("candidates", [])}
-        lines += _section(report, path.name)
+        lines += _section(report, name)
     return "\n".join(lines)
+
+
+SEED_WORDS = re.compile(r", calibration seed (\d+)$")
+
+
+def _final_runs(report: dict):
+    """(configuration, calibration seed, perplexity) of every final run in one report."""
+    for key, kind in (("final", "set by hand"), ("authors", "the authors'"), ("by_hand", "set by hand")):
+        for what, ppl in report.get(key, {}).items():
+            seed = SEED_WORDS.search(what)
+            yield f"{kind}: {SEED_WORDS.sub('', what)}", int(seed.group(1)) if seed else 0, ppl
+
+
+def _seeds_table(reports) -> list[str]:
+    """Every final run of every report, one row per (setting, configuration), one column per
+    calibration seed, and their mean: how far the calibration draw alone moves a result."""
+    rows: dict[tuple, dict[int, float]] = {}
+    for r in reports:
+        for what, seed, ppl in _final_runs(r):
+            rows.setdefault((f"{r['rule']} {r['sparsity']:.0%} {r['pruner']}", what), {})[seed] = ppl
+    seeds = sorted({seed for runs in rows.values() for seed in runs})
+    if len(seeds) < 2:
+        return []
+    out = ["## Final runs over calibration seeds", "",
+           "| setting | configuration | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+           "|---|---|" + "---|" * (len(seeds) + 1)]  # fmt: skip
+    for (setting, what), runs in sorted(rows.items()):
+        cells = [f"{runs[s]:.2f}" if s in runs else "" for s in seeds]
+        mean = f"**{sum(runs.values()) / len(runs):.1f}**" if len(runs) == len(seeds) else ""
+        out.append(f"| {setting} | {what} | " + " | ".join(cells) + f" | {mean} |")
+    return out + [""]
 
 
 def _section(report: dict, name: str) -> list[str]:
