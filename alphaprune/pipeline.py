@@ -10,8 +10,7 @@ perplexity is cached on disk (keyed by the weights' fingerprint and the evaluati
 seqlen and windows), so runs against the same text do not pay for it twice.
 `epsilon="auto"` (or None; any rule's auto parameter likewise) tries a grid of candidates on
 held-out calibration text (the tail of the calibration source), never on the evaluation text,
-and keeps the lowest perplexity or, by the one-standard-error rule, a candidate nearer uniform
-that ties with it (alphaprune/tune.py).
+and keeps the lowest perplexity (alphaprune/tune.py).
 """
 
 from __future__ import annotations
@@ -258,7 +257,7 @@ def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConf
 
 def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple[dict, tuple]:
     """The auto parameters' values chosen on held-out calibration text (alphaprune/tune.py:
-    lowest perplexity, or nearer uniform within one standard error of it): each candidate
+    the lowest perplexity): each candidate
     prunes a copy calibrated on the rest of the text. `observe(values, pruned)` sees each
     candidate's pruned copy once scored (bench/tuning_check.py measures it on other text)."""
     from alphaprune import tune

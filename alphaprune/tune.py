@@ -8,9 +8,11 @@ held-out tail of the calibration text (text.split_heldout: each window's mean to
 calibration windows come from the rest. The search is a curve of trials (values, held-out
 perplexity, the windows' NLLs, the allocation's spread from uniform) stored with the run.
 
-The choice (`choose`) is the one-standard-error rule of model selection: the lowest held-out
-perplexity, unless candidates nearer uniform are within one paired standard error of it; then
-the nearest uniform of those. Candidates that give the same ratios (AlphaPruning's ceiling
+The choice (`choose`) is the candidate of lowest held-out perplexity (of candidates that share
+a prune run, the nearest uniform). The one-standard-error rule (`one_se`: a candidate nearer
+uniform within one paired standard error of the lowest) was the choice before; measured side by
+side (docs/tuning.md) it never chose better and once worse, so it is kept for comparison only.
+Candidates that give the same ratios (AlphaPruning's ceiling
 where no block reaches it) share one prune run (`key`). Where the budget has room after the
 grid, the midpoints between the chosen value of each parameter with three or more grid values
 and its grid neighbours are tried too (`refinements`), the other parameters held as chosen.
@@ -75,25 +77,34 @@ def gap(trial: Trial, best: Trial) -> tuple[float, float]:
 
 
 def choose(trials) -> Trial:
-    """The one-standard-error rule of model selection: the candidate of lowest held-out
-    perplexity, unless candidates nearer uniform (a smaller Allocation.spread) score within one
-    standard error of it; then the nearest uniform of those. A held-out tail of a few windows
-    ranks close candidates by chance, and the more extreme allocation is the one that falls off
-    a cliff on other text (AlphaPruning at 70%: epsilon 0.35 led 0.3 by 5% held out, and lost
-    by 8% on WikiText)."""
-    finite = [t for t in trials if math.isfinite(t.heldout_ppl)]
-    if not finite:  # every candidate broke the model (e.g. a block pruned whole at 80%)
-        raise UserError("every candidate of the search gave a non-finite held-out perplexity; give the values by hand")
-    best = lowest(finite)
+    """The candidate of lowest held-out perplexity; of several that share its prune run (equal
+    ratios, equal scores), the nearest uniform. Measured on the protocol of docs/results.md with
+    Wanda at 70% (docs/tuning.md), this is what a hand-picker looking at WikiText picks for ATP
+    (beta 0.012: 412.93), where the one-standard-error rule (`one_se`) moved to beta 0.008
+    (439.59); for AlphaPruning both chose the same."""
+    best = lowest(trials)
+    ties = [t for t in trials if t.heldout_ppl == best.heldout_ppl and t.spread is not None]
+    return min(ties, key=lambda t: t.spread) if ties else best
+
+
+def one_se(trials) -> Trial:
+    """The one-standard-error rule of model selection (the choice before, kept for comparison in
+    bench/tuning_check.py): the lowest held-out perplexity, unless candidates nearer uniform (a
+    smaller Allocation.spread) score within one paired standard error of it; then the nearest
+    uniform of those."""
+    best = lowest(trials)
     if best.spread is None:
         return best
-    ties = [t for t in finite if t.spread is not None and _within(t, best)]
+    ties = [t for t in trials if math.isfinite(t.heldout_ppl) and t.spread is not None and _within(t, best)]
     return min(ties, key=lambda t: (round(t.spread, 9), t.heldout_ppl))
 
 
 def lowest(trials) -> Trial:
     """The trial of lowest finite held-out perplexity (a nan never wins a comparison)."""
-    return min((t for t in trials if math.isfinite(t.heldout_ppl)), key=lambda t: t.heldout_ppl)
+    finite = [t for t in trials if math.isfinite(t.heldout_ppl)]
+    if not finite:  # every candidate broke the model (e.g. a block pruned whole at 80%)
+        raise UserError("every candidate of the search gave a non-finite held-out perplexity; give the values by hand")
+    return min(finite, key=lambda t: t.heldout_ppl)
 
 
 def chosen_of(trials, settings: dict) -> Trial:
@@ -178,7 +189,7 @@ def as_trial(values: dict, score) -> Trial:
 def search(plan: list[dict], score: Callable[[dict], Score | float], progress=None, key=None, budget: int | None = None,
            refine: Callable[[dict], list[dict]] | None = None) -> tuple[dict, tuple[Trial, ...]]:  # fmt: skip
     """(the chosen candidate, every trial in order). `score(values)` gives a Score (the chosen
-    one: `choose`) or a held-out perplexity (the lowest is chosen). `key(values)` is what a
+    one: `choose`) or a held-out perplexity. `key(values)` is what a
     prune depends on: candidates of one key share a prune run. With `refine`, its candidates
     around the grid's choice are tried while fewer than `budget` prunes were run."""
     key = key or (lambda values: tuple(sorted(values.items())))
@@ -203,7 +214,7 @@ def search(plan: list[dict], score: Callable[[dict], Score | float], progress=No
 
     for values in plan:
         run(values)
-    best = choose(trials)  # refine around the choice: the lowest may be one the rule passes over
+    best = choose(trials)  # refine around the choice
     for values in refine(dict(best.values)) if refine is not None else ():
         if all(t.values != values for t in trials) and not run(values):
             break

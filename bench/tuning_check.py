@@ -9,10 +9,11 @@ here in one process, with one thread count and one attention kernel:
    candidate's pruned copy also measured on the evaluation text: what a hand-picker sees;
 2. per candidate: held-out perplexity, its paired gap to the held-out best in standard errors
    (tune.gap), the allocation's spread from uniform, and the evaluation perplexity;
-3. what each selection picks: the lowest held-out perplexity (before), the one-standard-error
-   rule (tune.choose, now), and the hand-picked best on the evaluation text (the oracle);
-4. the final runs (run_prune, the whole calibration text) of the auto pick and of the oracle's
-   values set by hand, and their ratio: auto / hand-picked;
+3. what each selection picks: the lowest held-out perplexity (tune.choose, auto), the
+   one-standard-error rule (tune.one_se, the rule before), and the hand-picked best on the
+   evaluation text (the oracle);
+4. the final runs (run_prune, the whole calibration text) of each pick's values set by hand,
+   and auto / hand-picked;
 5. with --authors E,..: the authors' AlphaPruning configuration at those epsilons (their
    unclipped ratios; a block whose ratio exceeds 1 pruned whole, as their Wanda does).
 
@@ -173,15 +174,15 @@ def _search_report(loaded, config, analysis, log) -> dict:
     )
     chosen, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log)
     on_eval = evaluated(trials, on_eval)
-    lowest = tune.lowest(trials).values
+    one_se = tune.one_se(trials).values
     oracle = min((t for t in trials if label(t.values) in on_eval), key=lambda t: on_eval[label(t.values)]).values
-    for name, values in (("one_se", chosen), ("lowest_heldout", lowest), ("hand_picked", oracle)):
+    for name, values in (("auto", chosen), ("one_se", one_se), ("hand_picked", oracle)):
         log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
-    distinct = {label(v): v for v in (chosen, oracle)}
+    distinct = {label(v): v for v in (chosen, one_se, oracle)}
     finals = {name: final(loaded, config, analysis, v, log) for name, v in distinct.items()}
-    return {"candidates": table(trials, on_eval), "lowest_heldout": lowest, "one_se": chosen, "hand_picked": oracle,
-            "final": finals, "auto_over_hand_picked": finals[label(chosen)] / finals[label(oracle)],
-            "copies_auto_over_hand_picked": on_eval[label(chosen)] / on_eval[label(oracle)]}  # fmt: skip
+    return {"candidates": table(trials, on_eval), "auto": chosen, "lowest_heldout": tune.lowest(trials).values,
+            "one_se": one_se, "hand_picked": oracle, "final": finals,
+            "auto_over_hand_picked": finals[label(chosen)] / finals[label(oracle)]}  # fmt: skip
 
 
 def render(folder: Path) -> str:
@@ -241,14 +242,17 @@ def _section(report: dict, name: str) -> list[str]:
     out += [f"Numerics: {report['numerics']}; {report['minutes']:.1f} min.", ""]
     if "candidates" in report:
         out += _table_lines(report["candidates"]) + [""]
-        for key, words in (("lowest_heldout", "lowest held-out (the rule before)"), ("one_se", "one-SE rule (auto)"),
-                           ("hand_picked", "hand-picked on the evaluation text")):  # fmt: skip
-            out.append(f"- {words}: {label(report[key])}")
+        auto = report.get("auto", report["lowest_heldout"])  # older reports: auto is now the lowest
+        picks = (("auto (tune.choose: the lowest held-out)", auto), ("the one-SE rule (tune.one_se)", report["one_se"]),
+                 ("hand-picked on the evaluation text", report["hand_picked"]))  # fmt: skip
+        out += [f"- {words}: {label(values)}" for words, values in picks]
         out += ["- final runs (an auto run's final prune is the chosen values' run set by hand): "
                 + "; ".join(f"{k}: **{v:.2f}**" for k, v in report["final"].items())]  # fmt: skip
-        out += [f"- auto / hand-picked, final runs: **{report['auto_over_hand_picked']:.4f}**"]
-        auto, hand = (report["candidates_eval"][label(report[k])] for k in ("one_se", "hand_picked"))
-        out += [f"- auto / hand-picked, the search's own copies (same windows): **{auto / hand:.4f}**"]
+        hand = label(report["hand_picked"])
+        if label(auto) in report["final"]:
+            out += [f"- auto / hand-picked, final runs: **{report['final'][label(auto)] / report['final'][hand]:.4f}**"]
+        copies = report["candidates_eval"][label(auto)] / report["candidates_eval"][hand]
+        out += [f"- auto / hand-picked, the search's own copies (same windows): **{copies:.4f}**"]
     for what, ppl in report.get("authors", {}).items():
         out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
     for what, ppl in report.get("by_hand", {}).items():

@@ -8,6 +8,7 @@ with the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -198,16 +199,26 @@ def test_gap_is_the_paired_mean_and_standard_error_of_the_window_differences():
     assert tune.gap(a, _trial(0.1, [5.0], 0.0)) == (math.inf, 0.0)  # other windows: never a tie
 
 
-def test_choose_keeps_the_lowest_unless_a_candidate_nearer_uniform_ties_within_one_se():
+def test_one_se_keeps_the_lowest_unless_a_candidate_nearer_uniform_ties_within_one_se():
     lowest = _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)
     noisy_tie = _trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07)  # +0.0375 nats, SE 0.069: a tie
     clear_loss = _trial(0.2, [5.10, 5.20, 5.15, 5.25], 0.05)  # +0.2 nats every window: no tie
     farther = _trial(0.4, [4.96, 4.96, 4.98, 5.04], 0.10)  # +0.01, SE 0.022: ties, but farther from uniform
-    assert tune.choose([lowest, clear_loss]) is lowest
-    assert tune.choose([lowest, noisy_tie, clear_loss, farther]) is noisy_tie
-    assert tune.choose([lowest, farther]) is lowest
+    assert tune.one_se([lowest, clear_loss]) is lowest
+    assert tune.one_se([lowest, noisy_tie, clear_loss, farther]) is noisy_tie
+    assert tune.one_se([lowest, farther]) is lowest
     bare = [tune.Trial({"epsilon": 0.1}, 20.0), tune.Trial({"epsilon": 0.2}, 19.0)]
-    assert tune.choose(bare) is bare[1]  # stored before the windows were kept: the lowest
+    assert tune.one_se(bare) is bare[1]  # stored before the windows were kept: the lowest
+
+
+def test_choose_keeps_the_lowest_and_of_equal_scores_the_nearest_uniform():
+    lowest = _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)
+    noisy_tie = _trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07)  # within one SE and nearer uniform: not chosen
+    assert tune.choose([noisy_tie, lowest]) is lowest
+    shared = dataclasses.replace(lowest, values={"epsilon": 0.35, "ceiling": 1.0}, spread=0.079, pruned=False)
+    assert tune.choose([lowest, shared, noisy_tie]) is shared  # the same prune run: the nearer uniform
+    bare = [tune.Trial({"epsilon": 0.1}, 20.0), tune.Trial({"epsilon": 0.2}, 19.0)]
+    assert tune.choose(bare) is bare[1]
 
 
 def test_a_trial_round_trips_through_its_record():
@@ -217,13 +228,13 @@ def test_a_trial_round_trips_through_its_record():
     assert tune.Trial.from_dict(old) == tune.Trial({"epsilon": 0.1}, 20.0)
 
 
-def test_the_search_chooses_by_the_one_se_rule_on_scores_with_windows():
+def test_the_search_chooses_the_lowest_held_out_score():
     windows = {0.1: [5.3, 5.4, 5.2, 5.5], 0.3: [4.80, 5.20, 4.90, 5.15], 0.35: [4.90, 5.00, 4.95, 5.05]}
     spread = {0.1: 0.02, 0.3: 0.07, 0.35: 0.08}
     plan = [{"epsilon": e} for e in windows]
     best, trials = tune.search(plan, lambda v: tune.Score(tuple(windows[v["epsilon"]]), spread[v["epsilon"]]))
-    assert best == {"epsilon": 0.3}  # 0.35 is lowest, 0.3 ties with it and is nearer uniform
-    assert min(trials, key=lambda t: t.heldout_ppl).values == {"epsilon": 0.35}
+    assert best == {"epsilon": 0.35}  # 0.3 ties with it within one SE and is nearer uniform: one_se's pick
+    assert tune.one_se(trials).values == {"epsilon": 0.3}
 
 
 def test_a_stored_trial_with_non_finite_scores_reads_back_and_never_wins():
@@ -242,7 +253,7 @@ def test_a_stored_trial_with_non_finite_scores_reads_back_and_never_wins():
 def test_the_chosen_trial_of_a_record_is_the_one_its_settings_name():
     trials = [_trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07), _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)]
     assert tune.chosen_of(trials, {"epsilon": 0.35}) is trials[1]  # what the run used, whatever the rule says now
-    assert tune.chosen_of(trials, {"epsilon": 0.9}) is tune.choose(trials) is trials[0]
+    assert tune.chosen_of(trials, {"epsilon": 0.9}) is tune.choose(trials) is trials[1]
 
 
 def test_spread_is_zero_for_uniform_and_grows_with_epsilon(texts):
@@ -264,6 +275,6 @@ def test_the_search_figure_stars_the_chosen_candidate():
 
     trials = [_trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07), _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)]
     star = lambda fig: [t for t in fig.data if t.name == "chosen"][0].x[0]  # noqa: E731
-    assert star(search_figure(trials)) == 0.3  # the rule's choice, not the lowest (0.35)
-    assert star(search_figure(trials, {"epsilon": 0.35})) == 0.35  # a stored run's own choice
+    assert star(search_figure(trials)) == 0.35  # the rule's choice: the lowest
+    assert star(search_figure(trials, {"epsilon": 0.3})) == 0.3  # a stored run's own choice (the rule before)
     assert "SE) from the lowest" in search_figure(trials).data[0].customdata[0]
