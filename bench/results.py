@@ -187,7 +187,7 @@ STALE_NOTE = (
     "bench/results.py run prunes it again: its block ratios come from an older analysis (the "
     "spectra's float32 numerics changed since, moving AlphaPruning's ratios by ~0.002), or its "
     "search predates shared prune runs for candidates of equal ratios and the refinement around the best, "
-    "or the one-standard-error rule (tune.choose), which needs each held-out window's score."
+    "or each held-out window's score (the standard errors of docs/tuning.md and the search figure)."
 )
 
 
@@ -200,7 +200,7 @@ def stale(record, analysis) -> bool:
 
     s = record.settings
     if searched(s):  # an epsilon_search of issue 3 has no "search" list: older too
-        trials = s.get("search") or []  # before the one-SE rule: no held-out windows kept
+        trials = s.get("search") or []  # older searches kept no held-out windows
         return not trials or any("pruned" not in trial or "heldout_nlls" not in trial for trial in trials)
     rule = registry.rule(str(s.get("allocation")))
     if rule is None or rule.needs != registry.ANALYSIS or "sparsity" not in s or "ceiling" not in s:
@@ -274,8 +274,8 @@ def _picked(record) -> str:
 
 
 def _picked_heldout(record) -> float:
-    """The held-out perplexity of the candidate the run chose (not always the lowest: the
-    one-standard-error rule may choose one nearer uniform)."""
+    """The held-out perplexity of the candidate the run chose (a run of the one-standard-error
+    rule, the choice before, may have chosen one nearer uniform than the lowest)."""
     trials = [Trial.from_dict(t) for t in record.settings.get("search") or []]
     return tune.chosen_of(trials, record.settings).heldout_ppl
 

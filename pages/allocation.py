@@ -128,8 +128,7 @@ if rule.statistic is not None and statistics is None:
 if searched:
     st.caption(
         f"{', '.join(searched)} auto: a run on **Prune & evaluate** tries the candidates on held-out calibration "
-        "text and keeps the lowest held-out perplexity, or a candidate nearer uniform within one standard error "
-        "of it; the chart shows the default until then."
+        "text and keeps the lowest held-out perplexity; the chart shows the default until then."
     )
 try:
     settings.validate()

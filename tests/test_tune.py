@@ -1,7 +1,6 @@
 """Tuning any rule's parameters on held-out calibration text (alphaprune/tune.py): the grids come
-from the specs, the budget thins them, the search picks the lowest held-out perplexity or, by the
-one-standard-error rule, a candidate nearer uniform that ties with it, and the curve is stored
-with the run.
+from the specs, the budget thins them, the search picks the lowest held-out perplexity (the
+one-standard-error rule is kept for comparison), and the curve is stored with the run.
 
     .venv/bin/python -m pytest tests/test_tune.py -q
 """
