@@ -8,10 +8,10 @@ held-out tail of the calibration text (text.split_heldout: each window's mean to
 calibration windows come from the rest. The search is a curve of trials (values, held-out
 perplexity, the windows' NLLs, the allocation's spread from uniform) stored with the run.
 
-The choice (`choose`) is the candidate of lowest held-out perplexity (of candidates that share
-a prune run, the nearest uniform). The one-standard-error rule (`one_se`: a candidate nearer
-uniform within one paired standard error of the lowest) was the choice before; measured side by
-side (docs/tuning.md) it never chose better and once worse, so it is kept for comparison only.
+The choice (`choose`) is the candidate of lowest held-out perplexity. The one-standard-error
+rule (`one_se`: a candidate nearer uniform within one paired standard error of the lowest) was
+the choice before; measured side by side (docs/tuning.md) it never chose better and once worse,
+so it is kept for comparison only.
 Candidates that give the same ratios (AlphaPruning's ceiling
 where no block reaches it) share one prune run (`key`). Where the budget has room after the
 grid, the midpoints between the chosen value of each parameter with three or more grid values
@@ -77,14 +77,12 @@ def gap(trial: Trial, best: Trial) -> tuple[float, float]:
 
 
 def choose(trials) -> Trial:
-    """The candidate of lowest held-out perplexity; of several that share its prune run (equal
-    ratios, equal scores), the nearest uniform. Measured on the protocol of docs/results.md with
+    """The candidate of lowest held-out perplexity (the first of equal ones: candidates of equal
+    ratios share a prune run, hence its score). Measured on the protocol of docs/results.md with
     Wanda at 70% (docs/tuning.md), this is what a hand-picker looking at WikiText picks for ATP
     (beta 0.012: 412.93), where the one-standard-error rule (`one_se`) moved to beta 0.008
     (439.59); for AlphaPruning both chose the same."""
-    best = lowest(trials)
-    ties = [t for t in trials if t.heldout_ppl == best.heldout_ppl and t.spread is not None]
-    return min(ties, key=lambda t: t.spread) if ties else best
+    return lowest(trials)
 
 
 def one_se(trials) -> Trial:
@@ -92,6 +90,7 @@ def one_se(trials) -> Trial:
     bench/tuning_check.py): the lowest held-out perplexity, unless candidates nearer uniform (a
     smaller Allocation.spread) score within one paired standard error of it; then the nearest
     uniform of those."""
+    trials = list(trials)
     best = lowest(trials)
     if best.spread is None:
         return best
@@ -101,6 +100,9 @@ def one_se(trials) -> Trial:
 
 def lowest(trials) -> Trial:
     """The trial of lowest finite held-out perplexity (a nan never wins a comparison)."""
+    trials = list(trials)
+    if not trials:
+        raise UserError("a search needs at least one candidate to choose from")
     finite = [t for t in trials if math.isfinite(t.heldout_ppl)]
     if not finite:  # every candidate broke the model (e.g. a block pruned whole at 80%)
         raise UserError("every candidate of the search gave a non-finite held-out perplexity; give the values by hand")
@@ -117,7 +119,7 @@ def chosen_of(trials, settings: dict) -> Trial:
 
 
 def _within(trial: Trial, best: Trial) -> bool:
-    if trial is best or trial.heldout_nlls == best.heldout_nlls:
+    if trial is best or (trial.heldout_nlls and trial.heldout_nlls == best.heldout_nlls):
         return True
     mean, se = gap(trial, best)
     return mean <= SE_RULE * se

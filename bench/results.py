@@ -201,7 +201,10 @@ def stale(record, analysis) -> bool:
     s = record.settings
     if searched(s):  # an epsilon_search of issue 3 has no "search" list: older too
         trials = s.get("search") or []  # older searches kept no held-out windows
-        return not trials or any("pruned" not in trial or "heldout_nlls" not in trial for trial in trials)
+        if not trials or any("pruned" not in trial or "heldout_nlls" not in trial for trial in trials):
+            return True
+        searched_ = [Trial.from_dict(t) for t in trials]  # chosen by another rule (the one-SE rule before)
+        return tune.chosen_of(searched_, s).heldout_ppl != tune.choose(searched_).heldout_ppl
     rule = registry.rule(str(s.get("allocation")))
     if rule is None or rule.needs != registry.ANALYSIS or "sparsity" not in s or "ceiling" not in s:
         return False

@@ -77,7 +77,7 @@ def evaluated(trials, on_eval: dict) -> dict[str, float]:
 
 
 def table(trials, on_eval: dict) -> list[dict]:
-    lowest = min(trials, key=lambda t: t.heldout_ppl)
+    lowest = tune.lowest(trials)
     rows = []
     for t in trials:
         mean, se = tune.gap(t, lowest)

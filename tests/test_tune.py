@@ -210,14 +210,22 @@ def test_one_se_keeps_the_lowest_unless_a_candidate_nearer_uniform_ties_within_o
     assert tune.one_se(bare) is bare[1]  # stored before the windows were kept: the lowest
 
 
-def test_choose_keeps_the_lowest_and_of_equal_scores_the_nearest_uniform():
+def test_choose_keeps_the_lowest_even_where_one_se_would_not():
     lowest = _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)
-    noisy_tie = _trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07)  # within one SE and nearer uniform: not chosen
-    assert tune.choose([noisy_tie, lowest]) is lowest
-    shared = dataclasses.replace(lowest, values={"epsilon": 0.35, "ceiling": 1.0}, spread=0.079, pruned=False)
-    assert tune.choose([lowest, shared, noisy_tie]) is shared  # the same prune run: the nearer uniform
+    noisy_tie = _trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07)  # within one SE and nearer uniform
+    assert tune.choose(iter([noisy_tie, lowest])) is lowest and tune.one_se(iter([noisy_tie, lowest])) is noisy_tie
+    shared = dataclasses.replace(lowest, values={"epsilon": 0.35, "ceiling": 1.0}, pruned=False)
+    assert tune.choose([lowest, shared, noisy_tie]) is lowest  # one prune run: the first of its candidates
     bare = [tune.Trial({"epsilon": 0.1}, 20.0), tune.Trial({"epsilon": 0.2}, 19.0)]
     assert tune.choose(bare) is bare[1]
+    with pytest.raises(UserError, match="at least one candidate"):
+        tune.choose([])
+
+
+def test_one_se_never_ties_trials_without_windows():
+    best = tune.Trial({"epsilon": 0.3}, 50.0, True, (), 0.07)
+    worse = tune.Trial({"epsilon": 0.1}, 100.0, True, (), 0.02)  # nearer uniform, no windows: no tie
+    assert tune.one_se([best, worse]) is best
 
 
 def test_a_trial_round_trips_through_its_record():
@@ -251,7 +259,7 @@ def test_a_stored_trial_with_non_finite_scores_reads_back_and_never_wins():
 
 def test_the_chosen_trial_of_a_record_is_the_one_its_settings_name():
     trials = [_trial(0.3, [4.80, 5.20, 4.90, 5.15], 0.07), _trial(0.35, [4.90, 5.00, 4.95, 5.05], 0.08)]
-    assert tune.chosen_of(trials, {"epsilon": 0.35}) is trials[1]  # what the run used, whatever the rule says now
+    assert tune.chosen_of(trials, {"epsilon": 0.3}) is trials[0]  # what the run used (the rule before), not choose's
     assert tune.chosen_of(trials, {"epsilon": 0.9}) is tune.choose(trials) is trials[1]
 
 
