@@ -11,9 +11,8 @@ perplexity, the windows' NLLs, the allocation's spread from uniform) stored with
 The choice (`choose`) is the candidate of lowest held-out perplexity. The one-standard-error
 rule (`one_se`: a candidate nearer uniform within one paired standard error of the lowest) was
 the choice before; measured side by side (docs/tuning.md) it never chose better and once worse,
-so it is kept for comparison only.
-Candidates that give the same ratios (AlphaPruning's ceiling
-where no block reaches it) share one prune run (`key`). Where the budget has room after the
+so it is kept for comparison only. Candidates that give the same ratios (AlphaPruning's
+ceiling where no block reaches it) share one prune run (`key`). Where the budget has room after the
 grid, the midpoints between the chosen value of each parameter with three or more grid values
 and its grid neighbours are tried too (`refinements`), the other parameters held as chosen.
 

@@ -180,9 +180,9 @@ def _search_report(loaded, config, analysis, log) -> dict:
         log(f"{name}: {label(values)}, its candidate's evaluation perplexity {on_eval[label(values)]:.2f}")
     distinct = {label(v): v for v in (chosen, one_se, oracle)}
     finals = {name: final(loaded, config, analysis, v, log) for name, v in distinct.items()}
-    return {"candidates": table(trials, on_eval), "auto": chosen, "lowest_heldout": tune.lowest(trials).values,
-            "one_se": one_se, "hand_picked": oracle, "final": finals,
-            "auto_over_hand_picked": finals[label(chosen)] / finals[label(oracle)]}  # fmt: skip
+    # the ratios auto / hand-picked are derived from "final" and "candidates" where they are shown (_section)
+    return {"candidates": table(trials, on_eval), "auto": chosen, "one_se": one_se, "hand_picked": oracle,
+            "final": finals}  # fmt: skip
 
 
 def render(folder: Path) -> str:
@@ -242,7 +242,7 @@ def _section(report: dict, name: str) -> list[str]:
     out += [f"Numerics: {report['numerics']}; {report['minutes']:.1f} min.", ""]
     if "candidates" in report:
         out += _table_lines(report["candidates"]) + [""]
-        auto = report.get("auto", report["lowest_heldout"])  # older reports: auto is now the lowest
+        auto = report.get("auto", report.get("lowest_heldout"))  # older reports: auto is now the lowest
         picks = (("auto (tune.choose: the lowest held-out)", auto), ("the one-SE rule (tune.one_se)", report["one_se"]),
                  ("hand-picked on the evaluation text", report["hand_picked"]))  # fmt: skip
         out += [f"- {words}: {label(values)}" for words, values in picks]
