@@ -3,6 +3,8 @@
 Protocol (issues 3 and 11): calibration = ../shared/data/calib_python_docs.txt, 32 random
 windows of 1024 tokens, seed 0; evaluation = ../shared/data/wikitext2_test.raw, first 32 windows
 of 1024 tokens. Grid, most important first:
+- every rule with Wanda at 70% at its spec's defaults, and with DSnoT on top (uniform and
+  AlphaPruning);
 - every rule with Wanda at 70% with its parameters searched ("auto": AlphaPruning's epsilon and
   ceiling, FARMS' epsilon, OWL's lambda, ATP's beta, DLP's alpha; each candidate scored on the
   held-out tail of the calibration text, never the evaluation text), and AlphaPruning's at 80%;
@@ -17,12 +19,14 @@ of 1024 tokens. Grid, most important first:
 
 Every run goes into a run history (default bench/results.sqlite, committed) and is
 reused when a run with the same settings and weights is already there, so the script
-resumes where it stopped; docs/results.md (and its figure docs/results.png) is rewritten after
-every run. On this 2-core machine a magnitude run takes ~1-2 min, Wanda / SparseGPT / RIA ~3-5
-min, an auto run ~10 prunes (its search budget) more.
+resumes where it stopped (configurations never run first, in grid order, then those whose stored
+run is stale); docs/results.md (and its figure docs/results.png) is rewritten after every run.
+On this 2-core machine a magnitude run takes ~1-2 min, Wanda / SparseGPT / RIA ~3-5 min, an
+auto run ~10 prunes (its search budget) more.
 
     .venv/bin/python bench/results.py [--db bench/results.sqlite] [--only 0.7] [--data ../shared/data]
     .venv/bin/python bench/results.py --limit 3           # at most 3 new runs, then the report
+    .venv/bin/python bench/results.py --plan             # what is left to run, in order
     .venv/bin/python bench/results.py --report-only      # rewrite docs/results.md from the database
 """
 
@@ -105,8 +109,12 @@ def tuned(data: Path, rule: str, sparsity: float = 0.7, pruner: str = "wanda") -
 
 def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
     """Every configuration, most important first (see the module docstring)."""
-    first = [tuned(data, r) for r in ("alphapruning", "atp")] + [tuned(data, "alphapruning", 0.8)]
-    first += [tuned(data, r) for r in ("farms", "dlp", "owl")]
+    # each rule at its defaults with Wanda at 70% (one prune each: what a search should beat),
+    # DSnoT there, then the searches (about 10 prunes each)
+    first = [protocol(data, sparsity=0.7, allocation=r) for r in RULES]
+    first += [protocol(data, sparsity=0.7, allocation=r, refine="dsnot") for r in DSNOT_RULES]
+    first += [tuned(data, r) for r in ("alphapruning", "atp", "dlp", "owl", "farms")]
+    first.append(tuned(data, "alphapruning", 0.8))
     configs = [c for c in first if only is None or abs(c.sparsity - only) < 1e-9]
     for sparsity in (0.7, 0.8, 0.6):
         if only is None or abs(sparsity - only) < 1e-9:
@@ -489,6 +497,31 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
     return "\n".join(lines)
 
 
+def describe(config: PruneConfig) -> str:
+    """One line naming a run: pruner, rule, sparsity, the rule's parameters, ceiling and refiner."""
+    from alphaprune import registry
+    from alphaprune.allocation import DEFAULT_CEILING
+
+    settings = config.to_dict()
+    values = {p.name: settings.get(p.name, p.default) for p in config.rule.params}
+    words = [f"{n} ({len(v)} values)" if isinstance(v, list | tuple) else f"{n} {v}" for n, v in values.items()]
+    if settings.get("ceiling") != DEFAULT_CEILING:
+        words.append(f"ceiling {settings.get('ceiling')}")
+    if config.refine != registry.NO_REFINER:
+        words.append(f"+ {config.refine}")
+    return f"{config.pruner:9s} {config.allocation:12s} {config.sparsity:.0%} " + ", ".join(words)
+
+
+def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, analysis) -> list[PruneConfig]:
+    """The grid's configurations without a current stored run, in grid order: those never run
+    first, then those whose stored run is stale (its cell already shows a number, marked)."""
+    runs = stored(store, model)
+    missing = [c for c in configs if find(runs, c, fp) is None]
+    again = [c for c in configs if (r := find(runs, c, fp)) is not None and stale(r, analysis)]
+    unique = {key(c.to_dict(), fp): c for c in missing + again}  # a config listed twice runs once
+    return list(unique.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=ROOT / "bench" / "results.sqlite")
@@ -497,6 +530,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--limit", type=int, help="at most this many new runs, then the report")
+    parser.add_argument("--plan", action="store_true", help="list the runs still to do, in order, and stop")
     args = parser.parse_args()
     store = RunStore(args.db)
     loaded = load_model(DEFAULT_MODEL)
@@ -504,20 +538,18 @@ def main() -> int:
     analysis = analyze(loaded.model, loaded.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dense, done_now = None, 0
-    for config in [] if args.report_only else grid(args.data, args.only, analysis):
-        done = find(stored(store, loaded.name), config, fp)
-        if done is not None and not stale(done, analysis):
-            dense = done.ppl_before
-            continue
+    plan = [] if args.report_only else to_run(store, loaded.name, grid(args.data, args.only, analysis), fp, analysis)
+    if args.plan:
+        for config in plan:
+            print(describe(config))
+        return 0
+    for config in plan:
         start = time.perf_counter()
         result = run_prune(loaded, config, analysis)
         store.add(result.record(sweep="results"))
         dense = result.ppl_before
-        print(
-            f"{config.pruner:9s} {config.allocation:12s} s={config.sparsity} eps={config.epsilon}: "
-            f"{result.ppl_before:.3f} -> {result.ppl_after:.3f} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+        took = time.perf_counter() - start
+        print(f"{describe(config)}: {result.ppl_before:.3f} -> {result.ppl_after:.3f} ({took:.0f} s)", flush=True)
         write(args.out, args.data, store, fp, dense, loaded.name, analysis)
         done_now += 1
         if args.limit is not None and done_now >= args.limit:
