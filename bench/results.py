@@ -516,8 +516,10 @@ def describe(config: PruneConfig) -> str:
     words = [f"{n} ({len(v)} values)" if isinstance(v, list | tuple) else f"{n} {v}" for n, v in values.items()]
     if settings.get("ceiling") != DEFAULT_CEILING:
         words.append(f"ceiling {settings.get('ceiling')}")
-    if config.refine != registry.NO_REFINER:
-        words.append(f"+ {config.refine}")
+    refiner = registry.refiner(config.refine)
+    if refiner is not None:
+        values = ", ".join(f"{p.name} {settings.get(p.name, p.default)}" for p in refiner.params)
+        words.append(f"+ {config.refine} ({values})")
     return f"{config.pruner:9s} {config.allocation:12s} {config.sparsity:.0%} " + ", ".join(words)
 
 
