@@ -328,18 +328,24 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
 
 
 def _dsnot_table(data: Path, runs: dict, fp: str) -> list[str]:
+    from alphaprune import registry
+
     lines = ["### DSnoT on top of Wanda", "", "| allocation | sparsity | Wanda | Wanda + DSnoT |", "|---|---|---|---|"]
     for sparsity in (0.7, 0.8):
         for rule in DSNOT_RULES:
             plain = find(runs, protocol(data, sparsity=sparsity, allocation=rule), fp)
             refined = find(runs, protocol(data, sparsity=sparsity, allocation=rule, refine="dsnot"), fp)
             lines.append(f"| {_rule_label(rule)} | {sparsity:.0%} | {cell(plain)} | {cell(refined)} |")
-    lines += ["", "DSnoT's cycles (most swaps per row; its default 50) with uniform Wanda at 70%:", ""]
-    lines += ["| cycles | Wanda + DSnoT |", "|---|---|"]
-    for cycles in DSNOT_CYCLES:
+    default = registry.param("dsnot_cycles").default
+    lines += ["", f"DSnoT's cycles (most swaps per row; its default {default}) with uniform Wanda at 70%:", ""]
+    lines += ["| cycles | perplexity |", "|---|---|"]
+    lines.append(f"| 0 (Wanda alone) | {cell(find(runs, protocol(data, sparsity=0.7), fp))} |")
+    for cycles in (*DSNOT_CYCLES, default):
         record = find(runs, protocol(data, sparsity=0.7, refine="dsnot", dsnot_cycles=cycles), fp)
-        lines.append(f"| {cycles} | {cell(record)} |")
-    return lines + [""]
+        lines.append(f"| {cycles}{' (default)' if cycles == default else ''} | {cell(record)} |")
+    lines += ["", "`bench/dsnot_check.py` measures how DSnoT moves each refined matrix's output error (the mean"]
+    lines += ["part it targets, and the whole), per kind of matrix, on the dense model's activations.", ""]
+    return lines
 
 
 def _auto_line(data: Path, runs: dict, fp: str) -> list[str]:
@@ -511,15 +517,14 @@ def describe(config: PruneConfig) -> str:
     from alphaprune import registry
     from alphaprune.allocation import DEFAULT_CEILING
 
-    settings = config.to_dict()
-    values = {p.name: settings.get(p.name, p.default) for p in config.rule.params}
-    words = [f"{n} ({len(v)} values)" if isinstance(v, list | tuple) else f"{n} {v}" for n, v in values.items()]
-    if settings.get("ceiling") != DEFAULT_CEILING:
-        words.append(f"ceiling {settings.get('ceiling')}")
+    rule_values = config.rule_params()
+    words = [f"{n} ({len(v)} values)" if isinstance(v, list | tuple) else f"{n} {v}" for n, v in rule_values.items()]
+    if config.ceiling != DEFAULT_CEILING:
+        words.append(f"ceiling {config.ceiling}")
     refiner = registry.refiner(config.refine)
     if refiner is not None:
-        values = ", ".join(f"{p.name} {settings.get(p.name, p.default)}" for p in refiner.params)
-        words.append(f"+ {config.refine} ({values})")
+        refiner_values = ", ".join(f"{p.name} {config.param(p.name)}" for p in refiner.params)
+        words.append(f"+ {config.refine} ({refiner_values})")
     return f"{config.pruner:9s} {config.allocation:12s} {config.sparsity:.0%} " + ", ".join(words)
 
 
@@ -527,8 +532,9 @@ def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, ana
     """The grid's configurations without a current stored run, in grid order: those never run
     first, then those whose stored run is stale (its cell already shows a number, marked)."""
     runs = stored(store, model)
-    missing = [c for c in configs if find(runs, c, fp) is None]
-    again = [c for c in configs if (r := find(runs, c, fp)) is not None and stale(r, analysis)]
+    found = [(c, find(runs, c, fp)) for c in configs]
+    missing = [c for c, record in found if record is None]
+    again = [c for c, record in found if record is not None and stale(record, analysis)]
     unique = {key(c.to_dict(), fp): c for c in missing + again}  # a config listed twice runs once
     return list(unique.values())
 
@@ -551,8 +557,9 @@ def main() -> int:
     dense, done_now = None, 0
     plan = [] if args.report_only else to_run(store, loaded.name, grid(args.data, args.only, analysis), fp, analysis)
     if args.plan:
-        for config in plan:
-            print(describe(config))
+        runs = stored(store, loaded.name)
+        for config in plan[: args.limit]:
+            print(describe(config) + ("  (stale, rerun)" if find(runs, config, fp) else ""))
         return 0
     for config in plan:
         start = time.perf_counter()

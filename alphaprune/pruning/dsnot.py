@@ -9,7 +9,9 @@ from __future__ import annotations
 from alphaprune.registry import Param, Refiner
 
 CYCLES = Param(
-    "dsnot_cycles", 50, "most prune-and-grow swaps per row", "DSnoT cycles", kind="int", low=0, high=500, step=1,
+    "dsnot_cycles", 50, "most prune-and-grow swaps per row (the released code's default, run there on rows of "
+    "4096 or more inputs: the same cap is a larger share of a narrower row's kept weights)", "DSnoT cycles",
+    kind="int", low=0, high=500, step=1,
 )  # fmt: skip
 THRESHOLD = Param(
     "dsnot_threshold", 0.1, "a row stops once its reconstruction error is below this (per-window sums, as the code)",
