@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, no install needed
 
 from alphaprune import calibrate, registry  # noqa: E402
+from alphaprune.config import PruneConfig  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.prune import matrices_by_block  # noqa: E402
 from alphaprune.text import calibration_windows, token_ids  # noqa: E402
@@ -43,31 +44,34 @@ def errors(x: torch.Tensor, w: torch.Tensor, removed: torch.Tensor) -> tuple[flo
     return diff.pow(2).mean().item(), diff.mean(0).pow(2).mean().item()
 
 
-def refiner_params(args, cycles: int) -> dict:
-    spec = registry.refiner("dsnot")
-    params = {p.name: p.default for p in spec.params}
-    return {**params, "dsnot_cycles": cycles, "dsnot_scope": "all" if args.all else params["dsnot_scope"]}
+def config(args, cycles: int) -> PruneConfig:
+    """Wanda + DSnoT with the specs' defaults, but these cycles (and every matrix with --all)."""
+    scope = {"dsnot_scope": "all"} if args.all else {}
+    return PruneConfig(pruner="wanda", refine="dsnot", dsnot_cycles=cycles, **scope)
 
 
 def measured(refs, args) -> list:
     """The matrices the refiner refines with these settings."""
-    spec = registry.refiner("dsnot")
-    return [ref for ref in refs if spec.applies(ref, refiner_params(args, 0))]
+    base = config(args, 0)
+    return [ref for ref in refs if registry.refiner(base.refine).applies(ref, base.pruner_params())]
 
 
 def block_rows(refs, captured, stats, args) -> dict[str, list[tuple]]:
     """Per matrix kind, one row per matrix: (kept weights per row, then per cycles: mse ratio,
-    mean part ratio, swaps per row), the ratios over Wanda's mask alone."""
-    wanda, dsnot = registry.pruner("wanda"), registry.refiner("dsnot")
-    wanda_params = {p.name: p.default for p in wanda.params}
+    mean part ratio, swaps per row), the ratios over Wanda's mask alone. captured: the
+    measured matrices' inputs, by name."""
+    base = config(args, 0)
+    pruner, refiner = base.pruner_spec, registry.refiner(base.refine)
     rows = {}
-    for ref in measured(refs, args):
+    for ref in refs:
+        if ref.name not in captured:
+            continue
         x, w, s = captured[ref.name].float(), ref.weight().detach().float(), stats[ref.name]
-        start = wanda.mask(w, s, args.sparsity, None, wanda_params)
+        start = pruner.mask(w, s, args.sparsity, None, base.pruner_params())
         mse0, mean0 = errors(x, w, start)
         row = [int(w.shape[1] - start[0].sum())]  # the row's kept weights
         for cycles in args.cycles:
-            refined = dsnot.refine(w, start, s, None, refiner_params(args, cycles))
+            refined = refiner.refine(w, start, s, None, config(args, cycles).pruner_params())
             mse, mean = errors(x, w, refined)
             swaps = (refined != start).sum(1).float().mean().item() / 2  # each swap flips two entries
             row.append((mse / mse0, mean / max(mean0, 1e-30), swaps))
@@ -91,9 +95,10 @@ def main() -> int:
 
     def on_block(index, block, run):
         # each measured matrix's inputs, (tokens, in): 8 x 1024 x 576 floats, 19 MB, per matrix
-        captured: dict[str, list[torch.Tensor]] = {ref.name: [] for ref in measured(blocks[index], args)}
+        refs = measured(blocks[index], args)
+        captured: dict[str, list[torch.Tensor]] = {ref.name: [] for ref in refs}
         hooks = [ref.module.register_forward_hook(lambda m, a, o, k=ref.name: captured[k].append(
-            a[0].detach().reshape(-1, a[0].shape[-1]))) for ref in measured(blocks[index], args)]  # fmt: skip
+            a[0].detach().reshape(-1, a[0].shape[-1]))) for ref in refs]  # fmt: skip
         try:
             stats = calibrate.collect(blocks[index], run, moments=True)
         finally:

@@ -528,14 +528,15 @@ def describe(config: PruneConfig) -> str:
     return f"{config.pruner:9s} {config.allocation:12s} {config.sparsity:.0%} " + ", ".join(words)
 
 
-def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, analysis) -> list[PruneConfig]:
-    """The grid's configurations without a current stored run, in grid order: those never run
-    first, then those whose stored run is stale (its cell already shows a number, marked)."""
+def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, analysis) -> list[tuple]:
+    """The grid's configurations without a current stored run, in grid order, each with
+    whether it is a rerun: those never run first, then those whose stored run is stale (its
+    cell already shows a number, marked)."""
     runs = stored(store, model)
     found = [(c, find(runs, c, fp)) for c in configs]
-    missing = [c for c, record in found if record is None]
-    again = [c for c, record in found if record is not None and stale(record, analysis)]
-    unique = {key(c.to_dict(), fp): c for c in missing + again}  # a config listed twice runs once
+    missing = [(c, False) for c, record in found if record is None]
+    again = [(c, True) for c, record in found if record is not None and stale(record, analysis)]
+    unique = {key(c.to_dict(), fp): (c, rerun) for c, rerun in missing + again}  # a config listed twice runs once
     return list(unique.values())
 
 
@@ -557,11 +558,10 @@ def main() -> int:
     dense, done_now = None, 0
     plan = [] if args.report_only else to_run(store, loaded.name, grid(args.data, args.only, analysis), fp, analysis)
     if args.plan:
-        runs = stored(store, loaded.name)
-        for config in plan[: args.limit]:
-            print(describe(config) + ("  (stale, rerun)" if find(runs, config, fp) else ""))
+        for config, rerun in plan[: args.limit]:
+            print(describe(config) + ("  (stale, rerun)" if rerun else ""))
         return 0
-    for config in plan:
+    for config, _ in plan:
         start = time.perf_counter()
         result = run_prune(loaded, config, analysis)
         store.add(result.record(sweep="results"))
