@@ -26,6 +26,7 @@ auto run ~10 prunes (its search budget) more.
 
     .venv/bin/python bench/results.py [--db bench/results.sqlite] [--only 0.7] [--data ../shared/data]
     .venv/bin/python bench/results.py --limit 3           # at most 3 new runs, then the report
+    .venv/bin/python bench/results.py --only 0.8 --pruner wanda   # one column of the grid
     .venv/bin/python bench/results.py --plan             # what is left to run, in order
     .venv/bin/python bench/results.py --report-only      # rewrite docs/results.md from the database
 """
@@ -545,6 +546,7 @@ def main() -> int:
     parser.add_argument("--db", type=Path, default=ROOT / "bench" / "results.sqlite")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--only", type=float, help="only this sparsity (e.g. 0.7)")
+    parser.add_argument("--pruner", help="only runs with this pruner (e.g. wanda)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--limit", type=int, help="at most this many new runs, then the report")
@@ -556,7 +558,8 @@ def main() -> int:
     analysis = analyze(loaded.model, loaded.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dense, done_now = None, 0
-    plan = [] if args.report_only else to_run(store, loaded.name, grid(args.data, args.only, analysis), fp, analysis)
+    configs = [c for c in grid(args.data, args.only, analysis) if args.pruner in (None, c.pruner)]
+    plan = [] if args.report_only else to_run(store, loaded.name, configs, fp, analysis)
     if args.plan:
         for config, rerun in plan[: args.limit]:
             print(describe(config) + ("  (stale, rerun)" if rerun else ""))
