@@ -7,7 +7,8 @@ of 1024 tokens. Grid, most important first:
   AlphaPruning; uniform also with 5, 10 and 20 of DSnoT's 50 cycles);
 - every rule with Wanda at 70% with its parameters searched ("auto": AlphaPruning's epsilon and
   ceiling, FARMS' epsilon, OWL's lambda, ATP's beta, DLP's alpha; each candidate scored on the
-  held-out tail of the calibration text, never the evaluation text), and AlphaPruning's at 80%;
+  held-out tail of the calibration text, never the evaluation text), and AlphaPruning's and
+  ATP's at 80%;
 - every rule (uniform, OWL, AlphaPruning, FARMS, ATP, DLP at their specs' defaults, and "auto":
   AlphaPruning with epsilon and ceiling searched) x {Wanda, SparseGPT, RIA} x {60, 70, 80}%;
 - DSnoT on top of Wanda (uniform and AlphaPruning) at 70 and 80%;
@@ -26,7 +27,7 @@ auto run ~10 prunes (its search budget) more.
 
     .venv/bin/python bench/results.py [--db bench/results.sqlite] [--only 0.7] [--data ../shared/data]
     .venv/bin/python bench/results.py --limit 3           # at most 3 new runs, then the report
-    .venv/bin/python bench/results.py --only 0.8 --pruner wanda   # one column of the grid
+    .venv/bin/python bench/results.py --only 0.8 --pruner wanda   # only Wanda's runs at 80% (searches too)
     .venv/bin/python bench/results.py --plan             # what is left to run, in order
     .venv/bin/python bench/results.py --report-only      # rewrite docs/results.md from the database
 """
@@ -119,7 +120,7 @@ def grid(data: Path, only: float | None, analysis) -> list[PruneConfig]:
     first += [protocol(data, sparsity=0.7, allocation=r, refine="dsnot") for r in DSNOT_RULES]
     first += [protocol(data, sparsity=0.7, refine="dsnot", dsnot_cycles=c) for c in DSNOT_CYCLES]
     first += [tuned(data, r) for r in ("alphapruning", "atp", "dlp", "farms", "owl")]
-    first.append(tuned(data, "alphapruning", 0.8))
+    first += [tuned(data, "alphapruning", 0.8), tuned(data, "atp", 0.8)]
     configs = [c for c in first if only is None or abs(c.sparsity - only) < 1e-9]
     for sparsity in (0.7, 0.8, 0.6):
         if only is None or abs(sparsity - only) < 1e-9:
@@ -315,7 +316,14 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
                 f"{_picked_heldout(record):.2f} | **{record.ppl_after:.2f}**{_mark(record)} | "
                 f"{f'{default.ppl_after:.2f}{_mark(default)}' if default else 'not run yet'} |"
             )
-    lines += ["", "Every candidate's held-out perplexity (the search's curve):", ""]
+    lines += [
+        "",
+        "AlphaPruning's and ATP's searches side by side with a hand-picker's choice on the evaluation text, "
+        "and (AlphaPruning) the calibration draw's effect: docs/tuning.md (bench/tuning_check.py).",
+        "",
+        "Every candidate's held-out perplexity (the search's curve):",
+        "",
+    ]
     for sparsity in (0.7, 0.8):
         for rule in TUNED:
             record = find(runs, tuned(data, rule, sparsity), fp)
@@ -541,12 +549,20 @@ def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, ana
     return list(unique.values())
 
 
+def _selected(args, analysis) -> list[PruneConfig]:
+    """The grid's configurations at --only's sparsity and with --pruner's pruner (the report
+    always covers the whole database)."""
+    return [c for c in grid(args.data, args.only, analysis) if args.pruner in (None, c.pruner)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=ROOT / "bench" / "results.sqlite")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--only", type=float, help="only this sparsity (e.g. 0.7)")
-    parser.add_argument("--pruner", help="only runs with this pruner (e.g. wanda)")
+    parser.add_argument(
+        "--pruner", choices=sorted({*PRUNERS, *LEGACY_PRUNERS}), help="only run this pruner's configurations"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--limit", type=int, help="at most this many new runs, then the report")
@@ -558,8 +574,7 @@ def main() -> int:
     analysis = analyze(loaded.model, loaded.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dense, done_now = None, 0
-    configs = [c for c in grid(args.data, args.only, analysis) if args.pruner in (None, c.pruner)]
-    plan = [] if args.report_only else to_run(store, loaded.name, configs, fp, analysis)
+    plan = [] if args.report_only else to_run(store, loaded.name, _selected(args, analysis), fp, analysis)
     if args.plan:
         for config, rerun in plan[: args.limit]:
             print(describe(config) + ("  (stale, rerun)" if rerun else ""))
