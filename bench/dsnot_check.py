@@ -58,14 +58,12 @@ def measured(refs, args) -> list:
 
 def block_rows(refs, captured, stats, args) -> dict[str, list[tuple]]:
     """Per matrix kind, one row per matrix: (kept weights per row, then per cycles: mse ratio,
-    mean part ratio, swaps per row), the ratios over Wanda's mask alone. captured: the
-    measured matrices' inputs, by name."""
+    mean part ratio, swaps per row), the ratios over Wanda's mask alone. refs: the measured
+    matrices (`measured`); captured: their inputs, by name."""
     base = config(args, 0)
     pruner, refiner = base.pruner_spec, registry.refiner(base.refine)
     rows = {}
     for ref in refs:
-        if ref.name not in captured:
-            continue
         x, w, s = captured[ref.name].float(), ref.weight().detach().float(), stats[ref.name]
         start = pruner.mask(w, s, args.sparsity, None, base.pruner_params())
         mse0, mean0 = errors(x, w, start)
@@ -105,7 +103,7 @@ def main() -> int:
             for hook in hooks:
                 hook.remove()
         inputs = {name: torch.cat(parts) for name, parts in captured.items()}
-        for kind, rows in block_rows(blocks[index], inputs, stats, args).items():
+        for kind, rows in block_rows(refs, inputs, stats, args).items():
             found.setdefault(kind, []).extend(rows)
 
     with torch.no_grad():
