@@ -54,6 +54,7 @@ from alphaprune.tune import Trial, prune_runs  # noqa: E402
 LEGACY_PRUNERS = ("magnitude", "wanda", "sparsegpt")  # issue 3's grid
 LEGACY_RULES = ("uniform", "alphapruning", "owl")
 PRUNERS = ("wanda", "sparsegpt", "ria")  # issue 11's grid
+GRID_SPARSITIES = (0.6, 0.7, 0.8)  # issue 11's grid
 RULES = ("uniform", "owl", "alphapruning", "farms", "atp", "dlp")  # at their specs' defaults
 SPARSITIES = (0.7, 0.5, 0.6, 0.8)  # 70% first: the acceptance numbers
 SWEEP_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -303,12 +304,11 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
     head = ("rule", "pruner", "sparsity", "searched", "prune runs", "search min", "picked", "held-out ppl")
     lines += ["| " + " | ".join((*head, "perplexity", "WikiText / held-out", "at the defaults")) + " |"]
     lines += ["|" + "---|" * (len(head) + 3)]
-    searches, better = 0, 0
-    for sparsity, rule, pruner, record in _searches(data, runs, fp):
+    searches, better = list(_searches(data, runs, fp)), 0
+    for sparsity, rule, pruner, record in searches:
         trials = record.settings.get("search") or []
         default = find(runs, protocol(data, sparsity=sparsity, pruner=pruner, allocation=rule), fp)
         heldout = _picked_heldout(record)
-        searches += 1
         better += default is not None and record.ppl_after < default.ppl_after
         lines.append(
             f"| {LABELS[rule]} | {pruner} | {sparsity:.0%} | {', '.join(sorted(TUNED[rule]))} | {prune_runs(trials)} | "
@@ -321,14 +321,14 @@ def _tuning_table(data: Path, runs: dict, fp: str) -> list[str]:
         "Wanda's AlphaPruning and ATP searches side by side with a hand-picker's choice on the evaluation "
         "text, and (AlphaPruning) the calibration draw's effect: docs/tuning.md (bench/tuning_check.py).",
         "",
-        f"Searches whose pick scores below their rule's defaults on WikiText: {better} of {searches}. The "
+        f"Searches whose pick scores below their rule's defaults on WikiText: {better} of {len(searches)}. The "
         "held-out tail is of the calibration text's own domain (Python documentation), not WikiText's: where "
         "the two domains rank the candidates differently, a search follows the calibration domain.",
         "",
         "Every candidate's held-out perplexity (the search's curve):",
         "",
     ]
-    for sparsity, rule, pruner, record in _searches(data, runs, fp):
+    for sparsity, rule, pruner, record in searches:
         curve = "; ".join(
             ", ".join(f"{k} {v:g}" for k, v in t["values"].items()) + f": {t['heldout_ppl']:.1f}"
             for t in record.settings["search"]
@@ -341,7 +341,7 @@ def _searches(data: Path, runs: dict, fp: str):
     """(sparsity, rule, pruner, record) of every stored search: Wanda's first (issue 11's tuning
     bar, bench/tuning_check.py), each pruner's by sparsity."""
     for pruner in PRUNERS:
-        for sparsity in (0.6, 0.7, 0.8):
+        for sparsity in GRID_SPARSITIES:
             for rule in TUNED:
                 record = find(runs, tuned(data, rule, sparsity, pruner), fp)
                 if record is not None:
@@ -476,11 +476,11 @@ def figure(data: Path, runs: dict, fp: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(PRUNERS), figsize=(4.2 * len(PRUNERS), 3.6), sharey=True)
     for ax, pruner in zip(axes, PRUNERS, strict=True):
         for rule in (*RULES, "auto"):
-            points = [(s, find(runs, _row_config(data, rule, s, pruner), fp)) for s in (0.6, 0.7, 0.8)]
+            points = [(s, find(runs, _row_config(data, rule, s, pruner), fp)) for s in GRID_SPARSITIES]
             points = [(s, r.ppl_after) for s, r in points if r is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=LABELS[rule].split(" (")[0])
-        ax.set(title=pruner, xlabel="sparsity", yscale="log", xticks=(0.6, 0.7, 0.8))
+        ax.set(title=pruner, xlabel="sparsity", yscale="log", xticks=GRID_SPARSITIES)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("WikiText-2 perplexity (32 x 1024)")
     axes[-1].legend(fontsize=8)
