@@ -28,6 +28,7 @@ auto run ~10 prunes (its search budget) more.
     .venv/bin/python bench/results.py [--db bench/results.sqlite] [--only 0.7] [--data ../shared/data]
     .venv/bin/python bench/results.py --limit 3           # at most 3 new runs, then the report
     .venv/bin/python bench/results.py --only 0.8 --pruner wanda   # only Wanda's runs at 80% (searches too)
+    .venv/bin/python bench/results.py --only 0.7 --pruner wanda --rule atp   # ATP's Wanda runs at 70%
     .venv/bin/python bench/results.py --plan             # what is left to run, in order
     .venv/bin/python bench/results.py --report-only      # rewrite docs/results.md from the database
 """
@@ -44,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, no install needed
 
-from alphaprune import tune  # noqa: E402
+from alphaprune import registry, tune  # noqa: E402
 from alphaprune.analysis import analyze  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.pipeline import PruneConfig, fingerprint, run_prune  # noqa: E402
@@ -159,7 +160,6 @@ def key(settings: dict, fp: str) -> str:
     """What identifies a run: the settings that change its result, and the weights. A
     parameter no spec of the run owns is left out; a searched one is "auto" (the stored run
     keeps its pick), so a config and the record it produced have the same key."""
-    from alphaprune import registry
 
     picked = {k: settings.get(k) for k in COMMON_FIELDS}
     picked["refine"] = picked["refine"] or registry.NO_REFINER  # records older than DSnoT
@@ -210,7 +210,6 @@ def stale(record, analysis) -> bool:
     """Whether today's code would run a stored run otherwise: a search of the older kind, or
     other block ratios from today's analysis for a rule that allocates from it alone (no
     search, no FARMS windows)."""
-    from alphaprune import registry
     from alphaprune.registry import RuleInput
 
     s = record.settings
@@ -252,7 +251,6 @@ LABELS = {
 
 def _rule_label(rule: str) -> str:
     """A row's label with the parameters its cells use (the specs' defaults)."""
-    from alphaprune import registry
 
     if rule == "auto":
         return LABELS[rule]
@@ -349,7 +347,6 @@ def _searches(data: Path, runs: dict, fp: str):
 
 
 def _dsnot_table(data: Path, runs: dict, fp: str) -> list[str]:
-    from alphaprune import registry
 
     lines = ["### DSnoT on top of Wanda", "", "| allocation | sparsity | Wanda | Wanda + DSnoT |", "|---|---|---|---|"]
     for sparsity in (0.7, 0.8):
@@ -535,7 +532,6 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
 
 def describe(config: PruneConfig) -> str:
     """One line naming a run: pruner, rule, sparsity, the rule's parameters, ceiling and refiner."""
-    from alphaprune import registry
     from alphaprune.allocation import DEFAULT_CEILING
 
     rule_values = config.rule_params()
@@ -562,9 +558,10 @@ def to_run(store: RunStore, model: str, configs: list[PruneConfig], fp: str, ana
 
 
 def _selected(args, analysis) -> list[PruneConfig]:
-    """The grid's configurations at --only's sparsity and with --pruner's pruner (the report
-    always covers the whole database)."""
-    return [c for c in grid(args.data, args.only, analysis) if args.pruner in (None, c.pruner)]
+    """The grid's configurations at --only's sparsity, with --pruner's pruner and --rule's
+    allocation rule (the report always covers the whole database)."""
+    configs = grid(args.data, args.only, analysis)
+    return [c for c in configs if args.pruner in (None, c.pruner) and args.rule in (None, c.allocation)]
 
 
 def main() -> int:
@@ -575,6 +572,7 @@ def main() -> int:
     parser.add_argument(
         "--pruner", choices=sorted({*PRUNERS, *LEGACY_PRUNERS}), help="only run this pruner's configurations"
     )
+    parser.add_argument("--rule", choices=sorted(registry.rules()), help="only run this rule's configurations")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--limit", type=int, help="at most this many new runs, then the report")
