@@ -347,7 +347,6 @@ def _searches(data: Path, runs: dict, fp: str):
 
 
 def _dsnot_table(data: Path, runs: dict, fp: str) -> list[str]:
-
     lines = ["### DSnoT on top of Wanda", "", "| allocation | sparsity | Wanda | Wanda + DSnoT |", "|---|---|---|---|"]
     for sparsity in (0.7, 0.8):
         for rule in DSNOT_RULES:
