@@ -160,7 +160,6 @@ def key(settings: dict, fp: str) -> str:
     """What identifies a run: the settings that change its result, and the weights. A
     parameter no spec of the run owns is left out; a searched one is "auto" (the stored run
     keeps its pick), so a config and the record it produced have the same key."""
-
     picked = {k: settings.get(k) for k in COMMON_FIELDS}
     picked["refine"] = picked["refine"] or registry.NO_REFINER  # records older than DSnoT
     owned = set()
@@ -251,7 +250,6 @@ LABELS = {
 
 def _rule_label(rule: str) -> str:
     """A row's label with the parameters its cells use (the specs' defaults)."""
-
     if rule == "auto":
         return LABELS[rule]
     words = ", ".join(f"{p.name} {p.default:g}" for p in registry.rule(rule).params if p.kind == "float")
