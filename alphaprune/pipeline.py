@@ -255,11 +255,13 @@ def prune_copy(model: nn.Module, allocation: alloc.Allocation, config: PruneConf
     return pruned
 
 
-def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple[dict, tuple]:
+def _search(model, config, analysis, calib_ids, progress, observe=None, plan=None) -> tuple[dict, tuple]:
     """The auto parameters' values chosen on held-out calibration text (alphaprune/tune.py:
     the lowest perplexity): each candidate
     prunes a copy calibrated on the rest of the text. `observe(values, pruned)` sees each
-    candidate's pruned copy once scored (bench/tuning_check.py measures it on other text)."""
+    candidate's pruned copy once scored (bench/tuning_check.py measures it on other text).
+    `plan`: these candidates instead of the grid, none added around the choice (values off
+    the grid, scored as the search would score them: bench/tuning_check.py --candidates)."""
     from alphaprune import tune
 
     train_ids = text.split_heldout(calib_ids)[0]
@@ -286,10 +288,10 @@ def _search(model, config, analysis, calib_ids, progress, observe=None) -> tuple
         finally:
             del pruned
 
-    plan = tune.candidates(config, blocks, config.search_budget)
-    refine = lambda best: tune.refinements(config, best, blocks)  # noqa: E731
+    refine = None if plan else lambda best: tune.refinements(config, best, blocks)
+    plan = plan or tune.candidates(config, blocks, config.search_budget)
     ratios = lambda values: allocation(values).sparsities  # noqa: E731 (same ratios, same prune)
-    return tune.search(plan, score, progress, key=ratios, budget=config.search_budget, refine=refine)
+    return tune.search(plan, score, progress, key=ratios, budget=max(len(plan), config.search_budget), refine=refine)
 
 
 def check_context(model: nn.Module, seqlen: int) -> None:

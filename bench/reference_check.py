@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import random
 import sys
@@ -299,6 +300,17 @@ def ww_sparsity(model, alpha_by_name: dict[str, float], sparsity: float, epsilon
     return (ratios * scaler).cpu().numpy().tolist()
 
 
+def atp_rates(model, sparsity: float, beta: float) -> list[float]:
+    """ATP's main.py: block i of L gets S - beta (L - 1) / 2 + i beta, every matrix of the block
+    that block's rate (lib/prune.py indexes sparsity_rates by block); one entry per matrix here."""
+    blocks = model.model.layers
+    length = len(blocks)
+    if beta > min(2 * sparsity / (length - 1), 2 * (1 - sparsity) / (length - 1)):
+        raise SystemExit(f"ATP's code rejects beta {beta} here (Illegal beta)")
+    first = sparsity - (beta * (length - 1)) / 2
+    return [first + i * beta for i, layer in enumerate(blocks) for _ in find_layers(layer)]
+
+
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def eval_ppl(model, testenc: torch.Tensor, seqlen: int, windows: int) -> float:
@@ -368,6 +380,8 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--atp-beta", type=lambda v: [float(x) for x in v.split(",")], default=[], metavar="B,..",
+                    help="also ATP (wzhuang-xmu/ATP main.py's rates) at these betas")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
     ap.add_argument(
@@ -411,6 +425,11 @@ def main() -> None:
     configs = [("dense", None, None)]
     configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt")]
     configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
+    atp_beta = {}  # label -> beta (ATP's code has Wanda and SparseGPT only)
+    for beta in args.atp_beta:
+        for pruner in ("wanda", "sparsegpt"):
+            atp_beta[f"atp beta{beta:g} {pruner}"] = beta
+            configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
     if args.only:
         configs = [c for c in configs if args.only in c[0]]
 
@@ -418,6 +437,7 @@ def main() -> None:
     names = [f"model.layers.{n}" for n in find_layers(dense.model.layers)]
     known = _stored_runs(args.ours_from, loaded) if args.ours_from else {}
     for label, pruner, allocation in configs:
+        beta = atp_beta.get(label)
         if args.threads != 1:  # BLAS rounding depends on the thread count: part of what a row measured
             label += f" [{args.threads} threads]"
         if allocation == "alphapruning" and max(ww) > 1.0 and pruner != "wanda":
@@ -431,7 +451,11 @@ def main() -> None:
             ref_sp = our_sp = zero_share(dense)
             ratio_diff = 0.0
         else:
-            ratios = ww if allocation == "alphapruning" else [args.sparsity] * len(names)
+            ratios = [args.sparsity] * len(names)
+            if allocation == "alphapruning":
+                ratios = ww
+            elif allocation == "atp":
+                ratios = atp_rates(dense, args.sparsity, beta)
             ACC_DTYPE = torch.float32
             ref, ref_sp = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
             if args.noise_floor and pruner != "magnitude":
@@ -439,6 +463,8 @@ def main() -> None:
                 ref64, _ = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
                 ACC_DTYPE = torch.float32
             cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
+            if allocation == "atp":
+                cfg = dataclasses.replace(cfg, beta=beta)
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
                 from bench.results import as_whole_block
 

@@ -23,6 +23,8 @@ Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, t
     nice .venv/bin/python bench/tuning_check.py --rule alphapruning --sparsity 0.7 --out bench/tuning/ap70.json
     nice .venv/bin/python bench/tuning_check.py --rule atp --sparsity 0.7 --out bench/tuning/atp70.json
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --out bench/tuning/authors70.json
+    nice .venv/bin/python bench/tuning_check.py --rule atp --candidates 'beta=0.011;beta=0.012;beta=0.013' \
+        --out bench/tuning/atp70_offgrid.json                 # values off the grid, scored as candidates
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --hand epsilon=0.3,ceiling=0.99 \
         --seeds 1,2 --out bench/tuning/seeds70.json          # how much the calibration draw moves them
     .venv/bin/python bench/tuning_check.py --render       # docs/tuning.md from bench/tuning/*.json
@@ -55,8 +57,9 @@ def label(values: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in values.items())
 
 
-def search_side_by_side(loaded, config, analysis, eval_windows, log) -> tuple[dict, tuple, dict]:
-    """(the chosen values, the trials, evaluation perplexity per candidate label)."""
+def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None) -> tuple[dict, tuple, dict]:
+    """(the chosen values, the trials, evaluation perplexity per candidate label); `plan`: these
+    candidates instead of the search's grid and refinement."""
     calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
     on_eval: dict[str, float] = {}
 
@@ -65,7 +68,7 @@ def search_side_by_side(loaded, config, analysis, eval_windows, log) -> tuple[di
         log(f"  {label(values)}: evaluation perplexity {on_eval[label(values)]:.2f}")
 
     progress = lambda f, msg: log(f"  [{f:4.0%}] {msg}")  # noqa: E731
-    best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe)
+    best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe, plan)
     return best, trials, on_eval
 
 
@@ -110,7 +113,9 @@ def main() -> int:
         config = dataclasses.replace(config, calib_samples=4, seqlen=256, eval_windows=4, search_budget=3)
     log(f"{args.rule} at {args.sparsity:.0%}, {args.pruner}; numerics {numerics(loaded.model)}")
     report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model)}
-    if not args.skip_search:
+    if args.candidates:
+        report["probe"] = _probe_report(loaded, config, analysis, args.candidates, log)
+    elif not args.skip_search:
         report.update(_search_report(loaded, config, analysis, log))
     if args.authors:
         report["authors"] = {
@@ -147,6 +152,10 @@ def _args():
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                     help="calibration seeds of the --authors and --hand runs (the windows drawn)")  # fmt: skip
     ap.add_argument("--skip-search", action="store_true", help="only the --authors and --hand runs")
+    ap.add_argument("--candidates", type=lambda v: [_values(c) for c in v.split(";")], default=[],
+                    metavar="NAME=V;..", help="instead of the search: score these values (off the grid too) "
+                    "as the search scores a candidate, each also on the evaluation text, e.g. "
+                    "'beta=0.011;beta=0.013'")  # fmt: skip
     ap.add_argument("--render", action="store_true", help="only rewrite docs/tuning.md from bench/tuning/*.json")
     return ap.parse_args()
 
@@ -183,6 +192,15 @@ def _search_report(loaded, config, analysis, log) -> dict:
     # the ratios auto / hand-picked are derived from "final" and "candidates" where they are shown (_section)
     return {"candidates": table(trials, on_eval), "auto": chosen, "one_se": one_se, "hand_picked": oracle,
             "final": finals}  # fmt: skip
+
+
+def _probe_report(loaded, config, analysis, plan: list[dict], log) -> list[dict]:
+    """Each of `plan` scored as a search candidate: held-out and evaluation perplexity."""
+    eval_windows = text.evaluation_windows(
+        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
+    )
+    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan)
+    return table(trials, evaluated(trials, on_eval))
 
 
 def render(folder: Path) -> str:
@@ -253,6 +271,9 @@ def _section(report: dict, name: str) -> list[str]:
             out += [f"- auto / hand-picked, final runs: **{report['final'][label(auto)] / report['final'][hand]:.4f}**"]
         copies = report["candidates_eval"][label(auto)] / report["candidates_eval"][hand]
         out += [f"- auto / hand-picked, the search's own copies (same windows): **{copies:.4f}**"]
+    if "probe" in report:
+        out += ["Candidates scored as the search scores them (`--candidates`), off its grid too:", ""]
+        out += _table_lines(report["probe"]) + [""]
     for what, ppl in report.get("authors", {}).items():
         out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
     for what, ppl in report.get("by_hand", {}).items():

@@ -185,6 +185,24 @@ def test_auto_epsilon_and_ceiling_cost_only_distinct_prunes(texts):
     assert [t["pruned"] for t in result.record().settings["search"]] == [t.pruned for t in result.search]
 
 
+def test_a_given_plan_is_scored_as_the_search_scores_its_grid(texts):
+    """pipeline._search with `plan` (bench/tuning_check.py --candidates): exactly those values,
+    off the grid too, none added around the choice, each scored as the grid's own candidate is."""
+    from alphaprune import text
+    from alphaprune.pipeline import _search
+
+    loaded = tiny_loaded(layers=3)
+    config = _config(texts, allocation="atp", beta="auto", pruner="magnitude", search_budget=2)
+    calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
+    plan = [{"beta": 0.011}, {"beta": 0.013}, {"beta": 0.02}]  # more than the budget, off the grid
+    _, trials = _search(loaded.model, config, None, calib_ids, None, plan=plan)
+    assert [t.values for t in trials] == plan
+    _, grid_trials = _search(loaded.model, config, None, calib_ids, None)
+    on_grid = {t.values["beta"]: t.heldout_ppl for t in grid_trials}
+    _, again = _search(loaded.model, config, None, calib_ids, None, plan=[{"beta": b} for b in on_grid])
+    assert {t.values["beta"]: t.heldout_ppl for t in again} == on_grid
+
+
 def _trial(value, nlls, spread):
     return tune.Trial({"epsilon": value}, math.exp(sum(nlls) / len(nlls)), True, tuple(nlls), spread)
 
