@@ -38,7 +38,11 @@ relative difference and the measured sparsity of both pruned models.
 
 Configurations: dense; uniform magnitude / Wanda / SparseGPT at the target sparsity;
 AlphaPruning (alpha_peak, block-wise, eps 0.2 by default, which keeps every reference ratio
-below 1 on SmolLM2-135M, so our clipping never applies) with each pruner.
+below 1 on SmolLM2-135M, so our clipping never applies) with each pruner; with `--atp-beta`,
+ATP with Wanda and SparseGPT at those betas: wzhuang-xmu/ATP's main.py rates (block i of L at
+S - beta (L - 1) / 2 + i beta, its "Illegal beta" bound) through the same reference Wanda /
+SparseGPT loops, which ATP's lib/prune.py shares with the Wanda code apart from the per-block
+rate; ours is allocation `atp` at that beta.
 
 How to run
 ----------
@@ -46,6 +50,9 @@ How to run
     nice -n 10 .venv/bin/python bench/reference_check.py --samples 32 --seqlen 1024 --windows 32
     nice -n 10 .venv/bin/python bench/reference_check.py --only wanda     # configurations whose name has "wanda"
     nice -n 10 .venv/bin/python bench/reference_check.py --noise-floor    # + reference with float64 statistics
+    # ATP's code at a beta, Wanda only, on the protocol and our thread count:
+    nice -n 10 .venv/bin/python bench/reference_check.py --samples 32 --seqlen 1024 --windows 32 \
+        --threads 2 --atp-beta 0.013 --only "atp beta0.013 wanda" --out docs/fidelity.md
     # the protocol, eps 0.3, our side taken from bench/results.py's run history:
     nice -n 10 .venv/bin/python bench/reference_check.py --samples 32 --seqlen 1024 --windows 32 \
         --epsilon 0.3 --ours-from bench/results.sqlite
@@ -482,7 +489,7 @@ def main() -> None:
     setting = (
         f"Model {loaded.name}; calibration {Path(args.calib).name}, {args.samples} x {args.seqlen} tokens, "
         f"seed {args.seed}; evaluation {Path(args.eval).name}, first {args.windows} x {args.seqlen}; "
-        f"sparsity {args.sparsity} (AlphaPruning's epsilon in the row labels)."
+        f"sparsity {args.sparsity} (AlphaPruning's epsilon and ATP's beta in the row labels)."
     )
     print()
     print(setting)
@@ -524,7 +531,8 @@ def _write_table(path: Path, lines: list[str], setting: str) -> None:
         "The reference side runs with `--threads` BLAS threads (1 unless a label says otherwise); our",
         "side, when taken from bench/results.py's history (`--ours-from`), ran with torch's default (2",
         "here). SparseGPT at 70% amplifies rounding: the same code gives different numbers on 1 and 2",
-        "threads, so compare rows measured on the same thread count.",
+        "threads, so compare rows measured on the same thread count. ATP rows: its code's rates",
+        "(wzhuang-xmu/ATP main.py) through the same reference Wanda loop (its lib/prune.py's).",
         "",
         setting,
         "",
