@@ -278,7 +278,7 @@ def _section(report: dict, name: str) -> list[str]:
         out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
     for what, ppl in report.get("by_hand", {}).items():
         out.append(f"- set by hand, {what}: **{ppl:.2f}**")
-    return out + [""]
+    return out if out[-1] == "" else out + [""]
 
 
 def _table_lines(rows: list[dict]) -> list[str]:
