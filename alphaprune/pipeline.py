@@ -261,7 +261,8 @@ def _search(model, config, analysis, calib_ids, progress, observe=None, plan=Non
     prunes a copy calibrated on the rest of the text. `observe(values, pruned)` sees each
     candidate's pruned copy once scored (bench/tuning_check.py measures it on other text).
     `plan`: these candidates instead of the grid, none added around the choice (values off
-    the grid, scored as the search would score them: bench/tuning_check.py --candidates)."""
+    the grid, scored as the search would score them: bench/tuning_check.py --candidates); an
+    empty one or None: the config's grid and refinement."""
     from alphaprune import tune
 
     train_ids = text.split_heldout(calib_ids)[0]

@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import math
 import random
 import sys
@@ -313,7 +312,9 @@ def atp_rates(model, sparsity: float, beta: float) -> list[float]:
     blocks = model.model.layers
     length = len(blocks)
     if beta > min(2 * sparsity / (length - 1), 2 * (1 - sparsity) / (length - 1)):
-        raise SystemExit(f"ATP's code rejects beta {beta} here (Illegal beta)")
+        raise SystemExit(f"ATP's code rejects beta {beta} here (Illegal beta); give a smaller --atp-beta")
+    if beta < 0:  # their code would run it; our rule's range starts at 0
+        raise SystemExit(f"--atp-beta must be at least 0 (our atp's range), got {beta}")
     first = sparsity - (beta * (length - 1)) / 2
     return [first + i * beta for i, layer in enumerate(blocks) for _ in find_layers(layer)]
 
@@ -432,10 +433,10 @@ def main() -> None:
     configs = [("dense", None, None)]
     configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt")]
     configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
-    atp_beta = {}  # label -> beta (ATP's code has Wanda and SparseGPT only)
+    atp = {}  # label -> (beta, its rates): checked before any run (ATP's code has Wanda and SparseGPT only)
     for beta in args.atp_beta:
         for pruner in ("wanda", "sparsegpt"):
-            atp_beta[f"atp beta{beta:g} {pruner}"] = beta
+            atp[f"atp beta{beta:g} {pruner}"] = beta, atp_rates(dense, args.sparsity, beta)
             configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
     if args.only:
         configs = [c for c in configs if args.only in c[0]]
@@ -444,7 +445,7 @@ def main() -> None:
     names = [f"model.layers.{n}" for n in find_layers(dense.model.layers)]
     known = _stored_runs(args.ours_from, loaded) if args.ours_from else {}
     for label, pruner, allocation in configs:
-        beta = atp_beta.get(label)
+        beta, atp_ratios = atp.get(label, (None, None))
         if args.threads != 1:  # BLAS rounding depends on the thread count: part of what a row measured
             label += f" [{args.threads} threads]"
         if allocation == "alphapruning" and max(ww) > 1.0 and pruner != "wanda":
@@ -462,7 +463,7 @@ def main() -> None:
             if allocation == "alphapruning":
                 ratios = ww
             elif allocation == "atp":
-                ratios = atp_rates(dense, args.sparsity, beta)
+                ratios = atp_ratios
             ACC_DTYPE = torch.float32
             ref, ref_sp = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
             if args.noise_floor and pruner != "magnitude":
@@ -471,7 +472,7 @@ def main() -> None:
                 ACC_DTYPE = torch.float32
             cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
             if allocation == "atp":
-                cfg = dataclasses.replace(cfg, beta=beta)
+                cfg = cfg.with_params(beta=beta)
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
                 from bench.results import as_whole_block
 
@@ -532,7 +533,7 @@ def _write_table(path: Path, lines: list[str], setting: str) -> None:
         "side, when taken from bench/results.py's history (`--ours-from`), ran with torch's default (2",
         "here). SparseGPT at 70% amplifies rounding: the same code gives different numbers on 1 and 2",
         "threads, so compare rows measured on the same thread count. ATP rows: its code's rates",
-        "(wzhuang-xmu/ATP main.py) through the same reference Wanda loop (its lib/prune.py's).",
+        "(wzhuang-xmu/ATP main.py) through the same reference Wanda / SparseGPT loops (its lib/prune.py's).",
         "",
         setting,
         "",

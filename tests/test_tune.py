@@ -197,6 +197,8 @@ def test_a_given_plan_is_scored_as_the_search_scores_its_grid(texts):
     plan = [{"beta": 0.011}, {"beta": 0.013}, {"beta": 0.02}]  # more than the budget, off the grid
     _, trials = _search(loaded.model, config, None, calib_ids, None, plan=plan)
     assert [t.values for t in trials] == plan
+    _, alone = _search(loaded.model, config, None, calib_ids, None, plan=[{"beta": 0.02}])
+    assert [t.values for t in alone] == [{"beta": 0.02}]  # on the grid, budget left: still no refinement
     _, grid_trials = _search(loaded.model, config, None, calib_ids, None)
     on_grid = {t.values["beta"]: t.heldout_ppl for t in grid_trials}
     _, again = _search(loaded.model, config, None, calib_ids, None, plan=[{"beta": b} for b in on_grid])
