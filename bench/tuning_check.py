@@ -175,12 +175,16 @@ def _authors(config, analysis, epsilon: float):
     return results.as_whole_block(plain, analysis)
 
 
+def _eval_windows(loaded, config):
+    """The evaluation text's windows, as run_prune measures them."""
+    ids = text.tokenize(text.read_text(config.eval), loaded.tokenizer)
+    return text.evaluation_windows(ids, config.seqlen, config.eval_windows)
+
+
 def _search_report(loaded, config, analysis, log) -> dict:
     """The search with every candidate on the evaluation text, each selection's pick, and the
     final runs of the auto pick and of the hand-picked values."""
-    eval_windows = text.evaluation_windows(
-        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
-    )
+    eval_windows = _eval_windows(loaded, config)
     chosen, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log)
     on_eval = evaluated(trials, on_eval)
     one_se = tune.one_se(trials).values
@@ -196,9 +200,7 @@ def _search_report(loaded, config, analysis, log) -> dict:
 
 def _probe_report(loaded, config, analysis, plan: list[dict], log) -> list[dict]:
     """Each of `plan` scored as a search candidate: held-out and evaluation perplexity."""
-    eval_windows = text.evaluation_windows(
-        text.tokenize(text.read_text(config.eval), loaded.tokenizer), config.seqlen, config.eval_windows
-    )
+    eval_windows = _eval_windows(loaded, config)
     _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan)
     return table(trials, evaluated(trials, on_eval))
 
