@@ -435,8 +435,9 @@ def main() -> None:
     configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
     atp = {}  # label -> (beta, its rates): checked before any run (ATP's code has Wanda and SparseGPT only)
     for beta in args.atp_beta:
+        rates = atp_rates(dense, args.sparsity, beta)
         for pruner in ("wanda", "sparsegpt"):
-            atp[f"atp beta{beta:g} {pruner}"] = beta, atp_rates(dense, args.sparsity, beta)
+            atp[f"atp beta{beta:g} {pruner}"] = beta, rates
             configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
     if args.only:
         configs = [c for c in configs if args.only in c[0]]
