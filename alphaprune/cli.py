@@ -91,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     from alphaprune import registry
 
-    _add_params(p, {"farms": registry.rule("farms")}, only=("farms_window", "farms_per_side"))
+    _add_params(p, registry.rules(), only=("farms_window", "farms_per_side"))  # the --farms metric's windows
     p.set_defaults(func=cmd_analyze)
     _add_allocate(sub)
     _add_prune(sub)
@@ -160,30 +160,38 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     from alphaprune import allocation as alloc
     from alphaprune import registry
 
-    p.add_argument("--sparsity", type=float, default=0.5, help="target (parameter-weighted) sparsity in (0, 1)")
+    p.add_argument("--sparsity", type=float, default=_default("sparsity"),
+                   help="target (parameter-weighted) sparsity in (0, 1)")  # fmt: skip
     rules = registry.rules()
-    p.add_argument("--allocation", default="uniform", choices=list(rules), help=_spec_lines(rules))
-    p.add_argument("--mapping", default="block", choices=alloc.MAPPINGS, help="one ratio per block or per matrix")
+    p.add_argument("--allocation", default=_default("allocation"), choices=list(rules), help=_spec_lines(rules))
+    p.add_argument("--mapping", default=_default("mapping"), choices=alloc.MAPPINGS,
+                   help="one ratio per block or per matrix")  # fmt: skip
     _add_params(p, rules)
     ceiling = alloc.CEILING
     p.add_argument(ceiling.cli_flag, dest="max_sparsity", type=_param_type(ceiling), default=ceiling.default,
                    help=param_help(ceiling, ["every rule"]))  # fmt: skip
 
 
-def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluation: bool = True) -> None:
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration / evaluation window")
-    if calibration:
-        p.add_argument("--calib", default="python-docs", help="python-docs, wikitext2 or a text file")
-        p.add_argument("--calib-samples", type=int, default=128)
-        p.add_argument("--seed", type=int, default=0)
-    if evaluation:
-        p.add_argument("--eval", default="python-docs", help="python-docs, wikitext2 or a text file")
-        p.add_argument("--eval-windows", type=int, help="first W windows of the evaluation text (default all)")
-        p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass when evaluating")
-    if calibration and evaluation:
-        from alphaprune.config import PruneConfig
+def _default(name: str):
+    """A run setting's default: PruneConfig's field (alphaprune/config.py) is the one place it is set."""
+    from alphaprune.config import PruneConfig
 
-        p.add_argument("--search-budget", type=int, default=PruneConfig.search_budget,
+    return getattr(PruneConfig, name)
+
+
+def _add_data_args(p: argparse.ArgumentParser, calibration: bool = True, evaluation: bool = True) -> None:
+    p.add_argument("--seqlen", type=int, default=_default("seqlen"), help="tokens per calibration / evaluation window")
+    if calibration:
+        p.add_argument("--calib", default=_default("calib"), help="python-docs, wikitext2 or a text file")
+        p.add_argument("--calib-samples", type=int, default=_default("calib_samples"))
+        p.add_argument("--seed", type=int, default=_default("seed"))
+    if evaluation:
+        p.add_argument("--eval", default=_default("eval"), help="python-docs, wikitext2 or a text file")
+        p.add_argument("--eval-windows", type=int, help="first W windows of the evaluation text (default all)")
+        p.add_argument("--batch-size", type=int, default=_default("batch_size"),
+                       help="windows per forward pass when evaluating")  # fmt: skip
+    if calibration and evaluation:
+        p.add_argument("--search-budget", type=int, default=_default("search_budget"),
                        help="most prune runs of an 'auto' search")  # fmt: skip
 
 
@@ -192,7 +200,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     _add_allocation_args(p)
     # checked by PruneConfig.validate (alphaprune/config.py), which names the setting to change
     _add_pruner_args(p)
-    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
+    p.add_argument("--pattern", default=_default("pattern"), help="unstructured, 2:4, 4:8 (N:M: N of every M removed)")
     _add_data_args(p)
 
 
@@ -200,10 +208,10 @@ def _add_pruner_args(p: argparse.ArgumentParser) -> None:
     from alphaprune import registry
 
     pruners, refiners = registry.pruners(), registry.refiners()
-    p.add_argument("--pruner", default="wanda", help=f"one of {', '.join(pruners)} ({_spec_lines(pruners)})")
+    p.add_argument("--pruner", default=_default("pruner"), help=f"one of {', '.join(pruners)} ({_spec_lines(pruners)})")
     _add_params(p, pruners)
     choices = [registry.NO_REFINER, *refiners]
-    p.add_argument("--refine", default=registry.NO_REFINER, choices=choices, help=_spec_lines(refiners))
+    p.add_argument("--refine", default=_default("refine"), choices=choices, help=_spec_lines(refiners))
     _add_params(p, refiners)
 
 
@@ -212,7 +220,7 @@ def _add_allocate(sub) -> None:
     _add_model_args(p)
     _add_allocation_args(p)
     _add_data_args(p, evaluation=False)
-    p.add_argument("--pruner", default="wanda", help="pruner named in an exported llm-compressor recipe")
+    p.add_argument("--pruner", default=_default("pruner"), help="pruner named in an exported llm-compressor recipe")
     p.add_argument("--out", type=Path, help="ratios as FILE.json, FILE.csv or an llm-compressor FILE.yaml")
     p.set_defaults(func=cmd_allocate)
 
@@ -684,7 +692,7 @@ def _write_allocation(allocation, path: Path, pruner: str) -> None:
     else:
         from alphaprune.export import llmcompressor_recipe
 
-        atomic.write_text(path, llmcompressor_recipe(allocation.ratios, pruner))
+        atomic.write_text(path, llmcompressor_recipe(allocation.ratios, pruner, dense=True))
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -38,8 +38,8 @@ class PruneConfig:
     Built with keywords for either: PruneConfig(allocation="atp", beta=0.01, seqlen=512)."""
 
     sparsity: float = 0.5
-    pruner: str = "wanda"
-    allocation: str = "uniform"
+    pruner: str = registry.DEFAULT_PRUNER
+    allocation: str = registry.BASELINE
     mapping: str = "block"  # granularity: one ratio per block, or per matrix where the rule allows
     pattern: str = "unstructured"
     refine: str = registry.NO_REFINER  # a post-step on the pruner's mask (DSnoT), or "none"
@@ -129,7 +129,7 @@ class PruneConfig:
             return
         if not rule.patterns:
             raise UserError(
-                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} uniform"
+                f"layer-wise allocation does not apply to N:M patterns; set {setting('allocation')} {registry.BASELINE}"
             )
         if not pruner.patterns:
             raise UserError(f"pruner {pruner.name} has no N:M mode; set {setting('pattern')} unstructured")

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alphaprune import model_card
+from alphaprune import model_card, registry
 from alphaprune.atomic import atomic_folder
 from alphaprune.errors import UserError
 from alphaprune.pruners import parse_pattern
@@ -66,7 +66,9 @@ class ExportedRatios:
 # ---------------------------------------------------------------- llm-compressor recipe
 
 
-def llmcompressor_recipe(ratios: dict[str, float], pruner: str, pattern: str = "unstructured", **options) -> str:
+def llmcompressor_recipe(
+    ratios: dict[str, float], pruner: str, pattern: str = "unstructured", dense: bool = False, **options
+) -> str:
     """YAML text of an llm-compressor recipe that prunes each matrix in `ratios` to its ratio.
 
     `ratios` maps module names (`prunable_matrices(model)` names) to sparsities and must be
@@ -86,14 +88,16 @@ def llmcompressor_recipe(ratios: dict[str, float], pruner: str, pattern: str = "
       on the pruned weights: keeps the exported zeros fixed during training) and, commented
       out, the one-shot stage with the ratios as a `WandaPruningModifier` (the calibrated
       pruner closest to it), for a user who wants to re-prune the dense model; the spec's
-      note says why.
+      note says why. With `dense` (ratios alone, for a model not pruned yet: `allocate`, the
+      Allocation page) that one-shot stage is the recipe, with the note.
     """
-    from alphaprune import registry
-
     spec = registry.pruner(pruner)
     mask = _mask_structure(pattern)
     names, values = _check_ratios(ratios)
     header = _header(pruner, pattern, len(names))
+    if "modifier" not in spec.recipe and dense:
+        note = [f"# {line}" for line in spec.recipe.get("note", ())]
+        return "\n".join(header + note + _sparsity_stage(_standin(), names, values, mask, options)) + "\n"
     if "modifier" not in spec.recipe:
         return _keep_zeros_recipe(header, list(spec.recipe.get("note", ())), names, values, mask, options)
     options = {**spec.recipe.get("options", {}), **options}
@@ -106,7 +110,7 @@ def _keep_zeros_recipe(header: list[str], note: list[str], names: list[str], val
     # llm-compressor matches module names (compressed-tensors' match_named_modules) and then
     # masks each module's `weight`: a parameter name ("...q_proj.weight") matches nothing.
     keep = {"start": 0, "targets": names}
-    oneshot = _sparsity_stage("WandaPruningModifier", names, values, mask, options)
+    oneshot = _sparsity_stage(_standin(), names, values, mask, options)
     lines = (
         header
         + [f"# {line}" for line in note]
@@ -120,9 +124,15 @@ def _keep_zeros_recipe(header: list[str], note: list[str], names: list[str], val
     return "\n".join(lines) + "\n"
 
 
+def _standin() -> str:
+    """The modifier a pruner without one gets: the default pruner's (Wanda's), the calibrated
+    pruner closest to magnitude and RIA (both score |W|, RIA times activations as Wanda)."""
+    return registry.pruner(registry.DEFAULT_PRUNER).recipe["modifier"]
+
+
 def _header(pruner: str, pattern: str, count: int) -> list[str]:
     return [
-        "# llm-compressor recipe written by alphaprune: layer-wise sparsity (AlphaPruning allocation)",
+        "# llm-compressor recipe written by alphaprune: layer-wise sparsity ratios",
         f"# pruner: {pruner}, pattern: {pattern}, {count} target modules.",
         "# sparsity[i] applies to the i-th target, counted in model.named_modules() order.",
     ]
@@ -209,7 +219,7 @@ def save_pruned(
 
     `ratios` maps module names of `model` to their sparsity; `metadata` is stored as given
     (pruner, allocation, sparsity, epsilon, pattern, perplexities ...), and its "pruner"
-    (default "magnitude") and "pattern" (default "unstructured") choose the recipe.
+    (default registry.WEIGHTS_ONLY, magnitude) and "pattern" (default "unstructured") choose the recipe.
     Returns the folder. Raises UserError when the target is a file or a foreign folder,
     or when writing fails for lack of space or permission (nothing is left behind).
     """
@@ -234,7 +244,7 @@ def save_pruned(
 def write_export_files(folder: Path, ratios: dict, block_ratios, measured: dict, metadata: dict) -> None:
     """The recipe and the ratios JSON of an export, into the (temporary) folder being written
     with the model; the streamed save (alphaprune/stream.py) calls it before publishing."""
-    pruner, pattern = str(metadata.get("pruner", "magnitude")), str(metadata.get("pattern", "unstructured"))
+    pruner, pattern = str(metadata.get("pruner", registry.WEIGHTS_ONLY)), str(metadata.get("pattern", "unstructured"))
     record = {
         "format": FORMAT,
         "metadata": metadata,

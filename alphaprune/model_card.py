@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alphaprune import registry
+
 CARD_FILE = "README.md"
 PLOT_FILE = "sparsity.png"
 # settings too long for the card's table; they stay in alphaprune_ratios.json
@@ -38,13 +40,13 @@ def write_card(folder: Path, ratios: dict, block_ratios, measured: dict, metadat
 
 
 def _front_matter(metadata: dict) -> str:
-    tags = ["pruned", "sparse", "alphaprune", str(metadata.get("pruner", "magnitude"))]
+    tags = ["pruned", "sparse", "alphaprune", str(metadata.get("pruner", registry.WEIGHTS_ONLY))]
     return "---\nlibrary_name: transformers\ntags:\n" + "".join(f"- {t}\n" for t in tags) + "---\n"
 
 
 def _title(metadata: dict, measured: dict) -> str:
     zeros = sum(measured.values()) / len(measured) if measured else None
-    model, pruner = metadata.get("model", "model"), metadata.get("pruner", "magnitude")
+    model, pruner = metadata.get("model", "model"), metadata.get("pruner", registry.WEIGHTS_ONLY)
     rule = metadata.get("allocation", "the given ratios")
     shown = f"{metadata['actual_sparsity']:.1%}" if "actual_sparsity" in metadata else f"{metadata.get('sparsity')}"
     lines = [f"# {model}, pruned to {shown} sparsity ({pruner}, {rule} allocation)", ""]

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from alphaprune import registry
 from alphaprune.errors import UserError, setting
 
 OFFLOADS = ("auto", "none", "cpu", "disk")
@@ -141,7 +142,7 @@ class Work:
     samples: int = 0  # calibration windows (prune) or evaluation windows (eval)
     seqlen: int = 0
     batch: int = 1
-    pruner: str = "magnitude"
+    pruner: str = registry.WEIGHTS_ONLY  # one that needs no calibration data
     workers: int = 1  # analysis processes at once
     compute_bytes: int = F32  # bytes per weight of an in-memory load (float32 on a CPU)
 
@@ -190,8 +191,6 @@ def _forward_work(shape: ModelShape, work: Work) -> int:
 def _stats_work(shape: ModelShape, work: Work) -> int:
     """A Hessian pruner's (SparseGPT's) X^T X (in, in) for every matrix of a block, and its
     inverse's copies; else the per-input statistics."""
-    from alphaprune import registry
-
     if registry.pruner(work.pruner).needs != registry.HESSIAN:
         return sum(shape.block_matrix_inputs) * F32
     hessians = sum(n * n for n in shape.block_matrix_inputs) * F32

@@ -228,6 +228,10 @@ def refiners() -> dict[str, Refiner]:
 
 
 NO_REFINER = "none"
+# The names other modules need without choosing among specs; a test checks each is registered.
+BASELINE = "uniform"  # every matrix at the target: N:M runs, and the reference of every comparison
+DEFAULT_PRUNER = "wanda"  # the CLI's and the app's pruner until one is chosen (PruneConfig.pruner)
+WEIGHTS_ONLY = "magnitude"  # what an export whose record names no pruner is taken for
 
 
 def refiner(name: str) -> Refiner | None:

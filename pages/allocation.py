@@ -17,7 +17,7 @@ from alphaprune.analysis import METRIC_NAMES, analyze
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
 from alphaprune.farms import estimate_cost
-from alphaprune.pipeline import analysis_options, cached_statistics, make_allocation
+from alphaprune.pipeline import PruneConfig, analysis_options, cached_statistics, make_allocation
 from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
 from alphaprune.ui.charts import chart
@@ -53,7 +53,7 @@ rule = registry.rule(method)
 values = param_widgets(rule.params, dict(settings.params), "alloc_", options={"metric": METRIC_NAMES}, auto=True)
 searched = [name for name, value in {**values, CEILING.name: ceiling}.items() if value == registry.AUTO]
 preview = {name: settings.auto_spec(name).default for name in searched}  # drawn at the default until a run picks
-mapping = "block"
+mapping = rule.granularities[0]
 if len(rule.granularities) > 1:
     current = settings.mapping if settings.mapping in rule.granularities else rule.granularities[0]
     mapping = st.radio(
@@ -190,7 +190,12 @@ csv = "matrix,block,params,sparsity,unclipped\n" + "".join(
     f"{r['matrix']},{r['block']},{r['params']},{r['sparsity']:.6f},{r['unclipped']:.6f}\n" for r in rows
 )
 mid.download_button("Ratios (CSV)", csv, "ratios.csv", "text/csv", key="dl_csv")
+recipe_pruner = st.session_state.get("prune_pruner", PruneConfig.pruner)  # the Prune page's choice
 right.download_button(
-    "llm-compressor recipe", llmcompressor_recipe(allocation.ratios, "wanda"), "recipe.yaml", key="dl_recipe"
+    "llm-compressor recipe",
+    llmcompressor_recipe(allocation.ratios, recipe_pruner, dense=True),
+    "recipe.yaml",
+    key="dl_recipe",
+    help=f"a one-shot recipe of these ratios for the Prune page's pruner ({recipe_pruner})",
 )
 st.page_link("pages/prune.py", label="Prune with this allocation", icon=":material/arrow_forward:")

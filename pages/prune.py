@@ -25,6 +25,7 @@ from alphaprune.ui.session import (
     ANALYSIS,
     CALIBRATION,
     COMPARE,
+    EVAL_WINDOWS,
     FILES,
     GENERATIONS,
     MODEL,
@@ -90,13 +91,14 @@ def _text_source(label: str, key: str) -> str | None:
 left, right = st.columns(2)
 PRUNERS = list(registry.pruners())
 pruner = left.selectbox(
-    "Pruner", PRUNERS, index=PRUNERS.index("wanda"), key="prune_pruner",
+    "Pruner", PRUNERS, index=PRUNERS.index(PruneConfig.pruner), key="prune_pruner",
     help="; ".join(f"{name}: {spec.summary}" for name, spec in registry.pruners().items()), **KEEP,
 )  # fmt: skip
 pattern = right.selectbox("Pattern", PATTERNS, key="prune_pattern", help="N:M removes N of every M weights", **KEEP)
 override = nm_override(alloc, pattern)
 if override:
-    st.caption(f"Allocation: uniform, pattern {pattern} (not the Allocation page's {allocation_words(alloc)}).")
+    words = allocation_words(alloc)
+    st.caption(f"Allocation: {registry.BASELINE}, pattern {pattern} (not the Allocation page's {words}).")
     st.warning(override)
 else:
     st.caption(f"Allocation (set on the Allocation page): {allocation_words(alloc)}.")
@@ -117,7 +119,7 @@ with right:
 cols = st.columns(4)
 samples = cols[0].number_input("Calibration samples", 1, 512, CALIBRATION["prune_samples"], key="prune_samples", **KEEP)
 seqlen = cols[1].number_input("Sequence length", 16, 8192, CALIBRATION["prune_seqlen"], 16, key="prune_seqlen", **KEEP)
-windows = cols[2].number_input("Evaluation windows", 1, 1024, 8, key="prune_windows", **KEEP)
+windows = cols[2].number_input("Evaluation windows", 1, 1024, EVAL_WINDOWS, key="prune_windows", **KEEP)
 seed = cols[3].number_input("Seed", 0, 2**31 - 1, CALIBRATION["prune_seed"], key="prune_seed", **KEEP)
 if alloc.auto_params():
     budget = st.number_input(
@@ -222,7 +224,7 @@ with st.expander("Compare allocation rules"):
         "pressing again with the same settings runs only the rules not measured yet."
     )
     names = [n for n, r in registry.rules().items() if not r.sets_target]
-    default = list(dict.fromkeys(["uniform", alloc.allocation]))
+    default = list(dict.fromkeys([registry.BASELINE, alloc.allocation]))
     chosen = st.multiselect("Rules", names, default=default, key="compare_rules", **KEEP)
     if st.button("Compare", key="compare_button", disabled=loaded is None or streamed or not chosen):
         bar = st.progress(0.0, text="compare")

@@ -48,6 +48,10 @@ def test_allocate_writes_json_csv_and_recipe(tiny_folder, tmp_path, capsys):
     assert doc["mean"] == pytest.approx(0.6) and len(doc["block_ratios"]) == 2
     assert "WandaPruningModifier" in (tmp_path / "ratios.yaml").read_text()
     assert "block  sparsity" in capsys.readouterr().out
+    # a pruner with no llm-compressor modifier: the ratios still come as a live one-shot stage
+    assert main(args + ["--pruner", "magnitude", "--out", str(tmp_path / "magnitude.yaml")]) == 0
+    live = [line for line in (tmp_path / "magnitude.yaml").read_text().splitlines() if not line.startswith("#")]
+    assert "WandaPruningModifier:" in "\n".join(live) and "ConstantPruningModifier" not in "\n".join(live)
 
 
 def test_prune_eval_runs_roundtrip(tiny_folder, corpus, tmp_path, store, capsys):

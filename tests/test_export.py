@@ -15,6 +15,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from alphaprune import registry
 from alphaprune.arch import prunable_matrices
 from alphaprune.errors import UserError
 from alphaprune.export import RATIOS_FILE, RECIPE_FILE, llmcompressor_recipe, load_ratios, save_pruned
@@ -173,6 +174,19 @@ def test_magnitude_recipe_keeps_zeros_and_documents_the_ratios():
     commented = "\n".join(line[2:] for line in text.splitlines() if line.startswith("#   ") or line.startswith("# s"))
     assert _recipe_lists(commented)[:2] == (list(ratios.values()), list(ratios))
     assert "no one-shot magnitude pruner" in text
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "ria"])
+def test_ratios_for_a_dense_model_get_a_runnable_one_shot_stage(pruner):
+    # `allocate --out recipe.yaml` and the Allocation page: nothing is pruned yet, so keeping
+    # zeros would do nothing; the stage that prunes must be live, with the spec's note
+    ratios = {"model.layers.0.self_attn.q_proj": 0.7, "model.layers.1.mlp.down_proj": 0.4}
+    text = llmcompressor_recipe(ratios, pruner, dense=True)
+    active = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert "WandaPruningModifier:" in active and "ConstantPruningModifier" not in text
+    assert _recipe_lists(text)[:2] == (list(ratios.values()), list(ratios))
+    assert all(line in text for line in registry.pruner(pruner).recipe["note"])
+    assert llmcompressor_recipe(ratios, "sparsegpt", dense=True) == llmcompressor_recipe(ratios, "sparsegpt")
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,53 @@ def test_no_code_outside_the_specs_compares_method_names():
     assert hits == []
 
 
+def _name_literals(path: Path, names: set[str]) -> set[str]:
+    """The method names a file spells as string constants, docstrings aside."""
+    tree = ast.parse(path.read_text())
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef) and node.body
+        and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in names and id(node) not in docs
+    }
+
+
+# Names spelled outside the specs on purpose: the shared maths labels the results of the
+# rules whose formulas it holds; FARMS is also a metric (the analysis' "farms" option and key);
+# the app opens on AlphaPruning.
+NAMED_ON_PURPOSE = {
+    "alphaprune/allocation.py": {"uniform", "alphapruning", "owl", "list"},
+    "alphaprune/analysis.py": {"farms"},
+    "pages/allocation.py": {"farms"},
+    "alphaprune/ui/session.py": {"alphapruning"},
+}
+
+
+def test_defaults_name_methods_through_the_registry():
+    names = {*registry.rules(), *registry.pruners(), *registry.refiners()}
+    files = [*(ROOT / "alphaprune").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+    outside = [f for f in files if f.parent.name not in ("rules", "pruning") and f.name not in SPEC_FILES]
+    spelled = {str(f.relative_to(ROOT)): _name_literals(f, names) for f in outside}
+    assert {f: got for f, got in spelled.items() if got} == NAMED_ON_PURPOSE
+    assert registry.BASELINE in registry.rules() and registry.DEFAULT_PRUNER in registry.pruners()
+    assert registry.pruner(registry.WEIGHTS_ONLY).needs == registry.WEIGHTS
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from alphaprune.cli import _build_parser
+
+    args = vars(_build_parser().parse_args(["prune"]))
+    fields = ("sparsity", "allocation", "mapping", "pruner", "refine", "pattern", "calib", "calib_samples",
+              "seqlen", "seed", "eval", "eval_windows", "batch_size", "search_budget")  # fmt: skip
+    assert {f: args[f] for f in fields} == {f: getattr(PruneConfig(), f) for f in fields}
+    assert args["max_sparsity"] == PruneConfig().ceiling
+
+
 def _help(command: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "alphaprune", command, "--help"], capture_output=True, text=True, cwd=ROOT, check=True

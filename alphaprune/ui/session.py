@@ -37,6 +37,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
+from alphaprune import registry
 from alphaprune.analysis import Analysis, analyze
 from alphaprune.errors import UserError
 from alphaprune.models import LoadedModel, load_model, resolve_spec
@@ -341,7 +342,7 @@ def nm_override(settings: PruneConfig, pattern: str) -> str | None:
         return None
     n, m = nm
     return (
-        f"Pattern {pattern} removes {n} of every {m} weights in every matrix, so this run is uniform at "
+        f"Pattern {pattern} removes {n} of every {m} weights in every matrix, so this run is {registry.BASELINE} at "
         f"sparsity {n / m:g}: the Allocation page's {settings.allocation} at {settings.sparsity:g} does not apply. "
         "Choose **unstructured** to use it."
     )
@@ -355,7 +356,7 @@ def prune_config(settings: PruneConfig, pruner, pattern, calib, evaluation, samp
         settings,
         sparsity=nm[0] / nm[1] if nm else settings.sparsity,
         pruner=pruner,
-        allocation="uniform" if nm else settings.allocation,
+        allocation=registry.BASELINE if nm else settings.allocation,
         mapping="block" if nm else settings.mapping,
         pattern=pattern,
         **(pruner_params or {}),
@@ -428,7 +429,11 @@ def compare_rules(loaded: LoadedModel, base: PruneConfig, rules: list[str], anal
     return rows, cid
 
 
-CALIBRATION = {"prune_samples": 16, "prune_seqlen": 256, "prune_seed": 0}  # the Prune page's widgets' defaults
+# The Prune page's data widgets' defaults. Smaller than PruneConfig's (128 x 2048 tokens, every
+# evaluation window), which follow the papers: an interactive run on a laptop takes seconds, not
+# the hour a paper-sized run does. The CLI keeps PruneConfig's.
+CALIBRATION = {"prune_samples": 16, "prune_seqlen": 256, "prune_seed": PruneConfig.seed}
+EVAL_WINDOWS = 8
 
 
 def calibration_choice() -> tuple[str | None, int, int, int]:
