@@ -42,7 +42,10 @@ below 1 on SmolLM2-135M, so our clipping never applies) with each pruner; with `
 ATP with Wanda and SparseGPT at those betas: wzhuang-xmu/ATP's main.py rates (block i of L at
 S - beta (L - 1) / 2 + i beta, its "Illegal beta" bound) through the same reference Wanda /
 SparseGPT loops, which ATP's lib/prune.py shares with the Wanda code apart from the per-block
-rate; ours is allocation `atp` at that beta.
+rate; ours is allocation `atp` at that beta. RIA (biomedical-cybernetics/Relative-importance-and-
+activation-pruning, lib/prune.py prune_ria, uniform as its code is): the same block loop and
+running-mean statistics, the score |W| / column sum + |W| / row sum times sqrt(scaler_row) ** 0.5,
+and the matrix's lowest scores, `<=` a threshold, removed; ours is pruner `ria` at its defaults.
 
 How to run
 ----------
@@ -261,7 +264,8 @@ def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
     k = 0
     for layer in model.model.layers:
         subset = find_layers(layer)
-        wrapped = {name: (WrappedGPT if method == "wanda" else SparseGPT)(mod) for name, mod in subset.items()}
+        wrapper = SparseGPT if method == "sparsegpt" else WrappedGPT  # RIA's layerwrapper: Wanda's scaler_row
+        wrapped = {name: wrapper(mod) for name, mod in subset.items()}
         handles = [
             subset[name].register_forward_hook(lambda _m, inp, _out, w=wrapped[name]: w.add_batch(inp[0].data))
             for name in wrapped
@@ -278,6 +282,8 @@ def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
                 indices = sort_res[1][:, : int(W_metric.shape[1] * ratios[k])]
                 W_mask.scatter_(1, indices, True)
                 mod.weight.data[W_mask] = 0
+            elif method == "ria":
+                _prune_ria(mod.weight.data, wrapped[name].scaler_row, ratios[k])
             else:
                 wrapped[name].fasterprune(ratios[k], blocksize=128, percdamp=0.01)
             k += 1
@@ -285,6 +291,17 @@ def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
             outs[j] = block_output(layer(inps[j].unsqueeze(0), **kw))[0]
         inps, outs = outs, inps
     model.config.use_cache = use_cache
+
+
+def _prune_ria(W: torch.Tensor, scaler_row: torch.Tensor, ratio: float, a: float = 0.5) -> None:
+    """RIA's prune_ria, unstructured at its defaults (a 0.5, no per_outneuron, no reconstruction):
+    each |W| over its column's and its row's sum of |W|, times sqrt(scaler_row) ** a; the matrix's
+    lowest, `metric <= sort(metric)[int(numel * ratio)]`, removed."""
+    absw = torch.abs(W)
+    relative = absw / torch.sum(absw, dim=0) + absw / torch.sum(absw, dim=1).reshape(-1, 1)
+    W_metric = relative * torch.sqrt(scaler_row.float().reshape(1, -1)) ** a
+    thresh = torch.sort(W_metric.flatten())[0][int(W.numel() * ratio)]
+    W[W_metric <= thresh] = 0
 
 
 def ww_sparsity(model, alpha_by_name: dict[str, float], sparsity: float, epsilon: float) -> list[float]:
@@ -431,7 +448,7 @@ def main() -> None:
         metric="alpha_peak",
     )
     configs = [("dense", None, None)]
-    configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt")]
+    configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt", "ria")]
     configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
     atp = {}  # label -> (beta, its rates): checked before any run (ATP's code has Wanda and SparseGPT only)
     for beta in args.atp_beta:
