@@ -42,8 +42,12 @@ below 1 on SmolLM2-135M, so our clipping never applies) with each pruner; with `
 ATP with Wanda and SparseGPT at those betas: wzhuang-xmu/ATP's main.py rates (block i of L at
 S - beta (L - 1) / 2 + i beta, its "Illegal beta" bound) through the same reference Wanda /
 SparseGPT loops, which ATP's lib/prune.py shares with the Wanda code apart from the per-block
-rate; ours is allocation `atp` at that beta. RIA (biomedical-cybernetics/Relative-importance-and-
-activation-pruning, lib/prune.py prune_ria, uniform as its code is): the same block loop and
+rate; ours is allocation `atp` at that beta. With `--dlp-alpha`, DLP with Wanda at those alphas:
+ironartisan/DLP's get_dlp_ratios (unstructured: a block's score is the mean of its matrices' Wanda
+scores on the dense model's activations) and prune_wanda_dlp's per-block rate through the same
+reference Wanda loop; ours is allocation `dlp` at that alpha (reduction mean).
+RIA (biomedical-cybernetics/Relative-importance-and-activation-pruning, lib/prune.py
+prune_ria, uniform as its code is): the same block loop and
 running-mean statistics, the score |W| / column sum + |W| / row sum times sqrt(scaler_row) ** 0.5,
 and the matrix's lowest scores, `<=` a threshold, removed; ours is pruner `ria` at its defaults.
 
@@ -336,6 +340,42 @@ def atp_rates(model, sparsity: float, beta: float) -> list[float]:
     return [first + i * beta for i, layer in enumerate(blocks) for _ in find_layers(layer)]
 
 
+@torch.no_grad()
+def dlp_rates(model, loader, sparsity: float, alpha: float) -> list[float]:
+    """ironartisan/DLP's get_dlp_ratios (unstructured path) and prune_wanda_dlp's rates: a dense
+    pass block by block, a block's score the mean of all its matrices' Wanda scores (float32),
+    importance 1 - score / sum, min-max scaled onto [0, 2 alpha] (float32 as its tensor), keep
+    ratio scaled - mean + (1 - S), sparsity 1 - keep (0.01 where <= 0); one entry per matrix."""
+    use_cache = model.config.use_cache
+    model.config.use_cache = False
+    inps, outs, kw = prepare_calibration_input(model, loader)
+    scores = []
+    for layer in model.model.layers:
+        subset = find_layers(layer)
+        wrapped = {name: WrappedGPT(mod) for name, mod in subset.items()}
+        handles = [
+            subset[name].register_forward_hook(lambda _m, inp, _out, w=wrapped[name]: w.add_batch(inp[0].data))
+            for name in wrapped
+        ]
+        for j in range(inps.shape[0]):
+            outs[j] = block_output(layer(inps[j].unsqueeze(0), **kw))[0]
+        for h in handles:
+            h.remove()
+        metrics = [
+            torch.abs(mod.weight.data) * torch.sqrt(wrapped[name].scaler_row.float().reshape(1, -1))
+            for name, mod in subset.items()
+        ]
+        scores.append(float(torch.abs(torch.mean(torch.cat([m.flatten() for m in metrics]).float()))))
+        inps, outs = outs, inps
+    model.config.use_cache = use_cache
+    total = sum(scores)
+    imp = torch.tensor([1 - s / total for s in scores])  # float32, as the code's tensor
+    scaled = (imp - imp.min()) * (1.0 / (imp.max() - imp.min()) * alpha * 2.0)
+    keep = (scaled - scaled.mean() + (1.0 - sparsity)).numpy().tolist()
+    rates = [1 - k if 1 - k > 0 else 0.01 for k in keep]
+    return [rate for layer, rate in zip(model.model.layers, rates, strict=True) for _ in find_layers(layer)]
+
+
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def eval_ppl(model, testenc: torch.Tensor, seqlen: int, windows: int) -> float:
@@ -407,6 +447,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--atp-beta", type=lambda v: [float(x) for x in v.split(",")], default=[], metavar="B,..",
                     help="also ATP (wzhuang-xmu/ATP main.py's rates) at these betas")  # fmt: skip
+    ap.add_argument("--dlp-alpha", type=lambda v: [float(x) for x in v.split(",")], default=[], metavar="A,..",
+                    help="also DLP (ironartisan/DLP's rates) with Wanda at these alphas")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
     ap.add_argument(
@@ -456,6 +498,8 @@ def main() -> None:
         for pruner in ("wanda", "sparsegpt"):
             atp[f"atp beta{beta:g} {pruner}"] = beta, rates
             configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
+    dlp = {f"dlp alpha{a:g} wanda": a for a in args.dlp_alpha}  # label -> alpha (its code: Wanda only)
+    configs += [(label, "wanda", "dlp") for label in dlp]
     if args.only:
         configs = [c for c in configs if args.only in c[0]]
 
@@ -464,6 +508,7 @@ def main() -> None:
     known = _stored_runs(args.ours_from, loaded) if args.ours_from else {}
     for label, pruner, allocation in configs:
         beta, atp_ratios = atp.get(label, (None, None))
+        dlp_alpha = dlp.get(label)
         if args.threads != 1:  # BLAS rounding depends on the thread count: part of what a row measured
             label += f" [{args.threads} threads]"
         if allocation == "alphapruning" and max(ww) > 1.0 and pruner != "wanda":
@@ -482,6 +527,8 @@ def main() -> None:
                 ratios = ww
             elif allocation == "atp":
                 ratios = atp_ratios
+            elif allocation == "dlp":
+                ratios = dlp_rates(dense, loader, args.sparsity, dlp_alpha)
             ACC_DTYPE = torch.float32
             ref, ref_sp = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
             if args.noise_floor and pruner != "magnitude":
@@ -491,6 +538,8 @@ def main() -> None:
             cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
             if allocation == "atp":
                 cfg = cfg.with_params(beta=beta)
+            if allocation == "dlp":
+                cfg = cfg.with_params(dlp_alpha=dlp_alpha)
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
                 from bench.results import as_whole_block
 
@@ -508,7 +557,7 @@ def main() -> None:
     setting = (
         f"Model {loaded.name}; calibration {Path(args.calib).name}, {args.samples} x {args.seqlen} tokens, "
         f"seed {args.seed}; evaluation {Path(args.eval).name}, first {args.windows} x {args.seqlen}; "
-        f"sparsity {args.sparsity} (AlphaPruning's epsilon and ATP's beta in the row labels)."
+        f"sparsity {args.sparsity} (AlphaPruning's epsilon, ATP's beta and DLP's alpha in the row labels)."
     )
     print()
     print(setting)
