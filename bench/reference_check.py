@@ -50,6 +50,11 @@ RIA (biomedical-cybernetics/Relative-importance-and-activation-pruning, lib/prun
 prune_ria, uniform as its code is): the same block loop and
 running-mean statistics, the score |W| / column sum + |W| / row sum times sqrt(scaler_row) ** 0.5,
 and the matrix's lowest scores, `<=` a threshold, removed; ours is pruner `ria` at its defaults.
+DSnoT (zyxxmu/DSnoT, lib/prune.py prune_DSnoT, unstructured, uniform, its defaults: Wanda's
+mask, the MLP skipped, 50 cycles, threshold 0.1, no sign check): its layerwrapper's moments
+(sum_metric_row; var, the windows' variances averaged) and its index-list loop; ours is Wanda
+with `--refine dsnot` at its defaults (whose variance is over all tokens, see
+alphaprune/calibrate.py).
 
 How to run
 ----------
@@ -190,6 +195,29 @@ class WrappedGPT:
         self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
 
 
+class DSnoTStats(WrappedGPT):
+    """DSnoT's layerwrapper: Wanda's scaler_row, and per feature sum_metric_row (a running mean
+    over samples of the window's sum) and var, the token-weighted mean of the windows' own
+    population variances (not the variance over all tokens)."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__(layer)
+        self.sum_metric_row = torch.zeros(layer.weight.shape[1], dtype=ACC_DTYPE)
+        self.var = torch.zeros(layer.weight.shape[1], 1, dtype=ACC_DTYPE)
+        self.ntokens = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        x = (inp.unsqueeze(0) if inp.dim() == 2 else inp).reshape(-1, inp.shape[-1]).t().to(ACC_DTYPE)  # (in, tokens)
+        var_inp = torch.var(x, dim=1, unbiased=False, keepdim=True)
+        num = x.shape[1]
+        self.var = var_inp if self.ntokens == 0 else (self.var * self.ntokens + var_inp * num) / (self.ntokens + num)
+        self.ntokens += num
+        before = self.nsamples
+        super().add_batch(inp)  # scaler_row, nsamples
+        self.sum_metric_row *= before / self.nsamples
+        self.sum_metric_row += torch.sum(x, dim=1) / self.nsamples
+
+
 class SparseGPT:
     """SparseGPT's Hessian accumulation and fasterprune (unstructured), reference conventions."""
 
@@ -268,7 +296,8 @@ def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
     k = 0
     for layer in model.model.layers:
         subset = find_layers(layer)
-        wrapper = SparseGPT if method == "sparsegpt" else WrappedGPT  # RIA's layerwrapper: Wanda's scaler_row
+        # RIA's layerwrapper keeps Wanda's scaler_row; DSnoT's adds its moments
+        wrapper = {"sparsegpt": SparseGPT, "dsnot": DSnoTStats}.get(method, WrappedGPT)
         wrapped = {name: wrapper(mod) for name, mod in subset.items()}
         handles = [
             subset[name].register_forward_hook(lambda _m, inp, _out, w=wrapped[name]: w.add_batch(inp[0].data))
@@ -288,6 +317,8 @@ def prune_sequential(model, loader, ratios: list[float], method: str) -> None:
                 mod.weight.data[W_mask] = 0
             elif method == "ria":
                 _prune_ria(mod.weight.data, wrapped[name].scaler_row, ratios[k])
+            elif method == "dsnot":
+                _prune_dsnot(mod.weight.data, wrapped[name], ratios[k], skip=name.split(".")[0] == "mlp")
             else:
                 wrapped[name].fasterprune(ratios[k], blocksize=128, percdamp=0.01)
             k += 1
@@ -306,6 +337,78 @@ def _prune_ria(W: torch.Tensor, scaler_row: torch.Tensor, ratio: float, a: float
     W_metric = relative * torch.sqrt(scaler_row.float().reshape(1, -1)) ** a
     thresh = torch.sort(W_metric.flatten())[0][int(W.numel() * ratio)]
     W[W_metric <= thresh] = 0
+
+
+def _reorder(values: torch.Tensor) -> torch.Tensor:
+    """DSnoT's return_reorder_indice: per row, the positions of the negative values in order,
+    then those of the positive values in reverse order."""
+    cols = values.shape[1]
+    pos = torch.arange(cols, dtype=torch.float64).repeat(values.shape[0], 1)
+    neg = pos.clone()
+    pos[~(values > 0)] = float("inf")
+    neg[~(values < 0)] = float("inf")
+    pos = torch.flip(torch.sort(pos, dim=1)[0], dims=[1])
+    neg = torch.sort(neg, dim=1)[0]
+    pos[pos == float("inf")] = 0
+    neg[neg == float("inf")] = 0
+    return (pos + neg).to(torch.int64)
+
+
+def _prune_dsnot(W: torch.Tensor, stats: DSnoTStats, ratio: float, skip: bool, cycles: int = 50,
+                 threshold: float = 0.1) -> None:  # fmt: skip
+    """DSnoT's prune_DSnoT, unstructured, at its defaults (initial method Wanda, the MLP skipped,
+    max_cycle_time 50, update_threshold 0.1, pow_of_var_regrowing 1, without_same_sign True)."""
+    dsnot_metric = W * stats.sum_metric_row.float().reshape(1, -1)  # (out, in)
+    initial = torch.abs(W) * torch.sqrt(stats.scaler_row.float().reshape(1, -1))
+    mask = torch.zeros_like(initial) == 1
+    sorted_idx = torch.sort(initial, dim=-1, stable=True)[1]
+    n_prune = int(initial.shape[1] * ratio)
+    n_keep = sorted_idx.shape[1] - n_prune
+    prune_idx, keep_idx = torch.split(sorted_idx, [n_prune, n_keep], dim=1)
+    mask.scatter_(1, prune_idx, True)
+    if not skip:
+        _dsnot_cycles(W, stats, dsnot_metric, mask, prune_idx, keep_idx, cycles, threshold)
+    W[mask] = 0
+
+
+def _dsnot_cycles(W, stats, dsnot_metric, mask, prune_idx, keep_idx, cycles: int, threshold: float) -> None:
+    """The prune-and-grow loop of prune_DSnoT's unstructured branch, on `mask` in place."""
+    n_prune, n_keep = prune_idx.shape[1], keep_idx.shape[1]
+    regrow = dsnot_metric.clone()
+    wanda = torch.abs(W) * torch.sqrt(stats.scaler_row.float().reshape(1, -1))
+    regrow.scatter_(1, keep_idx, 0)
+    error = torch.sum(regrow, dim=1, keepdim=True)  # (out, 1)
+    regrow /= torch.pow(stats.var.float().reshape(1, -1), 1)
+    regrow_block = torch.sort(regrow, dim=1, stable=True)[1]
+    wanda.scatter_(1, prune_idx, float("inf"))
+    wanda_keep = torch.split(torch.sort(wanda, dim=1, stable=True)[1], [n_keep, n_prune], dim=1)[0]
+    prune_block = torch.gather(wanda_keep, 1, _reorder(torch.gather(dsnot_metric, 1, wanda_keep)))
+    rows = error.shape[0]
+    at_regrow = torch.zeros(rows, 2, dtype=torch.long)
+    at_regrow[:, 1] = regrow_block.shape[-1] - 1
+    at_prune = torch.zeros(rows, 2, dtype=torch.long)
+    at_prune[:, 1] = prune_block.shape[-1] - 1
+    step = torch.ones(rows, 2, dtype=torch.long)
+    step[:, 1] = -1
+    update = torch.ones_like(error, dtype=torch.bool)
+    done = 0
+    while not (torch.all(update == False) or done >= cycles):  # noqa: E712 (the code's test)
+        done += 1
+        side = (error > 0).to(torch.int64)
+        where = torch.gather(at_regrow, 1, side)
+        regrow_at = torch.gather(regrow_block, 1, where)
+        regrow_value = dsnot_metric.gather(1, regrow_at)
+        at_regrow.scatter_(1, side, where + step.gather(1, side))
+        side = (error < 0).to(torch.int64)
+        where = torch.gather(at_prune, 1, side)
+        prune_at = torch.gather(prune_block, 1, where)
+        prune_value = dsnot_metric.gather(1, prune_at)
+        at_prune.scatter_(1, side, where + step.gather(1, side))
+        update = update & (abs(error) > threshold)  # without_same_sign: no sign check
+        mask.scatter_(1, prune_at, update)
+        mask.scatter_(1, regrow_at, ~update)
+        error += torch.where(update, prune_value, torch.zeros_like(prune_value))
+        error -= torch.where(update, regrow_value, torch.zeros_like(regrow_value))
 
 
 def ww_sparsity(model, alpha_by_name: dict[str, float], sparsity: float, epsilon: float) -> list[float]:
@@ -491,6 +594,7 @@ def main() -> None:
     )
     configs = [("dense", None, None)]
     configs += [(f"uniform {p} {args.sparsity}", p, "uniform") for p in ("magnitude", "wanda", "sparsegpt", "ria")]
+    configs.append((f"uniform wanda+dsnot {args.sparsity}", "dsnot", "uniform"))  # DSnoT's code: its own loop
     configs += [(f"alpha eps{args.epsilon} {p}", p, "alphapruning") for p in ("magnitude", "wanda", "sparsegpt")]
     atp = {}  # label -> (beta, its rates): checked before any run (ATP's code has Wanda and SparseGPT only)
     for beta in args.atp_beta:
@@ -536,6 +640,8 @@ def main() -> None:
                 ref64, _ = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
                 ACC_DTYPE = torch.float32
             cfg = PruneConfig(pruner=pruner, allocation=allocation, epsilon=args.epsilon, **common)
+            if pruner == "dsnot":  # ours: Wanda's mask refined by the DSnoT refiner, both at their defaults
+                cfg = cfg.with_params(pruner="wanda", refine="dsnot")
             if allocation == "atp":
                 cfg = cfg.with_params(beta=beta)
             if allocation == "dlp":
