@@ -124,9 +124,10 @@ class InputStats:
     sum of squared deviations from the mean (merged batch by batch, Chan et al.'s pairwise
     update: no cancellation as in E[x^2] - E[x]^2). `mean` and `var` (population variance)
     are then over all calibration tokens together; `window_sum` is the sum divided by the
-    number of samples (DSnoT's code: sum_metric_row, at the scale of one window). DSnoT's
-    code averages the variances of the windows instead, which leaves out the spread of the
-    windows' means.
+    number of samples (DSnoT's code: sum_metric_row, at the scale of one window).
+    `window_var` is DSnoT's code's variance: each window's own population variance, averaged
+    over windows weighted by tokens (float32 as its running update), which leaves out the
+    spread of the windows' means that `var` includes.
     """
 
     def __init__(self, columns: int, hessian: bool, device: torch.device, moments: bool = False):
@@ -136,6 +137,8 @@ class InputStats:
         self.tokens = 0
         self._sum = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
         self._m2 = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
+        self._window_var = torch.zeros(columns, device=device) if moments else None  # (in,)
+        self._window_tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         batch = x.shape[0] if x.dim() == 3 else 1
@@ -149,7 +152,16 @@ class InputStats:
             inp = math.sqrt(2 / self.samples) * inp
             self.xtx += inp.matmul(inp.t())
         if self._sum is not None:
+            for window in x.reshape(batch, -1, x.shape[-1]):  # (seqlen, in) each: the code's one window per call
+                self._add_window_var(window.float())
             self._add_moments(rows)
+
+    def _add_window_var(self, window: torch.Tensor) -> None:
+        """DSnoT's running token-weighted mean of each window's population variance (float32)."""
+        count, seen = window.shape[0], self._window_tokens
+        var = torch.var(window, dim=0, unbiased=False)  # (in,)
+        self._window_var = var if seen == 0 else (self._window_var * seen + var * count) / (seen + count)
+        self._window_tokens = seen + count
 
     def _add_moments(self, rows: torch.Tensor) -> None:
         """Merge one batch's sum and squared deviations (rows: (tokens, in), float32)."""
@@ -182,6 +194,12 @@ class InputStats:
         """(in,) float32: every feature's population variance over all calibration tokens."""
         self._moments()
         return (self._m2 / self.tokens).float()
+
+    @property
+    def window_var(self) -> torch.Tensor:
+        """(in,) float32: the windows' own population variances, averaged weighted by tokens (DSnoT's code)."""
+        self._moments()
+        return self._window_var
 
     @property
     def window_sum(self) -> torch.Tensor:

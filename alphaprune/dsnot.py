@@ -21,7 +21,7 @@ Candidates come from the start mask only: a weight grown is never pruned again, 
 pruned is never grown; each list is consumed in its order, as in the released code.
 
     mask = wanda_mask(w, stats.col_sq, 0.7)
-    mask = dsnot(w, mask, stats.window_sum, stats.var, stats.col_sq)    # the repo's scale
+    mask = dsnot(w, mask, stats.window_sum, stats.window_var, stats.col_sq)   # as the released code
     mask = dsnot(w, mask, stats.mean, stats.var, stats.col_sq, threshold=0.1 / 2048)
 
 Scale: col_sq and var only order candidates within a row (any positive scale), but the
@@ -36,7 +36,10 @@ float32, two masks) plus one sort's buffers: about 250 MB whatever the matrix.
 Where this differs from the released code (zyxxmu/DSnoT, lib/prune.py): a row whose
 candidate list runs out stops (the code reads on into kept or zero entries, which can
 change the row's count); a feature that never varies gets c_j / var_j from var clamped to
-the smallest float (the code divides 0 by 0 there); the Wanda score orders the pruning
+the smallest float (the code divides 0 by 0 there); the variance is the caller's (the
+refiner's default, `dsnot_variance` "windows", is the code's: InputStats.window_var, which
+moved uniform Wanda + DSnoT at 70% on SmolLM2 from 1751.2 with the all-token variance to the
+code's 1326.7, docs/fidelity.md); the Wanda score orders the pruning
 candidates whatever pruner made the start mask. The code's default run refines only the
 attention matrices (--skip_layer mlp: the MLP matrices keep the start mask); this function
 refines whatever matrix it is given.

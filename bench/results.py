@@ -166,6 +166,8 @@ def key(settings: dict, fp: str) -> str:
     for spec in (registry.rule(str(settings["allocation"])), registry.pruner(str(settings["pruner"])),
                  registry.refiner(picked["refine"])):  # fmt: skip
         owned |= {p.name for p in (spec.params if spec is not None else ())}
+    if picked["refine"] != registry.NO_REFINER and "dsnot_variance" not in settings:
+        settings = {**settings, "dsnot_variance": "tokens"}  # records older than the code's variance
     for name in sorted(owned):
         value = settings.get(name, registry.param(name).default)
         picked[name] = list(value) if isinstance(value, tuple) else value

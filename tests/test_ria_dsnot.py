@@ -269,6 +269,9 @@ def test_input_stats_moments_against_captured_inputs():
             assert torch.allclose(s.mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
             assert torch.allclose(s.var.double(), x.var(0, unbiased=False), rtol=1e-5, atol=1e-7)
             assert torch.allclose(s.window_sum.double(), x.sum(0) / 3, rtol=1e-5, atol=1e-6)
+            per_window = x.reshape(3, 16, -1).var(1, unbiased=False).mean(0)  # DSnoT's code: windows' own, averaged
+            assert torch.allclose(s.window_var.double(), per_window, rtol=1e-5, atol=1e-7)
+            assert not torch.allclose(s.window_var.double(), s.var.double(), rtol=1e-3)  # the spread of the means
             assert torch.equal(s.col_sq, plain[ref.name].col_sq)  # unchanged for Wanda's users
             checked.append(ref.name)
         with pytest.raises(ValueError, match="moments=True"):
@@ -276,6 +279,28 @@ def test_input_stats_moments_against_captured_inputs():
 
     calibrate.sequential(model, windows, on_block)
     assert len(checked) == sum(len(b) for b in blocks)
+
+
+def test_dsnot_refiner_orders_growth_by_the_windows_variance_as_the_code():
+    # windows whose means differ: the all-token variance adds that spread, the code's does not
+    from alphaprune import registry
+
+    w, _ = _data(rows=32, cols=96)
+    g = torch.Generator().manual_seed(1)
+    windows = [torch.randn(1, 64, 96, generator=g) * 2 + torch.randn(96, generator=g) for _ in range(4)]
+    stats = calibrate.InputStats(96, False, torch.device("cpu"), moments=True)
+    for x in windows:
+        stats.add(x)
+    code_var = torch.stack([x[0].var(0, unbiased=False) for x in windows]).mean(0)  # equal token counts
+    start = wanda_mask(w, stats.col_sq, 0.6, None)
+    params = registry.defaults()
+    assert params["dsnot_variance"] == "windows"
+    refined = registry.refiner("dsnot").refine(w, start, stats, None, params)
+    expected, _ = _dsnot_loop(w, start, stats.window_sum, code_var, stats.col_sq, threshold=0.1)
+    assert torch.equal(refined, expected)
+    tokens = registry.refiner("dsnot").refine(w, start, stats, None, {**params, "dsnot_variance": "tokens"})
+    assert torch.equal(tokens, _dsnot_loop(w, start, stats.window_sum, stats.var, stats.col_sq, threshold=0.1)[0])
+    assert not torch.equal(tokens, refined)  # the choice matters here: the test can fail
 
 
 # ---------------------------------------------------------------- on a tiny LLaMA

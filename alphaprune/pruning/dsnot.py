@@ -1,7 +1,8 @@
 """DSnoT (Dynamic Sparse No Training, ICLR 2024): a training-free prune-and-grow refinement of any
 mask pruner's mask, row by row, from the calibration inputs' means and variances (alphaprune/dsnot.py).
 
-    registry.refiner("dsnot").refine(w, mask, stats, None, {"dsnot_cycles": 50, "dsnot_threshold": 0.1})
+    registry.refiner("dsnot").refine(w, mask, stats, None, {"dsnot_cycles": 50, "dsnot_threshold": 0.1,
+                                                             "dsnot_variance": "windows"})
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ SCOPE = Param(
     "dsnot_scope", "attention", "which matrices are refined: the attention's (the released code's default, "
     "its MLP keeps the pruner's mask) or all", "DSnoT scope", kind="choice", choices=("attention", "all"),
 )  # fmt: skip
+VARIANCE = Param(
+    "dsnot_variance", "windows", "the input variance that orders the weights to grow: each calibration "
+    "window's own, averaged (the released code's) or over all tokens together (adds the spread of the "
+    "windows' means)", "DSnoT variance", kind="choice", choices=("windows", "tokens"),
+)  # fmt: skip
 
 
 def applies(ref, params) -> bool:
@@ -32,7 +38,8 @@ def applies(ref, params) -> bool:
 def refine(w, mask, stats, nm, params):
     from alphaprune.dsnot import dsnot
 
-    return dsnot(w, mask, stats.window_sum, stats.var, stats.col_sq, params["dsnot_cycles"],
+    var = stats.window_var if params["dsnot_variance"] == "windows" else stats.var
+    return dsnot(w, mask, stats.window_sum, var, stats.col_sq, params["dsnot_cycles"],
                  params["dsnot_threshold"], nm)  # fmt: skip
 
 
@@ -40,7 +47,7 @@ SPEC = Refiner(
     name="dsnot",
     summary="prune-and-grow refinement of the mask, row by row, no training",
     refine=refine,
-    params=(CYCLES, THRESHOLD, SCOPE),
+    params=(CYCLES, THRESHOLD, SCOPE, VARIANCE),
     applies=applies,
     order=0,
 )
