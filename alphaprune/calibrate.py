@@ -139,6 +139,7 @@ class InputStats:
         self._m2 = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
         self._window_var = torch.zeros(columns, device=device) if moments else None  # (in,)
         self._window_tokens = 0
+        self._window_sum = torch.zeros(columns, device=device) if moments else None  # (in,)
 
     def add(self, x: torch.Tensor) -> None:
         batch = x.shape[0] if x.dim() == 3 else 1
@@ -152,6 +153,8 @@ class InputStats:
             inp = math.sqrt(2 / self.samples) * inp
             self.xtx += inp.matmul(inp.t())
         if self._sum is not None:
+            self._window_sum *= before / self.samples  # DSnoT's code's sum_metric_row, float32 as there
+            self._window_sum += torch.sum(rows.t(), dim=1) / self.samples  # (in, tokens) summed as the code
             for window in x.reshape(batch, -1, x.shape[-1]):  # (seqlen, in) each: the code's one window per call
                 self._add_window_var(window.float())
             self._add_moments(rows)
@@ -203,9 +206,10 @@ class InputStats:
 
     @property
     def window_sum(self) -> torch.Tensor:
-        """(in,) float32: every feature's sum over the tokens divided by the samples seen."""
+        """(in,) float32: every feature's sum over the tokens divided by the samples seen, kept
+        as DSnoT's code keeps it (a float32 running mean of each sample's sum)."""
         self._moments()
-        return (self._sum / self.samples).float()
+        return self._window_sum
 
     def hessian(self) -> torch.Tensor:
         return self.xtx

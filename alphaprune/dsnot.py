@@ -18,10 +18,10 @@ checks the sign there always (same_sign=None, the default, means: as the release
 off for unstructured masks, on for N:M).
 
 Candidates come from the start mask only: a weight grown is never pruned again, a weight
-pruned is never grown; each list is consumed in its order, as in the released code.
+pruned is never grown (strict); each list is consumed in its order, as in the released code.
 
     mask = wanda_mask(w, stats.col_sq, 0.7)
-    mask = dsnot(w, mask, stats.window_sum, stats.window_var, stats.col_sq)   # as the released code
+    mask = dsnot(w, mask, stats.window_sum, stats.window_var, stats.col_sq, read_on=True)  # as the code
     mask = dsnot(w, mask, stats.mean, stats.var, stats.col_sq, threshold=0.1 / 2048)
 
 Scale: col_sq and var only order candidates within a row (any positive scale), but the
@@ -30,19 +30,24 @@ with every feature's sum over a calibration window (mean x tokens per window, 20
 runs: `InputStats.window_sum`), and its default threshold 0.1 is at that scale.
 
 Rows are processed in chunks of about 4M weights (CHUNK_ELEMENTS); a chunk holds about 45
-bytes per weight (four candidate orders in int64, contributions and Wanda scores in
-float32, two masks) plus one sort's buffers: about 250 MB whatever the matrix.
+bytes per weight (four candidate orders in int64, contributions and Wanda scores in float32,
+two masks; read_on: six orders, about 61 bytes) plus one sort's buffers: about 250 MB
+(read_on: 320 MB) whatever the matrix.
 
-Where this differs from the released code (zyxxmu/DSnoT, lib/prune.py): a row whose
-candidate list runs out stops (the code reads on into kept or zero entries, which can
-change the row's count); a feature that never varies gets c_j / var_j from var clamped to
-the smallest float (the code divides 0 by 0 there); the variance is the caller's (the
-refiner's default, `dsnot_variance` "windows", is the code's: InputStats.window_var, which
-moved uniform Wanda + DSnoT at 70% on SmolLM2 from 1751.2 with the all-token variance to the
-code's 1326.7, docs/fidelity.md); the Wanda score orders the pruning
-candidates whatever pruner made the start mask. The code's default run refines only the
-attention matrices (--skip_layer mlp: the MLP matrices keep the start mask); this function
-refines whatever matrix it is given.
+The released code (zyxxmu/DSnoT, lib/prune.py) and this function:
+- lists: by default (strict) a row stops when its candidates of the needed sign run out and
+  keeps its count. read_on=True reads the lists as the code does (see _Chain; unstructured
+  only); the refiner does so by default (`dsnot_candidates` released). On SmolLM2 at 70% many
+  rows have fewer kept weights of the other sign than the 50 cycles (21 of 173 in a row of
+  block 0), and the two readings differ by a third in perplexity (docs/fidelity.md);
+- variance: the caller's. The refiner's default (`dsnot_variance` windows) is the code's,
+  InputStats.window_var; `var` over all tokens also counts the spread of the windows' means;
+- a feature that never varies gets c_j / var_j from var clamped to the smallest float (the
+  code divides 0 by 0 there); the Wanda score orders the pruning candidates whatever pruner
+  made the start mask;
+- the code's default run refines only the attention matrices (--skip_layer mlp: the MLP
+  matrices keep the start mask; the refiner's `dsnot_scope` attention); this function refines
+  whatever matrix it is given.
 """
 
 from __future__ import annotations
@@ -66,9 +71,11 @@ def dsnot(
     threshold: float = 0.1,
     nm: NM | None = None,
     same_sign: bool | None = None,
+    read_on: bool = False,
 ) -> torch.Tensor:
     """The refined mask (out, in), True = removed; every row keeps its count of removed
-    weights (and every group of M its N under nm). w: (out, in); mean, var, col_sq: (in,)."""
+    weights (and every group of M its N under nm) unless `read_on`. w: (out, in); mean, var,
+    col_sq: (in,). read_on (unstructured): the released code's candidate lists, see _Chain."""
     _check(w, mask, mean, var, col_sq, cycles, threshold, nm)
     same_sign = nm is not None if same_sign is None else same_sign
     mean, var, col_sq = (t.to(w.device).float() for t in (mean, var, col_sq))
@@ -77,7 +84,7 @@ def dsnot(
     for start in range(0, w.shape[0], rows_per_chunk):
         stop = min(start + rows_per_chunk, w.shape[0])
         out[start:stop] = _refine(w[start:stop].float(), mask[start:stop], mean, var, col_sq,
-                                  cycles, threshold, nm, same_sign)  # fmt: skip
+                                  cycles, threshold, nm, same_sign, read_on and nm is None)  # fmt: skip
     return out
 
 
@@ -117,6 +124,42 @@ class _Order:
         self.cursor += taken.long()
 
 
+class _Chain:
+    """Two lists read one after the other: the released code's candidate lists (read_on).
+
+    Its unstructured loop reads two arrays with a cursor from each end and never checks what it
+    reads: the grow list is every column by c_j / var_j (kept ones at 0), so a row whose removed
+    weights of the needed sign run out goes on to kept columns (a no-op grow while a weight is
+    still pruned: the row's count changes) and then to the other sign; the prune list is every
+    kept weight, those with c_j < 0 by rising Wanda score then those with c_j > 0 by falling
+    score, so a row reads on into weights of the same sign as err, the highest scores first."""
+
+    def __init__(self, first: _Order, second: _Order):
+        self.first, self.second = first, second
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        col_a, has_a = self.first.head()
+        col_b, has_b = self.second.head()
+        return torch.where(has_a, col_a, col_b), has_a | has_b
+
+    def advance(self, taken: torch.Tensor) -> None:
+        _, has_a = self.first.head()
+        self.first.advance(taken & has_a)
+        self.second.advance(taken & ~has_a)
+
+
+def _released_orders(start, contrib, grow_key, wanda):
+    """(grow_up, grow_down, prune_up, prune_down) as the released code reads its lists."""
+    everything = torch.ones_like(start)
+    grow_up = _Order(grow_key, everything, descending=True)  # its sorted list from the end
+    grow_down = _Order(grow_key, everything)  # from the start
+    kept = ~start
+    neg, pos = kept & (contrib < 0), kept & (contrib > 0)
+    prune_up = _Chain(_Order(wanda, neg), _Order(wanda, pos, descending=True))
+    prune_down = _Chain(_Order(wanda, pos), _Order(wanda, neg, descending=True))
+    return grow_up, grow_down, prune_up, prune_down
+
+
 def _pick(up: torch.Tensor, when_up: _Order, when_down: _Order) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the head of `when_up` where err > 0 and of `when_down` elsewhere."""
     col_up, has_up = when_up.head()
@@ -134,16 +177,20 @@ def _group_prune(grow, start, mask, wanda, m: int) -> tuple[torch.Tensor, torch.
     return cols.gather(1, best)[:, 0], eligible.any(1)
 
 
-def _refine(w, start, mean, var, col_sq, cycles: int, threshold: float, nm, same_sign: bool) -> torch.Tensor:
+def _refine(w, start, mean, var, col_sq, cycles: int, threshold: float, nm, same_sign: bool,
+            read_on: bool = False) -> torch.Tensor:  # fmt: skip
     """DSnoT on a chunk of rows: w (r, n) float32, start (r, n) bool; the refined mask (r, n)."""
     mask = start.clone()
     contrib = w * mean[None, :]  # (r, n): c_j, input j's share of the row's expected output
     err = torch.where(mask, contrib, 0.0).sum(1)  # (r,): the expected output the removed weights took
     wanda = w.abs() * col_sq.sqrt()[None, :]  # (r, n)
     grow_key = torch.where(mask, contrib / var.clamp_min(TINY)[None, :], 0.0)  # (r, n), 0 where kept
-    grow_up, grow_down = _Order(grow_key, grow_key > 0, descending=True), _Order(grow_key, grow_key < 0)
+    if read_on:
+        grow_up, grow_down, prune_up, prune_down = _released_orders(start, contrib, grow_key, wanda)
+    else:
+        grow_up, grow_down = _Order(grow_key, grow_key > 0, descending=True), _Order(grow_key, grow_key < 0)
     del grow_key
-    if nm is None:  # err > 0: prune a kept c_j < 0; err < 0: a kept c_j > 0; lowest Wanda score first
+    if nm is None and not read_on:  # err > 0: prune a kept c_j < 0; err < 0: a kept c_j > 0; lowest Wanda first
         prune_up, prune_down = _Order(wanda, ~start & (contrib < 0)), _Order(wanda, ~start & (contrib > 0))
     sign0 = torch.sign(err)
     active = torch.ones_like(start[:, 0])  # (r,): rows still swapping
@@ -161,8 +208,8 @@ def _refine(w, start, mean, var, col_sq, cycles: int, threshold: float, nm, same
         ok = active & has_grow & has_prune & (err.abs() > threshold)
         if same_sign:
             ok &= torch.sign(after) == sign0
+        mask[rows[ok], prune[ok]] = True  # then the grow: where both are one column, it stays (the code's order)
         mask[rows[ok], grow[ok]] = False
-        mask[rows[ok], prune[ok]] = True
         err = torch.where(ok, after, err)
         grow_up.advance(ok & up)
         grow_down.advance(ok & ~up)

@@ -168,6 +168,8 @@ def key(settings: dict, fp: str) -> str:
         owned |= {p.name for p in (spec.params if spec is not None else ())}
     if picked["refine"] != registry.NO_REFINER and "dsnot_variance" not in settings:
         settings = {**settings, "dsnot_variance": "tokens"}  # records older than the code's variance
+    if picked["refine"] != registry.NO_REFINER and "dsnot_candidates" not in settings:
+        settings = {**settings, "dsnot_candidates": "strict"}  # and than its reading of the lists
     for name in sorted(owned):
         value = settings.get(name, registry.param(name).default)
         picked[name] = list(value) if isinstance(value, tuple) else value

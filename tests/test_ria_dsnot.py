@@ -293,7 +293,7 @@ def test_dsnot_refiner_orders_growth_by_the_windows_variance_as_the_code():
         stats.add(x)
     code_var = torch.stack([x[0].var(0, unbiased=False) for x in windows]).mean(0)  # equal token counts
     start = wanda_mask(w, stats.col_sq, 0.6, None)
-    params = registry.defaults()
+    params = {**registry.defaults(), "dsnot_candidates": "strict"}  # the variance alone (the lists: below)
     assert params["dsnot_variance"] == "windows"
     refined = registry.refiner("dsnot").refine(w, start, stats, None, params)
     expected, _ = _dsnot_loop(w, start, stats.window_sum, code_var, stats.col_sq, threshold=0.1)
@@ -301,6 +301,57 @@ def test_dsnot_refiner_orders_growth_by_the_windows_variance_as_the_code():
     tokens = registry.refiner("dsnot").refine(w, start, stats, None, {**params, "dsnot_variance": "tokens"})
     assert torch.equal(tokens, _dsnot_loop(w, start, stats.window_sum, stats.var, stats.col_sq, threshold=0.1)[0])
     assert not torch.equal(tokens, refined)  # the choice matters here: the test can fail
+
+
+def _released_row(w, removed, mean, var, col_sq, cycles, threshold):
+    """One row as the released code reads its lists (unstructured): the grow list is every
+    column by c_j / var_j (kept ones at 0), read from the end while err > 0 and from the start
+    otherwise; the prune list is the kept weights by rising Wanda score, those with c_j < 0 in
+    that order, then those with c_j > 0 reversed, read from the start while err > 0 and from
+    the end otherwise. Nothing checks what is read."""
+    cols = range(len(w))
+    c = [w[j] * mean[j] for j in cols]
+    wanda = [abs(w[j]) * math.sqrt(col_sq[j]) for j in cols]
+    start, removed = set(removed), set(removed)
+    grow = sorted(cols, key=lambda j: (c[j] / var[j] if j in start else 0.0, j))
+    kept = sorted((j for j in cols if j not in start), key=lambda j: (wanda[j], j))
+    prune = [j for j in kept if c[j] < 0] + [j for j in kept if c[j] > 0][::-1]
+    g_lo, g_hi, p_lo, p_hi = 0, len(grow) - 1, 0, len(prune) - 1
+    err = sum(c[j] for j in start)
+    for _ in range(cycles):
+        if abs(err) <= threshold or g_lo > g_hi or p_lo > p_hi:
+            break
+        if err > 0:
+            g, g_hi, p, p_lo = grow[g_hi], g_hi - 1, prune[p_lo], p_lo + 1
+        else:
+            g, g_lo, p, p_hi = grow[g_lo], g_lo + 1, prune[p_hi], p_hi - 1
+        removed.add(p)
+        removed.discard(g)  # the code's order: a column both pruned and grown stays
+        err += c[p] - c[g]
+    return removed
+
+
+@pytest.mark.parametrize("sparsity,cycles", [(0.7, 28), (0.5, 45), (0.3, 60)])  # fewer than the kept weights
+def test_dsnot_read_on_matches_the_released_lists(sparsity, cycles):
+    from alphaprune import registry
+
+    # weights mostly positive and inputs of positive mean: few kept weights take err down, so
+    # rows run past them, as SmolLM2's rows do (a fifth of a row's kept weights, or fewer)
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(32, 96, generator=g) + 0.8
+    x = torch.randn(256, 96, generator=g) * torch.linspace(0.2, 2.0, 96) + 1.5
+    mean, var, col_sq = _stats(x)
+    start = wanda_mask(w, col_sq, sparsity, None)
+    got = dsnot(w, start, mean, var, col_sq, cycles=cycles, threshold=0.1, read_on=True)
+    expected = torch.zeros_like(start)
+    for i in range(w.shape[0]):
+        removed = _released_row(w[i].tolist(), start[i].nonzero()[:, 0].tolist(), mean.tolist(), var.tolist(),
+                                col_sq.tolist(), cycles, 0.1)  # fmt: skip
+        expected[i, sorted(removed)] = True
+    assert torch.equal(got, expected)
+    strict = dsnot(w, start, mean, var, col_sq, cycles=cycles, threshold=0.1)
+    assert not torch.equal(got, strict)  # rows ran past their opposite-sign candidates: the test can fail
+    assert registry.param("dsnot_candidates").default == "released"
 
 
 # ---------------------------------------------------------------- on a tiny LLaMA

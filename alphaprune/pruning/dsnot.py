@@ -29,6 +29,11 @@ VARIANCE = Param(
     "window's own, averaged (the released code's) or over all tokens together (adds the spread of the "
     "windows' means)", "DSnoT variance", kind="choice", choices=("windows", "tokens"),
 )  # fmt: skip
+CANDIDATES = Param(
+    "dsnot_candidates", "released", "unstructured: read the candidate lists as the released code does (a row "
+    "whose opposite-sign candidates run out goes on to others, which can change its count) or stop the row "
+    "there (strict, its count kept)", "DSnoT candidates", kind="choice", choices=("released", "strict"),
+)  # fmt: skip
 
 
 def applies(ref, params) -> bool:
@@ -39,15 +44,15 @@ def refine(w, mask, stats, nm, params):
     from alphaprune.dsnot import dsnot
 
     var = stats.window_var if params["dsnot_variance"] == "windows" else stats.var
-    return dsnot(w, mask, stats.window_sum, var, stats.col_sq, params["dsnot_cycles"],
-                 params["dsnot_threshold"], nm)  # fmt: skip
+    return dsnot(w, mask, stats.window_sum, var, stats.col_sq, params["dsnot_cycles"], params["dsnot_threshold"],
+                 nm, read_on=params["dsnot_candidates"] == "released")  # fmt: skip
 
 
 SPEC = Refiner(
     name="dsnot",
     summary="prune-and-grow refinement of the mask, row by row, no training",
     refine=refine,
-    params=(CYCLES, THRESHOLD, SCOPE, VARIANCE),
+    params=(CYCLES, THRESHOLD, SCOPE, VARIANCE, CANDIDATES),
     applies=applies,
     order=0,
 )
