@@ -39,7 +39,11 @@ The released code (zyxxmu/DSnoT, lib/prune.py) and this function:
   keeps its count. read_on=True reads the lists as the code does (see _Chain; unstructured
   only); the refiner does so by default (`dsnot_candidates` released). On SmolLM2 at 70% many
   rows have fewer kept weights of the other sign than the 50 cycles (21 of 173 in a row of
-  block 0), and the two readings differ by a third in perplexity (docs/fidelity.md);
+  block 0), and the two readings differ by a third in perplexity (docs/fidelity.md). One
+  reading of the code is left out: while any row still swaps, the code goes on writing a
+  stopped row's next two candidates (its next grow candidate removed, its next prune
+  candidate kept), which changes the row only once a cursor reaches a kept column of the
+  grow list or one the other cursor changed; here a stopped row is left alone;
 - variance: the caller's. The refiner's default (`dsnot_variance` windows) is the code's,
   InputStats.window_var; `var` over all tokens also counts the spread of the windows' means;
 - a feature that never varies gets c_j / var_j from var clamped to the smallest float (the

@@ -268,7 +268,9 @@ def _zeros_after(refine_params: dict) -> dict:
 def test_dsnot_refines_the_attention_by_default_as_the_released_code():
     plain = _zeros_after({})
     attention = _zeros_after({"refine": "dsnot", **registry.defaults()})
-    everything = _zeros_after({"refine": "dsnot", **registry.defaults(), "dsnot_scope": "all"})
+    # strict: every row keeps its count (the released reading can change a row's, see alphaprune/dsnot.py)
+    everything = _zeros_after({"refine": "dsnot", **registry.defaults(), "dsnot_scope": "all",
+                               "dsnot_candidates": "strict"})  # fmt: skip
     first = [n for n in plain if n.startswith("model.layers.0.mlp.")]  # later blocks see refined inputs
     for name in first:
         assert torch.equal(attention[name], plain[name]), name  # the MLP keeps Wanda's mask
