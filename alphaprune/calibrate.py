@@ -138,7 +138,6 @@ class InputStats:
         self._sum = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
         self._m2 = torch.zeros(columns, device=device, dtype=torch.float64) if moments else None  # (in,)
         self._window_var = torch.zeros(columns, device=device) if moments else None  # (in,)
-        self._window_tokens = 0
         self._window_sum = torch.zeros(columns, device=device) if moments else None  # (in,)
 
     def add(self, x: torch.Tensor) -> None:
@@ -155,16 +154,18 @@ class InputStats:
         if self._sum is not None:
             self._window_sum *= before / self.samples  # DSnoT's code's sum_metric_row, float32 as there
             self._window_sum += torch.sum(rows.t(), dim=1) / self.samples  # (in, tokens) summed as the code
+            seen = self.tokens  # tokens before this batch (_add_moments counts them after)
             for window in x.reshape(batch, -1, x.shape[-1]):  # (seqlen, in) each: the code's one window per call
-                self._add_window_var(window.float())
+                self._add_window_var(window.float(), seen)
+                seen += window.shape[0]
             self._add_moments(rows)
 
-    def _add_window_var(self, window: torch.Tensor) -> None:
-        """DSnoT's running token-weighted mean of each window's population variance (float32)."""
-        count, seen = window.shape[0], self._window_tokens
+    def _add_window_var(self, window: torch.Tensor, seen: int) -> None:
+        """DSnoT's running token-weighted mean of each window's population variance (float32),
+        `seen` tokens before this window."""
+        count = window.shape[0]
         var = torch.var(window, dim=0, unbiased=False)  # (in,)
         self._window_var = var if seen == 0 else (self._window_var * seen + var * count) / (seen + count)
-        self._window_tokens = seen + count
 
     def _add_moments(self, rows: torch.Tensor) -> None:
         """Merge one batch's sum and squared deviations (rows: (tokens, in), float32)."""

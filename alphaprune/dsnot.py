@@ -119,10 +119,14 @@ class _Order:
         self.count = eligible.sum(1)  # (r,)
         self.cursor = torch.zeros_like(self.count)
 
+    def left(self) -> torch.Tensor:
+        """(r,) bool: whether the row has a column left."""
+        return self.cursor < self.count
+
     def head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(the next column of every row, whether the row has one left), (r,) each."""
         at = self.cursor.clamp(max=self.order.shape[1] - 1)
-        return self.order.gather(1, at[:, None])[:, 0], self.cursor < self.count
+        return self.order.gather(1, at[:, None])[:, 0], self.left()
 
     def advance(self, taken: torch.Tensor) -> None:
         self.cursor += taken.long()
@@ -147,7 +151,7 @@ class _Chain:
         return torch.where(has_a, col_a, col_b), has_a | has_b
 
     def advance(self, taken: torch.Tensor) -> None:
-        _, has_a = self.first.head()
+        has_a = self.first.left()
         self.first.advance(taken & has_a)
         self.second.advance(taken & ~has_a)
 

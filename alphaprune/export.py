@@ -95,11 +95,12 @@ def llmcompressor_recipe(
     mask = _mask_structure(pattern)
     names, values = _check_ratios(ratios)
     header = _header(pruner, pattern, len(names))
-    if "modifier" not in spec.recipe and dense:
-        note = [f"# {line}" for line in spec.recipe.get("note", ())]
-        return "\n".join(header + note + _sparsity_stage(_standin(), names, values, mask, options)) + "\n"
     if "modifier" not in spec.recipe:
-        return _keep_zeros_recipe(header, list(spec.recipe.get("note", ())), names, values, mask, options)
+        note = list(spec.recipe.get("note", ()))
+        if dense:  # nothing is pruned yet: the stand-in's one-shot stage is the recipe
+            stage = _sparsity_stage(_standin(), names, values, mask, options)
+            return "\n".join(header + [f"# {line}" for line in note] + stage) + "\n"
+        return _keep_zeros_recipe(header, note, names, values, mask, options)
     options = {**spec.recipe.get("options", {}), **options}
     return "\n".join(header + _sparsity_stage(spec.recipe["modifier"], names, values, mask, options)) + "\n"
 

@@ -1,8 +1,7 @@
 """DSnoT (Dynamic Sparse No Training, ICLR 2024): a training-free prune-and-grow refinement of any
 mask pruner's mask, row by row, from the calibration inputs' means and variances (alphaprune/dsnot.py).
 
-    registry.refiner("dsnot").refine(w, mask, stats, None, {"dsnot_cycles": 50, "dsnot_threshold": 0.1,
-                                                             "dsnot_variance": "windows"})
+    registry.refiner("dsnot").refine(w, mask, stats, None, registry.defaults())   # every dsnot_* setting
 """
 
 from __future__ import annotations
