@@ -47,9 +47,10 @@ def ria_mask(
     sparsity: float,
     nm: NM | None = None,
     a: float = 0.5,
-    per_row: bool = True,
+    per_row: bool = False,
 ) -> torch.Tensor:
-    """True where a weight is removed, (out, in). The ratio does not apply under N:M."""
+    """True where a weight is removed, (out, in). The ratio does not apply under N:M. Scope as
+    the spec's default (the authors'): one threshold over the matrix; `per_row` as Wanda."""
     score = ria_score(w, col_sq, a)
     if nm is not None:
         return _nm_mask(score, nm)

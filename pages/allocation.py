@@ -52,7 +52,13 @@ ceiling = param_widget(right, CEILING, settings.ceiling, "alloc_", auto=True)
 rule = registry.rule(method)
 values = param_widgets(rule.params, dict(settings.params), "alloc_", options={"metric": METRIC_NAMES}, auto=True)
 searched = [name for name, value in {**values, CEILING.name: ceiling}.items() if value == registry.AUTO]
-preview = {name: settings.auto_spec(name).default for name in searched}  # drawn at the default until a run picks
+
+
+def previewed(config: PruneConfig) -> PruneConfig:
+    """`config` with every "auto" setting of its rule at its default: drawn so until a run picks."""
+    return dataclasses.replace(config, **{name: config.auto_spec(name).default for name in config.auto_params()})
+
+
 mapping = rule.granularities[0]
 if len(rule.granularities) > 1:
     current = settings.mapping if settings.mapping in rule.granularities else rule.granularities[0]
@@ -133,7 +139,7 @@ if searched:
 try:
     settings.validate()
     allocation = make_allocation(
-        model_layout(), dataclasses.replace(settings, **preview), analysis,
+        model_layout(), previewed(settings), analysis,
         statistics=statistics if rule.statistic else None, name=model_name(),
     )  # fmt: skip
 except UserError as exc:
@@ -151,7 +157,7 @@ if allocation.clipped:
 others, missing, unmeasured = {}, [], []
 candidates = [name for name in RULES if name != method]
 for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", help="block ratios at the same target"):
-    other = dataclasses.replace(settings, allocation=name, mapping="block")
+    other = previewed(dataclasses.replace(settings, allocation=name, mapping="block"))  # auto: at the default
     needs_stats = registry.rule(name).statistic is not None
     own = stored.get(statistic_key(name, other)) if needs_stats else None
     if any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):

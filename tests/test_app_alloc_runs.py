@@ -128,6 +128,25 @@ def test_rules_overlaid_on_one_chart_are_the_rules_own_ratios(tiny_folder):
     assert not _traces(figure, "owl") and "owl" in " ".join(c.value for c in at.caption)
 
 
+def test_overlays_are_drawn_at_the_defaults_of_settings_left_to_auto(tiny_folder):
+    """With the ceiling and epsilon on "auto", the overlaid rules are drawn at their defaults like
+    the selected one (an overlay once got the string "auto" as its ceiling and raised TypeError)."""
+    from alphaprune import registry
+    from alphaprune.arch import prunable_matrices
+    from alphaprune.registry import RuleInput
+
+    at = _allocation_page(tiny_folder)
+    at.checkbox(key="alloc_ceiling_auto").check().run()
+    at.checkbox(key="alloc_epsilon_auto").check().run()
+    at.multiselect(key="alloc_overlay").set_value(["uniform", "atp"]).run()
+    _no_errors(at)
+    figure = _chart(at, "allocation_chart")
+    matrices = tuple(prunable_matrices(tiny_llama(layers=3)))
+    atp = registry.rule("atp").allocate(RuleInput(matrices, 0.7, 0.99, {"beta": registry.param("beta").default}))
+    assert _traces(figure, "atp")[0]["y"] == pytest.approx(atp.block_ratios)
+    assert _traces(figure, "uniform")[0]["y"] == pytest.approx([0.7] * 3)
+
+
 @pytest.mark.slow
 def test_matrix_mapping_on_the_default_model():
     """The issue's case: AlphaPruning, sparsity 0.7, epsilon 0.3, mapping "matrix" on SmolLM2."""

@@ -275,3 +275,59 @@ def test_real_model_first_block(real_model):
         assert len(ev) == sizes.get(ref.kind, 36 * 256), ref.name  # the others: 6 x 6 windows of 256
         alpha = fit_rule(ev, "peak").alpha
         assert np.isfinite(alpha) and 1.0 < alpha < 30.0, ref.name
+
+
+# --- the allocation rule (alphaprune/rules/farms.py) ------------------------------------------------------------
+
+
+def _farms_ratios_loop(layers, target: float, eps: float, per_block: bool) -> list[float]:
+    """AlphaPruning's mapping written out on alpha_farms: block means (or each matrix), min-max to
+    [1 - eps, 1 + eps], one scaler for the parameter-weighted mean; no clipping."""
+    metric = [layer.alpha_farms for layer in layers]
+    if per_block:
+        members = {}  # block -> its matrices' alphas
+        for m, layer in zip(metric, layers, strict=True):
+            members.setdefault(layer.block, []).append(m)
+        metric = [sum(members[layer.block]) / len(members[layer.block]) for layer in layers]
+    lo, hi = min(metric), max(metric)
+    raw = [(m - lo) / (hi - lo) * 2 * eps + 1 - eps for m in metric]
+    total = sum(layer.params for layer in layers)
+    scale = target * total / sum(r * layer.params for r, layer in zip(raw, layers, strict=True))
+    return [r * scale for r in raw]
+
+
+@pytest.mark.parametrize("mapping", ["block", "matrix"])
+def test_farms_rule_is_alphapruning_on_the_farms_alphas(mapping):
+    """The registry's rule against the loop, and not AlphaPruning's ratios (another metric)."""
+    from alphaprune import registry
+    from alphaprune.registry import RuleInput
+
+    model = tiny_llama(layers=4, seed=2)
+    analysis = analyze(model, "tiny", use_cache=False, farms=SMALL)
+    params = {"epsilon": 0.2, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side}
+    given = RuleInput(analysis.prunable, 0.6, 0.99, params, granularity=mapping)
+    out = registry.rule("farms").allocate(given)
+    expected = _farms_ratios_loop(analysis.prunable, 0.6, 0.2, mapping == "block")
+    assert max(expected) < 0.99  # inside the ceiling: the formula's numbers exactly
+    np.testing.assert_allclose(out.sparsities, expected, rtol=0, atol=1e-12)
+    assert out.method == "farms" and out.settings == {**params, "mapping": mapping} and out.clipped == ()
+    plain = registry.rule("alphapruning").allocate(
+        dataclasses.replace(given, params={"epsilon": 0.2, "metric": "alpha_peak"})
+    )
+    assert not np.allclose(out.sparsities, plain.sparsities)
+
+
+def test_farms_rule_clips_at_the_ceiling_and_keeps_the_mean():
+    from alphaprune import registry
+    from alphaprune.registry import RuleInput
+
+    model = tiny_llama(layers=4, seed=2)
+    analysis = analyze(model, "tiny", use_cache=False, farms=SMALL)
+    params = {"epsilon": 0.5, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side}
+    layers = analysis.prunable
+    assert max(_farms_ratios_loop(layers, 0.85, 0.5, False)) > 0.9  # the formula crosses the ceiling
+    out = registry.rule("farms").allocate(RuleInput(layers, 0.85, 0.9, params, granularity="matrix"))
+    weights = np.array([layer.params for layer in layers], dtype=float)
+    assert max(out.sparsities) <= 0.9 + 1e-12 and min(out.sparsities) >= 0.0
+    assert float(weights @ np.asarray(out.sparsities) / weights.sum()) == pytest.approx(0.85, abs=1e-9)
+    assert out.clipped and all(out.ratios[name] == pytest.approx(0.9) for name in out.clipped)

@@ -138,11 +138,14 @@ def _specs() -> dict:
 
 
 def test_cli_help_shows_every_parameter_with_its_spec_default_and_range():
+    from alphaprune.cli import param_help
+
     text = _help("prune")
     for name, p in _specs().items():
         assert p.cli_flag in text, name
-        assert p.range_text in text, name
-    assert "default 0.3" in text  # epsilon's, from its spec
+        default = param_help(p, []).rsplit("; ", 2)[-2:]  # [range, "default X"], as the spec words them
+        assert "; ".join(default) in text, (name, default)
+    assert "[0, 1] or auto; default 0.3" in text  # epsilon's, written out: the check above is not vacuous
     for name in (*registry.rules(), *registry.pruners()):
         assert name in text
 
@@ -162,13 +165,23 @@ def _widgets_script():
 def test_app_widgets_show_the_spec_defaults_and_ranges():
     at = AppTest.from_function(_widgets_script).run(timeout=30)
     assert not at.exception
+    checked = set()
     for name, p in _specs().items():
         if p.kind in ("float", "int") and p.low is not None and p.high is not None:
             slider = at.slider(key=f"w_{name}")
-            assert (slider.min, slider.max, slider.value) == (p.low, p.high, p.default), name
-            assert slider.label == p.label
-        elif p.kind == "text":
-            assert at.selectbox(key=f"w_{name}").value == p.default
+            low = p.low + p.step if p.low_open else p.low  # an open bound is not offered
+            assert (slider.min, slider.max, slider.value) == pytest.approx((low, p.high, p.default)), name
+            assert slider.label == p.label, name
+            p.check((int if p.kind == "int" else float)(slider.min))  # a valid setting, else UserError
+        elif p.kind in ("text", "choice"):
+            box = at.selectbox(key=f"w_{name}")
+            assert box.value == p.default and box.label == p.label, name
+            if p.kind == "choice":
+                assert tuple(box.options) == p.choices, name
+        else:
+            continue
+        checked.add(name)
+    assert checked == {n for n, p in _specs().items() if p.kind != "floats"}
 
 
 def test_config_holds_parameters_by_name_with_spec_defaults():

@@ -62,7 +62,7 @@ def _ria_loop(w, col_sq, sparsity, nm, a):
 def test_ria_matches_the_loop_unstructured(sparsity, a):
     w, x = _data()
     col_sq = _stats(x)[2]
-    mask = ria_mask(w, col_sq, sparsity, a=a)
+    mask = ria_mask(w, col_sq, sparsity, a=a, per_row=True)
     assert torch.equal(mask, _ria_loop(w, col_sq, sparsity, None, a))
     assert (mask.sum(1) == int(w.shape[1] * sparsity)).all()
 
@@ -80,31 +80,63 @@ def test_ria_ties_and_scale():
     w, x = _data()
     col_sq = _stats(x)[2]
     w[3] = 1.0  # a row of equal weights: only the column shares and the activations differ
-    mask = ria_mask(w, col_sq, 0.5)
+    mask = ria_mask(w, col_sq, 0.5, per_row=True)
     assert torch.equal(mask, _ria_loop(w, col_sq, 0.5, None, 0.5))
     # the tied columns 5 and 9: where exactly one of them goes, it is the lower column
     one = mask[:, 5] ^ mask[:, 9]
     assert one.any() and mask[one, 5].all()
     # col_sq at another scale (InputStats divides by the windows): the same mask
-    assert torch.equal(ria_mask(w, col_sq / 7.0, 0.5), mask)
+    assert torch.equal(ria_mask(w, col_sq / 7.0, 0.5, per_row=True), mask)
 
 
 def test_ria_differs_from_wanda_and_per_matrix_option():
     w, x = _data()
     col_sq = _stats(x)[2]
     w[0] *= 10.0  # a loud row: Wanda's per-row ranking is unchanged, RIA's row share is
-    mask = ria_mask(w, col_sq, 0.5)
+    mask = ria_mask(w, col_sq, 0.5, per_row=True)
     assert not torch.equal(mask, wanda_mask(w, col_sq, 0.5))
-    flat = ria_mask(w, col_sq, 0.5, per_row=False)  # the authors' default: one threshold
+    flat = ria_mask(w, col_sq, 0.5)  # the authors' default: one threshold
     score = ria_score(w, col_sq)
     assert torch.equal(flat, score <= torch.sort(score.flatten())[0][int(w.numel() * 0.5)])  # their lines
     assert not torch.equal(flat.sum(1), mask.sum(1))
 
 
+def _ria_loop_matrix(w, col_sq, sparsity, a):
+    """Removed positions with one threshold over the whole matrix (the authors' prune_ria): every
+    score in Python floats, sorted, the value at int(numel * sparsity) the threshold, `<=` removed."""
+    W, cs = w.tolist(), col_sq.tolist()
+    rows, cols = len(W), len(W[0])
+    col_sum = [sum(abs(W[i][j]) for i in range(rows)) for j in range(cols)]
+    row_sum = [sum(abs(v) for v in W[i]) for i in range(rows)]
+    score = [
+        [(abs(W[i][j]) / col_sum[j] + abs(W[i][j]) / row_sum[i]) * math.sqrt(cs[j]) ** a for j in range(cols)]
+        for i in range(rows)
+    ]
+    threshold = sorted(v for row in score for v in row)[int(rows * cols * sparsity)]
+    return torch.tensor([[v <= threshold for v in row] for row in score])
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.99])
+@pytest.mark.parametrize("a", [0.5, 1.0])
+def test_ria_matrix_scope_matches_the_loop(sparsity, a):
+    """The spec's default scope ("matrix") through the registry, against the loop."""
+    from alphaprune import registry
+    from alphaprune.calibrate import InputStats
+
+    w, x = _data()
+    stats = InputStats(w.shape[1], hessian=False, device=torch.device("cpu"))
+    stats.add(x)
+    params = {**registry.defaults(), "ria_a": a}
+    mask = registry.pruner("ria").mask(w, stats, sparsity, None, params)
+    assert torch.equal(mask, _ria_loop_matrix(w, stats.col_sq, sparsity, a))
+    assert mask.sum() == int(w.numel() * sparsity) + 1  # `<=` the threshold: that one too (no ties here)
+    assert not (mask.sum(1) == mask.sum(1)[0]).all()  # rows lose different counts: not Wanda's rows
+
+
 def test_ria_zero_column_is_finite():
     w, x = _data()
     w[:, 7] = 0.0
-    mask = ria_mask(w, _stats(x)[2], 0.5)
+    mask = ria_mask(w, _stats(x)[2], 0.5, per_row=True)
     assert mask[:, 7].all()  # zero weights score 0: the first to go, no NaN
 
 
@@ -370,7 +402,7 @@ def test_prune_tiny_llama(method):
         for ref in blocks[index]:
             w, s = ref.weight(), stats[ref.name]
             if method == "ria":
-                mask = ria_mask(w, s.col_sq, sparsity)
+                mask = ria_mask(w, s.col_sq, sparsity, per_row=True)
             else:
                 mask = dsnot(w, wanda_mask(w, s.col_sq, sparsity), s.window_sum, s.var, s.col_sq)
             w[mask] = 0
@@ -382,3 +414,46 @@ def test_prune_tiny_llama(method):
         assert (zeros == int(ref.shape[1] * sparsity)).all(), ref.name
     evaluation = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
     assert math.isfinite(perplexity(model, evaluation))
+
+
+def _pruned(pruner: str, refine: str, ratio_of, nm=None, hidden: int = 64, layers: int = 2, **params):
+    """A tiny LLaMA pruned in place by prune_model with the registry's defaults (and `params`)."""
+    from alphaprune import registry
+    from alphaprune.prune import prune_model
+
+    model = tiny_llama(layers=layers, hidden=hidden)
+    blocks = matrices_by_block(model)
+    ratios = {ref.name: ratio_of(index) for index, block in enumerate(blocks) for ref in block}
+    windows = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        prune_model(model, ratios, pruner, nm, windows, params={**registry.defaults(), **params}, refine=refine)
+    evaluation = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
+    assert math.isfinite(perplexity(model, evaluation))
+    return blocks
+
+
+@pytest.mark.parametrize("pruner,refine", [("ria", "none"), ("wanda", "dsnot"), ("ria", "dsnot")])
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
+def test_nm_patterns_through_prune_model(pruner, refine, nm):
+    """RIA and DSnoT (both papers give N:M results) keep exactly N zeros in every group of M."""
+    blocks = _pruned(pruner, refine, lambda _: nm[0] / nm[1], nm)
+    for ref in (r for block in blocks for r in block):
+        groups = (ref.weight() == 0).reshape(ref.shape[0], -1, nm[1]).sum(-1)
+        assert (groups == nm[0]).all(), ref.name
+
+
+@pytest.mark.parametrize("pruner,refine", [("ria", "none"), ("wanda", "dsnot")])
+def test_ratios_at_the_ceiling_and_a_block_pruned_whole(pruner, refine):
+    """Block 0 at 1.0 (a ceiling of 1 lets a rule prune a block whole), block 1 at 0.99, on
+    the smallest matrices the tiny model has (hidden 16: k / v are 8 x 16)."""
+    strict = {"dsnot_candidates": "strict"}  # the released reading may leave a row another count (dsnot.py)
+    blocks = _pruned(pruner, refine, lambda index: 1.0 if index == 0 else 0.99, hidden=16, **strict)
+    for ref in blocks[0]:
+        assert (ref.weight() == 0).all(), ref.name
+    for ref in blocks[1]:
+        zeros = int((ref.weight() == 0).sum())
+        rows, cols = ref.shape
+        if pruner == "ria":  # one threshold over the matrix, `<=` it: at least that many, never all
+            assert int(rows * cols * 0.99) <= zeros < rows * cols, ref.name
+        else:  # Wanda's rows, and strict DSnoT swaps one for one
+            assert zeros == rows * int(cols * 0.99), ref.name

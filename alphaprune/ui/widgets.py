@@ -33,6 +33,8 @@ def param_widget(container, spec: Param, current: Any, prefix: str, options: tup
     if spec.kind in ("float", "int") and spec.low is not None and spec.high is not None:
         step = spec.step or (1 if spec.kind == "int" else (spec.high - spec.low) / 100)
         low, high = (int(spec.low), int(spec.high)) if spec.kind == "int" else (float(spec.low), float(spec.high))
+        if spec.low_open:  # the bound itself is invalid (a ceiling of 0): the slider starts a step above
+            low += step
         return container.slider(spec.label, low, high, value, step, key=key, help=helptext)
     if spec.kind in ("float", "int"):
         return container.number_input(spec.label, value=value, key=key, help=helptext)
