@@ -5,10 +5,15 @@
     config.rule, config.pruner_spec          # the registry's specs (alphaprune/registry.py)
     config.epsilon, config.param("beta")     # a rule's or pruner's parameter (its spec's default if unset)
     config.nm, config.needs_calibration, config.to_dict()
+    allocation, pruner, data = config.parts()              # frozen AllocationSettings, PrunerSettings, DataSettings
+    PruneConfig.from_parts(allocation, pruner, data) == config
 
-The common settings are fields; the rules' and pruners' own parameters live in `params`,
-and each spec says its parameters' defaults and ranges, so this module never names a rule.
-The CLI's flags and the app's widgets map onto these; alphaprune/pipeline.py runs them.
+The settings split into three frozen parts: the allocation (what the Allocation page sets),
+the pruner (the Prune page's pruner, pattern and refiner) and the data (texts and windows);
+PruneConfig holds their fields flat, so a run reads `config.sparsity`. The rules' and
+pruners' own parameters live in `params`, and each spec says its parameters' defaults and
+ranges, so this module never names a rule. The CLI's flags and the app's widgets map onto
+these (the app keeps the three parts in its session state); alphaprune/pipeline.py runs them.
 Nothing here imports torch, so a bad value is answered in a fraction of a second.
 """
 
@@ -31,27 +36,85 @@ _LABELS = {  # how a message names a number before saying which setting holds it
 }  # fmt: skip
 
 
-@dataclass(frozen=True, init=False)
-class PruneConfig:
-    """Every setting of a pruning run: the common ones as fields, the selected rule's and
-    pruner's own parameters in `params` (name -> value; unset ones take the spec's default).
-    Built with keywords for either: PruneConfig(allocation="atp", beta=0.01, seqlen=512)."""
+class _Params:
+    """A part's parameters by name (`part.epsilon`), unset ones at their spec's default."""
 
-    sparsity: float = 0.5
-    pruner: str = registry.DEFAULT_PRUNER
+    params: tuple[tuple[str, Any], ...]
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name not in registry.params():
+            raise AttributeError(name)
+        return self.param(name)
+
+    def param(self, name: str) -> Any:
+        return dict(self.params).get(name, registry.param(name).default)
+
+
+@dataclass(frozen=True)
+class AllocationSettings(_Params):
+    """The allocation's settings (the Allocation page's): the rule, its target, granularity and
+    ceiling, the search's budget, and the rules' parameters by name (sorted pairs)."""
+
     allocation: str = registry.BASELINE
+    sparsity: float = 0.5
     mapping: str = "block"  # granularity: one ratio per block, or per matrix where the rule allows
+    ceiling: float | str = alloc.DEFAULT_CEILING  # or "auto": searched (alloc.CEILING's grid)
+    search_budget: int = 10  # prune runs an "auto" search may cost (alphaprune/tune.py)
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class PrunerSettings(_Params):
+    """The pruner's settings (the Prune page's): pruner, pattern, refiner, and their parameters."""
+
+    pruner: str = registry.DEFAULT_PRUNER
     pattern: str = "unstructured"
     refine: str = registry.NO_REFINER  # a post-step on the pruner's mask (DSnoT), or "none"
-    ceiling: float | str = alloc.DEFAULT_CEILING  # or "auto": searched (alloc.CEILING's grid)
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The texts and windows of a run: calibration, evaluation, and how they are cut."""
+
     calib: str = "python-docs"
     calib_samples: int = 128
     seqlen: int = 2048
     seed: int = 0
     eval: str = "python-docs"
-    eval_windows: int | None = None
+    eval_windows: int | None = None  # None: every window of the evaluation text
     batch_size: int = 1
-    search_budget: int = 10  # prune runs an "auto" search may cost (alphaprune/tune.py)
+
+
+PARTS = (AllocationSettings, PrunerSettings, DataSettings)
+
+
+def _rule_param_names() -> set[str]:
+    return {p.name for rule in registry.rules().values() for p in rule.params}
+
+
+@dataclass(frozen=True, init=False)
+class PruneConfig:
+    """Every setting of a pruning run: the three parts' fields flat (their defaults are the
+    parts'), the rules' and pruners' own parameters in `params` (name -> value; unset ones
+    take the spec's default). Built with keywords, PruneConfig(allocation="atp", beta=0.01,
+    seqlen=512), or from its parts, PruneConfig.from_parts(allocation, pruner, data)."""
+
+    sparsity: float = AllocationSettings.sparsity
+    pruner: str = PrunerSettings.pruner
+    allocation: str = AllocationSettings.allocation
+    mapping: str = AllocationSettings.mapping
+    pattern: str = PrunerSettings.pattern
+    refine: str = PrunerSettings.refine
+    ceiling: float | str = AllocationSettings.ceiling
+    calib: str = DataSettings.calib
+    calib_samples: int = DataSettings.calib_samples
+    seqlen: int = DataSettings.seqlen
+    seed: int = DataSettings.seed
+    eval: str = DataSettings.eval
+    eval_windows: int | None = DataSettings.eval_windows
+    batch_size: int = DataSettings.batch_size
+    search_budget: int = AllocationSettings.search_budget
     params: tuple[tuple[str, Any], ...] = ()
 
     def __init__(self, params=(), **given):
@@ -77,6 +140,30 @@ class PruneConfig:
 
     def with_params(self, **values) -> PruneConfig:
         return dataclasses.replace(self, **values)
+
+    @classmethod
+    def from_parts(cls, allocation: AllocationSettings | None = None, pruner: PrunerSettings | None = None,
+                   data: DataSettings | None = None) -> PruneConfig:  # fmt: skip
+        """The config of these parts (a part not given: its defaults)."""
+        fields, params = {}, []
+        for part, kind in zip((allocation, pruner, data), PARTS, strict=True):
+            part = part if part is not None else kind()
+            fields.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part) if f.name != "params"})
+            params += list(getattr(part, "params", ()))
+        return cls(params=params, **fields)
+
+    def parts(self) -> tuple[AllocationSettings, PrunerSettings, DataSettings]:
+        """The allocation, pruner and data settings of this config (inverse of from_parts)."""
+        rule_names = _rule_param_names()
+        out = []
+        for kind in PARTS:
+            fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(kind) if f.name != "params"}
+            if kind is AllocationSettings:
+                fields["params"] = tuple(kv for kv in self.params if kv[0] in rule_names)
+            elif kind is PrunerSettings:
+                fields["params"] = tuple(kv for kv in self.params if kv[0] not in rule_names)
+            out.append(kind(**fields))
+        return tuple(out)
 
     @property
     def rule(self) -> registry.Rule:

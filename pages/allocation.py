@@ -1,7 +1,8 @@
 """Allocation page: pick a rule, tune the target and the rule's parameters (widgets drawn from
 its spec, alphaprune/registry.py), see the ratios live (per block, or per matrix for the mapping
 "matrix"), and which matrices the ceiling holds back. The ratios shown are the ones the Prune
-page applies: both build them from the same settings (session ALLOC).
+page applies: both build them from the same settings (session ALLOC, a frozen
+AllocationSettings; the Prune page adds its PrunerSettings and DataSettings, alphaprune/config.py).
 
     streamlit run app.py   # then open "Allocation" (a model must be loaded and analysed first)
 """
@@ -14,6 +15,7 @@ import streamlit as st
 from alphaprune import registry
 from alphaprune.allocation import CEILING
 from alphaprune.analysis import METRIC_NAMES, analyze
+from alphaprune.config import AllocationSettings
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
 from alphaprune.farms import estimate_cost
@@ -65,11 +67,12 @@ if len(rule.granularities) > 1:
     mapping = st.radio(
         "Mapping", rule.granularities, index=rule.granularities.index(current), key="alloc_mapping", horizontal=True
     )
-settings = dataclasses.replace(settings, allocation=method, sparsity=sparsity, ceiling=ceiling, mapping=mapping,
-                               **values)  # fmt: skip
+params = tuple(sorted({**dict(settings.params), **values}.items()))  # other rules' values kept for a switch back
+settings = AllocationSettings(method, sparsity, mapping, ceiling, settings.search_budget, params)
 st.session_state[ALLOC] = settings
+config = PruneConfig.from_parts(settings)  # the run these settings describe (the Prune page's pruner aside)
 
-options = analysis_options(settings)  # what the rule's metric needs of the analysis (FARMS' windows)
+options = analysis_options(config)  # what the rule's metric needs of the analysis (FARMS' windows)
 if any(getattr(analysis, key) != value for key, value in options.items()):
     layers = analysis.prunable
     cost = estimate_cost([tuple(m.shape) for m in layers], options["farms"])
@@ -102,9 +105,9 @@ def compute_statistics(configs: list) -> None:
     bar = st.progress(0.0, text="calibration")
     try:
         windows = calibration_windows(token_ids(source, loaded.tokenizer), samples, seqlen, seed)
-        for config in configs:
-            values = cached_statistics(loaded.model, config, windows, progress_callback(bar))
-            stored[statistic_key(config.allocation, config)] = values
+        for each in configs:
+            values = cached_statistics(loaded.model, each, windows, progress_callback(bar))
+            stored[statistic_key(each.allocation, each)] = values
     except UserError as exc:
         st.error(exc.render("app"))
         st.stop()
@@ -113,7 +116,7 @@ def compute_statistics(configs: list) -> None:
 
 
 stored = dict(st.session_state.get(OUTLIERS) or {})  # statistic_key -> one number per block
-statistics = stored.get(statistic_key(method, settings))
+statistics = stored.get(statistic_key(method, config))
 calib_source, calib_samples, calib_seqlen, calib_seed = calibration_choice()  # the Prune page's windows
 if rule.statistic is not None and loaded is None:
     st.info(
@@ -128,7 +131,7 @@ if rule.statistic is not None and statistics is None:
         "a run there applies exactly the ratios shown here."
     )
     if st.button("Compute block statistics", key="owl_compute", disabled=not calib_source):
-        compute_statistics([settings])
+        compute_statistics([config])
     st.stop()
 
 if searched:
@@ -137,9 +140,9 @@ if searched:
         "text and keeps the lowest held-out perplexity; the chart shows the default until then."
     )
 try:
-    settings.validate()
+    config.validate()
     allocation = make_allocation(
-        model_layout(), previewed(settings), analysis,
+        model_layout(), previewed(config), analysis,
         statistics=statistics if rule.statistic else None, name=model_name(),
     )  # fmt: skip
 except UserError as exc:
@@ -157,7 +160,7 @@ if allocation.clipped:
 others, missing, unmeasured = {}, [], []
 candidates = [name for name in RULES if name != method]
 for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", help="block ratios at the same target"):
-    other = previewed(dataclasses.replace(settings, allocation=name, mapping="block"))  # auto: at the default
+    other = previewed(dataclasses.replace(config, allocation=name, mapping="block"))  # auto: at the default
     needs_stats = registry.rule(name).statistic is not None
     own = stored.get(statistic_key(name, other)) if needs_stats else None
     if any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):

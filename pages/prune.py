@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from alphaprune import registry, zeroshot
+from alphaprune.config import DataSettings, PrunerSettings
 from alphaprune.errors import UserError
 from alphaprune.export import save_result
 from alphaprune.generate import generate
@@ -30,6 +31,7 @@ from alphaprune.ui.session import (
     GENERATIONS,
     MODEL,
     PRUNED_ANALYSIS,
+    PRUNER,
     RESULT,
     RUN_ID,
     TEXT_SOURCES,
@@ -102,15 +104,15 @@ if override:
     st.warning(override)
 else:
     st.caption(f"Allocation (set on the Allocation page): {allocation_words(alloc)}.")
-pruner_params = param_widgets(registry.pruner(pruner).params, dict(alloc.params), "prune_")
+last = dict(st.session_state[PRUNER].params)  # the pruner parameters of the last run or plan
+pruner_params = param_widgets(registry.pruner(pruner).params, last, "prune_")
 REFINERS = [registry.NO_REFINER, *registry.refiners()]
 refine = st.selectbox(
     "Refine the mask", REFINERS, key="prune_refine", **KEEP,
     help="; ".join(f"{name}: {spec.summary}" for name, spec in registry.refiners().items()),
 )  # fmt: skip
 if refine != registry.NO_REFINER:
-    pruner_params |= param_widgets(registry.refiner(refine).params, dict(alloc.params), "prune_")
-    pruner_params["refine"] = refine
+    pruner_params |= param_widgets(registry.refiner(refine).params, last, "prune_")
 left, right = st.columns(2)
 with left:
     calib = _text_source("Calibration text", "prune_calib")
@@ -121,17 +123,20 @@ samples = cols[0].number_input("Calibration samples", 1, 512, CALIBRATION["prune
 seqlen = cols[1].number_input("Sequence length", 16, 8192, CALIBRATION["prune_seqlen"], 16, key="prune_seqlen", **KEEP)
 windows = cols[2].number_input("Evaluation windows", 1, 1024, EVAL_WINDOWS, key="prune_windows", **KEEP)
 seed = cols[3].number_input("Seed", 0, 2**31 - 1, CALIBRATION["prune_seed"], key="prune_seed", **KEEP)
-if alloc.auto_params():
+searched = PruneConfig.from_parts(alloc).auto_params()
+if searched:
     budget = st.number_input(
-        "Search budget (prune runs)", 1, 50, PruneConfig.search_budget, key="prune_budget", **KEEP,
-        help=f"{', '.join(alloc.auto_params())} auto: at most this many candidate prunes, scored on held-out text",
+        "Search budget (prune runs)", 1, 50, alloc.search_budget, key="prune_budget", **KEEP,
+        help=f"{', '.join(searched)} auto: at most this many candidate prunes, scored on held-out text",
     )  # fmt: skip
-    pruner_params["search_budget"] = int(budget)
+    alloc = dataclasses.replace(alloc, search_budget=int(budget))
 
 
 def _config():
-    """The run the widgets describe."""
-    return prune_config(alloc, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed, pruner_params)
+    """The run the widgets describe, from its three frozen parts (alphaprune/config.py)."""
+    pruner_part = PrunerSettings(pruner, pattern, refine, tuple(sorted(pruner_params.items())))
+    data = DataSettings(calib or "", int(samples), int(seqlen), int(seed), evaluation or "", int(windows))
+    return prune_config(alloc, pruner_part, data)
 
 
 def _plan():

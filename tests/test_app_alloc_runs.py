@@ -6,6 +6,7 @@ matrix, epsilon only for AlphaPruning runs, the run charts per model, deleting o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from alphaprune import allocation as alloc
 from alphaprune.cli import main
+from alphaprune.config import AllocationSettings, PrunerSettings
 from alphaprune.pipeline import PruneConfig
 from alphaprune.runs import RunRecord, RunStore
 from alphaprune.ui.session import ANALYSIS
@@ -317,5 +319,11 @@ def test_auto_on_the_allocation_page_runs_the_search_and_draws_its_curve(tiny_fo
     _no_errors(at)
     result = at.session_state[session.RESULT]
     assert len(result.search) == 2 and result.config.epsilon in (0.1, 0.5)  # the budget thins 0.1..0.5 to its ends
+    # the app keeps the run's three frozen parts (alphaprune/config.py), not untyped dicts
+    allocation, pruner, data = (at.session_state[key] for key in (session.ALLOC, session.PRUNER, session.DATA))
+    assert isinstance(allocation, AllocationSettings) and allocation.epsilon == "auto"
+    searched = PruneConfig.from_parts(dataclasses.replace(allocation, search_budget=2), pruner, data)
+    assert searched.with_params(epsilon=result.config.epsilon) == result.config
+    assert (data.calib_samples, data.eval_windows) == (2, 2) and pruner == PrunerSettings()
     curve = _chart(at, "search_chart")
     assert [round(x, 3) for x in _traces(curve, "candidates")[0]["x"]] == [0.1, 0.5]

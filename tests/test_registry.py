@@ -291,3 +291,31 @@ def test_dsnot_refines_the_attention_by_default_as_the_released_code():
     assert any(not torch.equal(everything[n], plain[n]) for n in first)
     for name, mask in everything.items():
         assert torch.equal(mask.sum(1), plain[name].sum(1)), name  # every row keeps its count
+
+
+def test_settings_split_into_three_frozen_parts():
+    """Every field of PruneConfig belongs to exactly one part; parts() and from_parts() are inverse;
+    the rules' parameters go with the allocation, the pruners' and refiners' with the pruner."""
+    import dataclasses
+
+    from alphaprune.config import PARTS, AllocationSettings, DataSettings, PrunerSettings
+
+    own = [f.name for kind in PARTS for f in dataclasses.fields(kind) if f.name != "params"]
+    flat = [f.name for f in dataclasses.fields(PruneConfig) if f.name != "params"]
+    assert sorted(own) == sorted(flat) and len(own) == len(set(own))
+    for name in flat:  # one default: the part's
+        kind = next(k for k in PARTS if name in {f.name for f in dataclasses.fields(k)})
+        assert getattr(PruneConfig(), name) == getattr(kind(), name), name
+    config = PruneConfig(allocation="atp", beta=0.01, ceiling="auto", pruner="ria", ria_a=1.0, refine="dsnot",
+                         dsnot_cycles=7, seqlen=512, eval_windows=3)  # fmt: skip
+    allocation, pruner, data = config.parts()
+    assert (type(allocation), type(pruner), type(data)) == PARTS
+    assert allocation.params == (("beta", 0.01),) and allocation.beta == 0.01 and allocation.epsilon == 0.3
+    assert dict(pruner.params) == {"ria_a": 1.0, "dsnot_cycles": 7} and pruner.refine == "dsnot"
+    assert data == DataSettings(seqlen=512, eval_windows=3)
+    assert PruneConfig.from_parts(allocation, pruner, data) == config
+    assert PruneConfig.from_parts() == PruneConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        allocation.sparsity = 0.9
+    owl = PruneConfig.from_parts(AllocationSettings(allocation="owl"), PrunerSettings(pruner="sparsegpt"))
+    assert owl.rule_params() == {p.name: p.default for p in registry.rule("owl").params} and owl.pruner == "sparsegpt"

@@ -4,7 +4,8 @@ The one place that knows the session-state keys. Pages read:
 MODEL (LoadedModel), LOAD_INFO (how the last press on Load went), ANALYSIS (Analysis),
 CHOICE (what the last press on Load chose: spec, name, offload), FILES (the checkpoint a model
 too large for memory was analysed from, instead of a MODEL), PLAN (that analysis's preflight plan),
-ALLOC (the allocation settings: a PruneConfig, frozen; the Allocation page replaces it),
+ALLOC (config.AllocationSettings, frozen; the Allocation page replaces it), PRUNER and DATA
+(config.PrunerSettings and config.DataSettings of the Prune page's last run or plan),
 OUTLIERS (rules' per-block statistics: {(rule, its params, calibration): values}), RESULT (PruneResult
 of this session), RUN_ID (its id in the run history), PRUNED_ANALYSIS, GENERATIONS.
 
@@ -39,6 +40,7 @@ from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ct
 
 from alphaprune import registry
 from alphaprune.analysis import Analysis, analyze
+from alphaprune.config import AllocationSettings, DataSettings, PrunerSettings
 from alphaprune.errors import UserError
 from alphaprune.models import LoadedModel, load_model, resolve_spec
 from alphaprune.offload import plan_for, run_streamed
@@ -51,6 +53,8 @@ MODEL = "loaded_model"
 LOAD_INFO = "load_info"
 ANALYSIS = "analysis"
 ALLOC = "allocation_settings"
+PRUNER = "pruner_settings"
+DATA = "data_settings"
 OUTLIERS = "owl_outliers"
 RESULT = "prune_result"
 RUN_ID = "prune_run_id"
@@ -72,7 +76,7 @@ OFFLOADS = {  # the preflight's words (alphaprune/preflight.py), explained
     "disk": "disk: never load it; read blocks from the files",
 }
 
-DEFAULT_ALLOC = PruneConfig(allocation="alphapruning", sparsity=0.7)  # every parameter at its spec's default
+DEFAULT_ALLOC = AllocationSettings(allocation="alphapruning", sparsity=0.7)  # every parameter at its spec's default
 MODEL_SOURCES = ("Bundled SmolLM2-135M", "Hub id, folder or .gguf path", "Upload (.gguf or .zip of a model folder)")
 TEXT_SOURCES = ("python-docs", "wikitext2", "a text file path", "upload a text file")
 LOAD_STAGES = {  # what load_model does for each kind of source (it reports no progress itself)
@@ -91,6 +95,8 @@ def init_state() -> None:
                 CHOICE, FILES, PLAN):  # fmt: skip
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(ALLOC, DEFAULT_ALLOC)
+    st.session_state.setdefault(PRUNER, PrunerSettings())
+    st.session_state.setdefault(DATA, APP_DATA)
     st.session_state.setdefault(UPLOADS, {})
     st.session_state.setdefault(UPLOAD_NAMES, {})
 
@@ -324,8 +330,9 @@ def text_upload(upload) -> str:
 # -- prune ----------------------------------------------------------------------------
 
 
-def allocation_words(settings: PruneConfig) -> str:
+def allocation_words(part: AllocationSettings) -> str:
     """The Allocation page's choice in words, e.g. 'alphapruning at 0.7, epsilon 0.3, ...'."""
+    settings = PruneConfig.from_parts(part)
     words = f"{settings.allocation} at {settings.sparsity:g}"
     for name, value in settings.rule_params().items():
         words += f", {name} {value:g}" if isinstance(value, float) else f", {name} {value}"
@@ -335,7 +342,7 @@ def allocation_words(settings: PruneConfig) -> str:
     return f"{words}; ceiling {ceiling:g}" if isinstance(ceiling, float) else f"{words}; ceiling {ceiling}"
 
 
-def nm_override(settings: PruneConfig, pattern: str) -> str | None:
+def nm_override(settings: AllocationSettings, pattern: str) -> str | None:
     """What an N:M pattern does to the chosen allocation, or None for unstructured."""
     nm = parse_pattern(pattern)
     if nm is None:
@@ -348,25 +355,15 @@ def nm_override(settings: PruneConfig, pattern: str) -> str | None:
     )
 
 
-def prune_config(settings: PruneConfig, pruner, pattern, calib, evaluation, samples, seqlen, windows, seed,
-                 pruner_params: dict | None = None) -> PruneConfig:  # fmt: skip
-    """The run the page's widgets describe (an N:M pattern: uniform at N/M, see nm_override)."""
-    nm = parse_pattern(pattern)
-    return dataclasses.replace(
-        settings,
-        sparsity=nm[0] / nm[1] if nm else settings.sparsity,
-        pruner=pruner,
-        allocation=registry.BASELINE if nm else settings.allocation,
-        mapping="block" if nm else settings.mapping,
-        pattern=pattern,
-        **(pruner_params or {}),
-        calib=calib or "",
-        calib_samples=int(samples),
-        seqlen=int(seqlen),
-        seed=int(seed),
-        eval=evaluation or "",
-        eval_windows=int(windows),
-    )
+def prune_config(allocation: AllocationSettings, pruner: PrunerSettings, data: DataSettings) -> PruneConfig:
+    """The run the pages' settings describe (an N:M pattern: uniform at N/M, see nm_override);
+    the Prune page's parts are kept in the session beside the Allocation page's."""
+    st.session_state[PRUNER], st.session_state[DATA] = pruner, data
+    nm = parse_pattern(pruner.pattern)
+    if nm:
+        uniform = {"allocation": registry.BASELINE, "mapping": "block", "sparsity": nm[0] / nm[1]}
+        allocation = dataclasses.replace(allocation, **uniform)
+    return PruneConfig.from_parts(allocation, pruner, data)
 
 
 def keep_result(result) -> int:
@@ -429,11 +426,12 @@ def compare_rules(loaded: LoadedModel, base: PruneConfig, rules: list[str], anal
     return rows, cid
 
 
-# The Prune page's data widgets' defaults. Smaller than PruneConfig's (128 x 2048 tokens, every
-# evaluation window), which follow the papers: an interactive run on a laptop takes seconds, not
-# the hour a paper-sized run does. The CLI keeps PruneConfig's.
-CALIBRATION = {"prune_samples": 16, "prune_seqlen": 256, "prune_seed": PruneConfig.seed}
-EVAL_WINDOWS = 8
+# The Prune page's data defaults. Smaller than DataSettings' (128 x 2048 tokens, every evaluation
+# window), which follow the papers: an interactive run on a laptop takes seconds, not the hour a
+# paper-sized run does. The CLI keeps DataSettings'.
+APP_DATA = DataSettings(calib_samples=16, seqlen=256, eval_windows=8)
+CALIBRATION = {"prune_samples": APP_DATA.calib_samples, "prune_seqlen": APP_DATA.seqlen, "prune_seed": APP_DATA.seed}
+EVAL_WINDOWS = APP_DATA.eval_windows
 
 
 def calibration_choice() -> tuple[str | None, int, int, int]:
