@@ -806,10 +806,13 @@ def cmd_sweep(args) -> int:
 
 
 def _cell_line(run_id: int, record) -> str:
-    """One sweep cell's line: its run id, pruner, rule, sparsity, epsilon and perplexities."""
+    """One sweep cell's line: its run id, pruner, rule, sparsity, the rule's parameters and perplexities."""
+    from alphaprune.runs import rule_settings
+
+    own = rule_settings(record.settings)
     return (
         f"run {run_id}: {record.settings.get('pruner')} {record.settings.get('allocation')} "
-        f"s={record.settings.get('sparsity')} eps={record.settings.get('epsilon')}: "
+        f"s={record.settings.get('sparsity')}{' (' + own + ')' if own else ''}: "
         f"perplexity {record.ppl_before:.3f} -> {record.ppl_after:.3f}"
     )
 
@@ -899,7 +902,7 @@ def cmd_runs(args) -> int:
         "model",
         "pruner",
         "allocation",
-        "epsilon",
+        "rule_settings",
         "sparsity",
         "pattern",
         "ppl_before",

@@ -445,22 +445,41 @@ def accuracy_cells(accuracy: dict) -> dict[str, float]:
     return cells
 
 
+def rule_settings(settings: dict) -> str:
+    """A run's allocation-rule parameters in words, from its rule's spec: 'beta 0.012' for ATP,
+    'epsilon 0.3, metric alpha_peak' for AlphaPruning; '' for a rule without any (or unknown)."""
+    from alphaprune import registry
+
+    known = registry.rules().get(settings.get("allocation"))
+    words = []
+    for p in known.params if known else ():
+        value = settings.get(p.name)
+        if isinstance(value, list):  # a list rule's ratios: how many, not all of them
+            words.append(f"{p.name} ({len(value)} values)")
+        elif value is not None:
+            words.append(f"{p.name} {value:g}" if isinstance(value, float) else f"{p.name} {value}")
+    return ", ".join(words)
+
+
 def flat_rows(records: Iterable[RunRecord]) -> tuple[list[str], list[dict]]:
     """(columns, one dict per run) for CSV and DataFrames: the fixed columns, then every
-    settings key as its own column (prefixed "setting_" only if it clashes), seconds_<stage>
-    and seconds_total, then ratios, block_ratios and versions as JSON text, and notes."""
+    settings key as its own column (prefixed "setting_" only if it clashes), rule_settings (the
+    rule's parameters in words), seconds_<stage> and seconds_total, then ratios, block_ratios
+    and versions as JSON text, and notes."""
     records = list(records)
     stages = _unique(s for r in records for s in r.seconds if s != "total")
     stage_columns = {s: f"seconds_{s}" for s in stages}
-    taken = set(_FIXED_COLUMNS) | set(_TAIL_COLUMNS) | set(stage_columns.values())
+    taken = set(_FIXED_COLUMNS) | set(_TAIL_COLUMNS) | set(stage_columns.values()) | {"rule_settings"}
     settings = _unique(k for r in records for k in r.settings)
     setting_columns = {k: f"setting_{k}" if k in taken else k for k in settings}
     scores = _unique(c for r in records for c in accuracy_cells(r.accuracy))
-    columns = [*_FIXED_COLUMNS, *setting_columns.values(), *scores, *stage_columns.values(), *_TAIL_COLUMNS]
+    columns = [*_FIXED_COLUMNS, *setting_columns.values(), "rule_settings", *scores, *stage_columns.values(),
+               *_TAIL_COLUMNS]  # fmt: skip
     rows = []
     for r in records:
         row = {name: getattr(r, name) for name in _FIXED_COLUMNS}
         row.update({col: _flat_value(r.settings.get(k)) for k, col in setting_columns.items()})
+        row["rule_settings"] = rule_settings(r.settings)
         row.update(dict.fromkeys(scores))
         row.update(accuracy_cells(r.accuracy))
         row.update({col: r.seconds.get(s) for s, col in stage_columns.items()})

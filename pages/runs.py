@@ -78,7 +78,7 @@ left, right = st.columns(2)
 chart(left, runs_figure(view, "sparsity"), key="runs_sparsity_chart", name="runs_by_sparsity")
 if "epsilon" in view and view["epsilon"].notna().any():
     chart(right, runs_figure(view, "epsilon"), key="runs_eps_chart", name="runs_by_epsilon")
-wanted = ["id", "created", "kind", "model", "pruner", "allocation", "epsilon", "sparsity", "pattern"]
+wanted = ["id", "created", "kind", "model", "pruner", "allocation", "rule_settings", "sparsity", "pattern"]
 wanted += ["ppl_before", "ppl_after", "actual_sparsity", "offload", "seconds_total"]  # offload: the path that ran
 wanted += [c for c in view.columns if c.endswith((" before", " after"))]  # zero-shot accuracy, dense and pruned
 st.dataframe(view[[c for c in wanted if c in view.columns]], hide_index=True, key="runs_table")

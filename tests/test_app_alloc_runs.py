@@ -188,8 +188,24 @@ def test_uniform_run_shows_no_epsilon_in_cli_exports_and_runs_page(tiny_folder, 
     at.switch_page("pages/runs.py").run()
     _no_errors(at)
     table = at.dataframe[0].value.set_index("id")
-    epsilons = table["epsilon"].tolist()
-    assert epsilons[1] == 0.2 and all(e != e or e is None for e in (epsilons[0], epsilons[2]))  # NaN / None
+    assert "epsilon" not in table  # each rule's own parameters, in words
+    assert table["rule_settings"].tolist() == ["", "epsilon 0.2, metric alpha_peak", ""]
+
+
+def test_runs_name_each_rules_own_parameters(tiny_folder, tmp_path, store, capsys):
+    """The CLI's runs listing and a sweep cell's line word an ATP run by its beta, not an epsilon."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    data = ["--calib", str(corpus), "--eval", str(corpus), "--calib-samples", "4", "--seqlen", "32"]
+    data += ["--eval-windows", "4", "--pruner", "magnitude", "--sparsity", "0.5", "--model", tiny_folder]
+    assert main(["prune", "--allocation", "atp", "--beta", "0.01", *data]) == 0
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    listing = capsys.readouterr().out
+    assert "rule_settings" in listing and "beta 0.01" in listing and "epsilon" not in listing
+    from alphaprune.cli import _cell_line
+
+    assert "(beta 0.01)" in _cell_line(1, store.list()[0])
 
 
 # --- Runs page ---------------------------------------------------------------------------------------------------
