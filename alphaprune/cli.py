@@ -90,8 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also test each tail against a truncated power law, a lognormal and an exponential (slower; cached)",
     )  # fmt: skip
     from alphaprune import registry
+    from alphaprune.rules.farms import ANALYSIS_PARAMS
 
-    _add_params(p, registry.rules(), only=("farms_window", "farms_per_side"))  # the --farms metric's windows
+    _add_params(p, registry.rules(), only=tuple(q.name for q in ANALYSIS_PARAMS))  # the --farms metric's settings
     p.set_defaults(func=cmd_analyze)
     _add_allocate(sub)
     _add_prune(sub)
@@ -399,6 +400,7 @@ def cmd_analyze(args) -> int:
     tails = _tail_tests(result) if args.compare_tails else None
     if args.out is None:
         columns = ["name", "shape", "alpha_peak", "alpha_mid", "alpha_ks", "D_peak", "stable_rank"]
+        columns += ["alpha_farms"] if result.farms is not None else []
         frame = analysis_frame(result, tails)
         print(frame[columns + (["tail_verdict"] if tails else [])].to_string(index=False))
     else:
@@ -430,22 +432,41 @@ def _analyze(args, plan, ckpt, progress):
     use_cache, options = not args.no_cache, _farms_options(args)
     if plan is not None and plan.streamed:
         print(f"alphaprune: {plan.describe()}: {ckpt.location}", file=sys.stderr)
+        _say_farms_cost(ckpt.skeleton(), **options)
         return analyze_checkpoint(ckpt, args.model, args.precision, args.device, use_cache, progress, **options)
     loaded = _load(args)
     print(f"loaded in {loaded.seconds_load:.1f} s ({loaded.source}, {loaded.device})", file=sys.stderr)
+    _say_farms_cost(loaded.model, **options)
     return analyze(loaded.model, args.model, args.precision, loaded.device, use_cache, progress, **options)
+
+
+def _say_farms_cost(model, farms=None) -> None:
+    """Before an analysis with FARMS (analyze's `farms` keyword): what it will cost (alphaprune/
+    farms.py's estimate, as the app shows it)."""
+    settings = farms
+    if settings is None:
+        return
+    from alphaprune.arch import all_matrices
+    from alphaprune.farms import estimate_cost
+
+    cost = estimate_cost([tuple(ref.shape) for ref in all_matrices(model)], settings)  # every matrix, as analyze
+    print(
+        f"FARMS: {cost.windows} windows of up to {settings.window} x {settings.window} ({settings.spectrum}), "
+        f"about {cost.seconds:.0f} s on one core (an estimate; none when the analysis is cached)",
+        file=sys.stderr,
+    )
 
 
 def _farms_options(args) -> dict:
     """analyze's farms= keyword for --farms (the FARMS rule's own settings), else nothing."""
     if not args.farms:
         return {}
-    from alphaprune import registry
-    from alphaprune.rules.farms import analysis_options
+    from alphaprune.rules.farms import ANALYSIS_PARAMS, analysis_options
 
-    names = ("farms_window", "farms_per_side")
-    params = {n: registry.param(n).check(getattr(args, n) or registry.param(n).default) for n in names}
-    return analysis_options(params)
+    given = {q.name: getattr(args, q.name) for q in ANALYSIS_PARAMS}
+    return analysis_options(
+        {q.name: q.check(q.default if given[q.name] is None else given[q.name]) for q in ANALYSIS_PARAMS}
+    )
 
 
 def _config(args, **override):
@@ -473,9 +494,11 @@ def _analysis_for(loaded, config):
     from alphaprune.analysis import analyze
     from alphaprune.pipeline import analysis_options
 
+    options = analysis_options(config)
+    _say_farms_cost(loaded.model, **options)
     update, close = _progress_bar("analyze")
     try:
-        return analyze(loaded.model, loaded.name, device=loaded.device, progress=update, **analysis_options(config))
+        return analyze(loaded.model, loaded.name, device=loaded.device, progress=update, **options)
     finally:
         close()
 

@@ -20,10 +20,16 @@ the far end may be left out (floor division), as in the reference. A matrix no l
 the window on both sides is one window: the matrix itself, and its FARMS alpha is its
 whole-matrix alpha.
 
-Eigenvalues are those of spectra.eigenvalues on each window (no normalisation, like our
-whole-matrix spectra and the reference's squared singular values): on CPU a square
-window always takes float64 under precision "auto". One window's Gram matrix is held at a
-time.
+A window's spectrum (`spectrum`), no normalisation in either:
+- "svd32" (default): its squared singular values in float32, as the released code computes
+  them (`torch.square(torch.linalg.svdvals(sub))` on the float32 weight). The smallest of a
+  square window's are float32 rounding, and they set the low end of the log-spaced histogram
+  whose peak bounds the xmin search, so a precise spectrum moves that peak: on SmolLM2, 11 of
+  210 alphas changed (block 0's v_proj 3.61 -> 2.81) and FARMS (eps 0.3, Wanda, 70%) went
+  from the code's 720.90 to 507.78 (bench/reference_check.py; docs/fidelity.md).
+- "exact": spectra.eigenvalues of the window's Gram matrix (float64 for a square window on
+  CPU under precision "auto"), as our whole-matrix spectra.
+One window is held at a time.
 
 Defaults for SmolLM2-135M (hidden 576, MLP 1536, k/v 192): window 256 (about the paper's
 window / hidden ratio, 2000 / 4096) and 6 per side (the fewest 256-windows that cover the
@@ -34,7 +40,7 @@ rule's KS scan of the pooled spectra (which grows as max_per_side^4); 4 per side
 The reference's LLaMA-7B/13B setting is `FarmsSettings.paper()` (2000 x 2000, up to 15 x 15).
 
     from alphaprune.farms import FarmsSettings, farms_fit, estimate_cost, window_grid
-    settings = FarmsSettings()                            # window 256, 6 per side, rule "peak"
+    settings = FarmsSettings()                            # window 256, 6 per side, rule "peak", spectrum "svd32"
     window_grid((1536, 576), settings)[:2]                # [(0, 256, 0, 256), (0, 256, 64, 320)]
     fit = farms_fit(weight, settings)                     # fits.Fit(alpha, xmin, D, n_tail)
     estimate_cost([(576, 576), (1536, 576)], settings)    # Cost(windows=72, ..., seconds=...)
@@ -53,6 +59,7 @@ from alphaprune.errors import UserError
 from alphaprune.fits import XMIN_RULES, Fit, fit_rule
 from alphaprune.spectra import eigenvalues, resolve_device
 
+SPECTRA = ("svd32", "exact")  # how a window's spectrum is computed (module docstring)
 _MIN_WINDOW = 8  # a smaller window's ESD has too few eigenvalues to fit a tail in
 _MAX_PER_SIDE = 32  # 32 x 32 windows of a matrix: already ~1000x the paper's work on a 7B model
 
@@ -64,6 +71,9 @@ _MAX_PER_SIDE = 32  # 32 x 32 windows of a matrix: already ~1000x the paper's wo
 # and 8 per side within 5% (15.0 s and 105.6 s measured). Other machines differ.
 _EIG_OVERHEAD_S = 2.6e-4
 _EIG_S_PER_N3 = 2.36e-10
+# A float32 SVD of a window ("svd32") against the float64 Gram + eigvalsh ("exact"): 2.4-2.5x
+# per window, measured side by side on 1536 x 576 (36 windows of 256) and 192 x 576 (6 of 192).
+_SPECTRUM_FACTOR = {"exact": 1.0, "svd32": 2.4}
 _FIT_S_PER_N2 = 1.5e-9
 
 
@@ -74,6 +84,7 @@ class FarmsSettings:
     window: int = 256
     max_per_side: int = 6
     rule: str = "peak"  # the xmin rule of the fit on the pooled spectrum (fits.XMIN_RULES)
+    spectrum: str = "svd32"  # a window's spectrum: the code's float32 squared singular values, or "exact"
 
     @classmethod
     def paper(cls) -> FarmsSettings:
@@ -92,13 +103,15 @@ class FarmsSettings:
                 f"FARMS windows per side must be a whole number in 1..{_MAX_PER_SIDE}, got {self.max_per_side!r}; "
                 "use e.g. 6 (the paper uses 10-15 on 7B models)"
             )
+        if self.spectrum not in SPECTRA:
+            raise UserError(f"FARMS spectrum must be one of {', '.join(SPECTRA)}, got {self.spectrum!r}")
         if self.rule not in XMIN_RULES:
             raise UserError(f"FARMS xmin rule must be one of {', '.join(XMIN_RULES)}, got {self.rule!r}")
         return self
 
     def tag(self) -> str:
-        """A short name of these settings for cache keys and file names: 'farms-w256-k6-peak'."""
-        return f"farms-w{self.window}-k{self.max_per_side}-{self.rule}"
+        """A short name of these settings for cache keys and file names: 'farms-w256-k6-peak-svd32'."""
+        return f"farms-w{self.window}-k{self.max_per_side}-{self.rule}-{self.spectrum}"
 
 
 @dataclass(frozen=True)
@@ -145,11 +158,12 @@ def window_grid(shape: tuple[int, int], settings: FarmsSettings) -> list[tuple[i
 def pooled_eigenvalues(
     weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto"
 ) -> np.ndarray:
-    """Eigenvalues of every window's Gram matrix, pooled: ascending, float64, s x windows of them.
+    """Every window's spectrum (settings.spectrum), pooled: ascending, float64, s x windows of them.
 
     `weight` (out, in), any float dtype (a bf16 weight read from files is converted one
-    window at a time). Each window goes through spectra.eigenvalues, so it gets the same
-    precision and device handling as a whole matrix; only one window's Gram is alive at once.
+    window at a time). "svd32": float32 squared singular values on `device` (`precision` does
+    not apply); "exact": each window through spectra.eigenvalues, so it gets the same precision
+    and device handling as a whole matrix; only one window's Gram is alive at once.
 
     On CPU the windows run with one BLAS thread: threads gain little on matrices this small,
     and on a busy machine OpenBLAS's spinning threads made SmolLM2's first block 7-30x
@@ -157,13 +171,21 @@ def pooled_eigenvalues(
     """
     if weight.dim() != 2:
         raise ValueError(f"FARMS needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
-    one_thread = resolve_device(device).type == "cpu"
-    with threadpool_limits(1, user_api="blas") if one_thread else nullcontext():
+    dev = resolve_device(device)
+    with threadpool_limits(1, user_api="blas") if dev.type == "cpu" else nullcontext():
         parts = [
-            eigenvalues(weight[r0:r1, c0:c1], precision, device)  # (s,) each
+            _window_spectrum(weight[r0:r1, c0:c1], settings.spectrum, precision, dev)  # (s,) each
             for r0, r1, c0, c1 in window_grid(tuple(weight.shape), settings)
         ]
     return np.sort(np.concatenate(parts))
+
+
+def _window_spectrum(window: torch.Tensor, spectrum: str, precision: str, device: torch.device) -> np.ndarray:
+    """One s x s window's spectrum, float64 numpy (s,)."""
+    if spectrum == "exact":
+        return eigenvalues(window, precision, str(device))
+    singular = torch.linalg.svdvals(window.to(device=device, dtype=torch.float32))  # (s,) float32, descending
+    return torch.square(singular).double().cpu().numpy()
 
 
 def farms_fit(weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto") -> Fit:
@@ -183,6 +205,6 @@ def estimate_cost(shapes: list[tuple[int, int]], settings: FarmsSettings) -> Cos
         eig_flops += count * float(s) ** 3
         if settings.rule != "mid":
             fit_ops += float(n_pooled) ** 2
-        seconds += count * (_EIG_OVERHEAD_S + _EIG_S_PER_N3 * float(s) ** 3)
+        seconds += count * (_EIG_OVERHEAD_S + _EIG_S_PER_N3 * float(s) ** 3) * _SPECTRUM_FACTOR[settings.spectrum]
     seconds += _FIT_S_PER_N2 * fit_ops
     return Cost(windows=windows, eig_flops=eig_flops, pooled=pooled, fit_ops=fit_ops, seconds=seconds)

@@ -430,6 +430,73 @@ def ww_sparsity(model, alpha_by_name: dict[str, float], sparsity: float, epsilon
     return (ratios * scaler).cpu().numpy().tolist()
 
 
+def farms_fixed_sampling(matrix: torch.Tensor, num_row_samples: int, ops: int) -> torch.Tensor:
+    """HUST-AI-HYZ/FARMS lib/sampling.py fixed_sampling with Q_ratio 1 (its LLM runs): squared
+    float32 singular values of up to ops x ops windows of side min(num_row_samples, out, in),
+    pooled and sorted ascending."""
+    rows, cols = matrix.shape
+    num_row_samples = min(num_row_samples, min(rows, cols))
+    num_col_samples = int(num_row_samples * 1.0)
+    row_step = max(1, (rows - num_row_samples) // (ops - 1))
+    col_step = max(1, (cols - num_col_samples) // (ops - 1))
+    num_row_windows = min(ops, max(1, (rows - num_row_samples) // row_step + 1))
+    num_col_windows = min(ops, max(1, (cols - num_col_samples) // col_step + 1))
+    all_eigs = []
+    for i in range(num_row_windows):
+        for j in range(num_col_windows):
+            row_start = min(i * row_step, rows - num_row_samples)
+            col_start = min(j * col_step, cols - num_col_samples)
+            sub = matrix[row_start : row_start + num_row_samples, col_start : col_start + num_col_samples]
+            all_eigs.append(torch.square(torch.linalg.svdvals(sub)))
+    return torch.sort(torch.cat(all_eigs), descending=False).values
+
+
+def farms_alpha_peak(eigs: torch.Tensor, bins: int = 100) -> float:
+    """lib/esd_utils_farms.py analysis_esd with fix_fingers 'xmin_peak', filter_zeros False:
+    its float32 loop over xmin candidates (the lower bound compared with log10(0.95 peak), as
+    in AlphaPruning's code), alpha at the candidate of least KS distance."""
+    nz_eigs = torch.sort(eigs).values
+    n_all = len(nz_eigs)
+    log_nz_eigs = torch.log(nz_eigs)
+    alphas = torch.zeros(n_all - 1)
+    ds = torch.ones(n_all - 1)
+    hist = torch.log10(nz_eigs)
+    min_e, max_e = hist.min(), hist.max()
+    counts = torch.histc(hist, bins, min=min_e, max=max_e)
+    boundaries = torch.linspace(min_e, max_e, bins + 1)
+    xmin2 = 10 ** boundaries[torch.argmax(counts)]
+    xmin_min, xmin_max = torch.log10(0.95 * xmin2), 1.5 * xmin2
+    for i, xmin in enumerate(nz_eigs[:-1]):
+        if xmin < xmin_min:
+            continue
+        if xmin > xmin_max:
+            break
+        n = float(n_all - i)
+        seq = torch.arange(n)
+        alpha = 1 + n / (torch.sum(log_nz_eigs[i:]) - n * log_nz_eigs[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            ds[i] = torch.max(torch.abs(1 - (nz_eigs[i:] / xmin) ** (-alpha + 1) - seq / n))
+    return alphas[torch.argmin(ds)].item()
+
+
+@torch.no_grad()
+def farms_alphas(model, num_row_samples: int, ops: int) -> dict[str, float]:
+    """net_esd_estimator_farms(blocks, fix_fingers='xmin_peak', use_sliding_window=True, Q_ratio=1):
+    each nn.Linear's FARMS alpha, by our names ('model.layers.3.mlp.up_proj')."""
+    out = {}
+    for name, mod in find_layers(model.model.layers).items():
+        eigs = farms_fixed_sampling(mod.weight.data.clone().float(), num_row_samples, ops)
+        out[f"model.layers.{name}"] = farms_alpha_peak(eigs)
+    return out
+
+
+def farms_cap(ratios: list[float], sparsity: float) -> list[float]:
+    """The end of FARMS's ww_sparsity: a ratio above 1 becomes 0.99999 at sparsity 0.7, else 0.998."""
+    top = 0.99999 if sparsity == 0.7 else 0.998
+    return [top if r > 1 else r for r in ratios]
+
+
 def atp_rates(model, sparsity: float, beta: float) -> list[float]:
     """ATP's main.py: block i of L gets S - beta (L - 1) / 2 + i beta, every matrix of the block
     that block's rate (lib/prune.py indexes sparsity_rates by block); one entry per matrix here."""
@@ -552,6 +619,12 @@ def main() -> None:
                     help="also ATP (wzhuang-xmu/ATP main.py's rates) at these betas")  # fmt: skip
     ap.add_argument("--dlp-alpha", type=lambda v: [float(x) for x in v.split(",")], default=[], metavar="A,..",
                     help="also DLP (ironartisan/DLP's rates) with Wanda at these alphas")  # fmt: skip
+    ap.add_argument("--farms-eps", type=lambda v: [float(x) for x in v.split(",")], default=[], metavar="E,..",
+                    help="also FARMS (HUST-AI-HYZ/FARMS's alphas and ratios) at these epsilons")  # fmt: skip
+    ap.add_argument("--farms-window", type=int, default=256, help="FARMS num_row_samples (our farms_window)")
+    ap.add_argument("--farms-per-side", type=int, default=6, help="FARMS sampling_ops_per_dim (our farms_per_side)")
+    ap.add_argument("--farms-spectrum", default="svd32", choices=("svd32", "exact"),
+                    help="our side's farms_spectrum (svd32: the code's; exact: float64 Gram eigenvalues)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
     ap.add_argument(
@@ -604,15 +677,20 @@ def main() -> None:
             configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
     dlp = {f"dlp alpha{a:g} wanda": a for a in args.dlp_alpha}  # label -> alpha (its code: Wanda only)
     configs += [(label, "wanda", "dlp") for label in dlp]
+    spectrum = "" if args.farms_spectrum == "svd32" else f" (ours: {args.farms_spectrum} spectrum)"
+    farms = {f"farms eps{e:g} {p}{spectrum}": e for e in args.farms_eps for p in ("wanda", "sparsegpt")}  # label -> eps
+    configs += [(label, label.split()[2], "farms") for label in farms]
     if args.only:
         configs = [c for c in configs if args.only in c[0]]
 
     rows = []
+    farms_alpha = None
     names = [f"model.layers.{n}" for n in find_layers(dense.model.layers)]
     known = _stored_runs(args.ours_from, loaded) if args.ours_from else {}
     for label, pruner, allocation in configs:
         beta, atp_ratios = atp.get(label, (None, None))
         dlp_alpha = dlp.get(label)
+        farms_eps = farms.get(label)
         if args.threads != 1:  # BLAS rounding depends on the thread count: part of what a row measured
             label += f" [{args.threads} threads]"
         if allocation == "alphapruning" and max(ww) > 1.0 and pruner != "wanda":
@@ -633,6 +711,10 @@ def main() -> None:
                 ratios = atp_ratios
             elif allocation == "dlp":
                 ratios = dlp_rates(dense, loader, args.sparsity, dlp_alpha)
+            elif allocation == "farms":
+                if farms_alpha is None:  # one pass over all matrices, ~2 min: only when a FARMS row runs
+                    farms_alpha = farms_alphas(dense, args.farms_window, args.farms_per_side)
+                ratios = farms_cap(ww_sparsity(dense, farms_alpha, args.sparsity, farms_eps), args.sparsity)
             ACC_DTYPE = torch.float32
             ref, ref_sp = reference_ppl(dense, pruner, ratios, loader, test_enc, args)
             if args.noise_floor and pruner != "magnitude":
@@ -646,6 +728,9 @@ def main() -> None:
                 cfg = cfg.with_params(beta=beta)
             if allocation == "dlp":
                 cfg = cfg.with_params(dlp_alpha=dlp_alpha)
+            if allocation == "farms":
+                farms_own = {"farms_window": args.farms_window, "farms_per_side": args.farms_per_side}
+                cfg = cfg.with_params(epsilon=farms_eps, farms_spectrum=args.farms_spectrum, **farms_own)
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
                 from bench.results import as_whole_block
 

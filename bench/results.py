@@ -170,6 +170,8 @@ def key(settings: dict, fp: str) -> str:
         settings = {**settings, "dsnot_variance": "tokens"}  # records older than the code's variance
     if picked["refine"] != registry.NO_REFINER and "dsnot_candidates" not in settings:
         settings = {**settings, "dsnot_candidates": "strict"}  # and than its reading of the lists
+    if "farms_spectrum" in owned and "farms_spectrum" not in settings:
+        settings = {**settings, "farms_spectrum": "exact"}  # records older than the code's window spectrum
     for name in sorted(owned):
         value = settings.get(name, registry.param(name).default)
         picked[name] = list(value) if isinstance(value, tuple) else value

@@ -14,11 +14,10 @@ import streamlit as st
 
 from alphaprune import registry
 from alphaprune.allocation import CEILING
-from alphaprune.analysis import METRIC_NAMES, analyze
+from alphaprune.analysis import METRIC_NAMES
 from alphaprune.config import AllocationSettings
 from alphaprune.errors import UserError
 from alphaprune.export import llmcompressor_recipe
-from alphaprune.farms import estimate_cost
 from alphaprune.pipeline import PruneConfig, analysis_options, cached_statistics, make_allocation
 from alphaprune.plots import allocation_figure, clipping_note, per_matrix
 from alphaprune.text import calibration_windows, token_ids
@@ -26,12 +25,12 @@ from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
-    FILES,
     MODEL,
     OUTLIERS,
     calibration_choice,
     model_layout,
     model_name,
+    offer_farms,
     progress_callback,
     require,
 )
@@ -74,21 +73,7 @@ config = PruneConfig.from_parts(settings)  # the run these settings describe (th
 
 options = analysis_options(config)  # what the rule's metric needs of the analysis (FARMS' windows)
 if any(getattr(analysis, key) != value for key, value in options.items()):
-    layers = analysis.prunable
-    cost = estimate_cost([tuple(m.shape) for m in layers], options["farms"])
-    st.info(
-        f"{method} needs the alphas of pooled {options['farms'].window}-wide windows of every matrix: "
-        f"{cost.windows} windows, about {cost.seconds:.0f} s here (an estimate)."
-    )
-    if st.button("Compute FARMS alphas", key="farms_compute"):
-        bar = st.progress(0.0, text="FARMS")
-        try:
-            source = loaded.model if loaded is not None else st.session_state[FILES]
-            st.session_state[ANALYSIS] = analyze(source, model_name(), progress=progress_callback(bar), **options)
-        except UserError as exc:
-            st.error(exc.render("app"))
-            st.stop()
-        st.rerun()
+    offer_farms(options["farms"], f"{method} needs its own metric", key="farms_compute")
     st.stop()
 
 

@@ -5,6 +5,7 @@ import streamlit as st
 import torch
 
 from alphaprune.analysis import METRIC_NAMES
+from alphaprune.farms import FarmsSettings
 from alphaprune.fits import XMIN_RULES
 from alphaprune.plots import (
     alpha_depth_figure,
@@ -17,7 +18,7 @@ from alphaprune.report import analysis_frame
 from alphaprune.spectra import eigenvalues
 from alphaprune.tails import cached_tails
 from alphaprune.ui.charts import chart
-from alphaprune.ui.session import ANALYSIS, TAILS, matrix_weight, model_name, require
+from alphaprune.ui.session import ANALYSIS, TAILS, matrix_weight, model_name, offer_farms, require
 
 st.title("Spectra")
 analysis = require(ANALYSIS, "Load and analyse a model first.")
@@ -76,6 +77,8 @@ with tab_scan:
 st.subheader("Across the model")
 metrics = [m for m in METRIC_NAMES if not m.startswith(("xmin", "D_", "mp_edge", "mp_sigma"))]
 metric = st.selectbox("Metric", metrics, index=metrics.index("alpha_peak"), key="depth_metric")
+if metric == "alpha_farms" and analysis.farms is None:  # opt-in: not part of the first analysis
+    offer_farms(FarmsSettings(), "alpha_farms is not computed yet", key="spectra_farms_compute")
 left, right = st.columns(2)
 chart(left, alpha_depth_figure(analysis, metric), key="depth_chart", name="alpha_by_depth")
 chart(right, heatmap_figure(analysis, metric), key="heatmap_chart", name="alpha_heatmap")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -343,3 +344,42 @@ def test_auto_on_the_allocation_page_runs_the_search_and_draws_its_curve(tiny_fo
     assert (data.calib_samples, data.eval_windows) == (2, 2) and pruner == PrunerSettings()
     curve = _chart(at, "search_chart")
     assert [round(x, 3) for x in _traces(curve, "candidates")[0]["x"]] == [0.1, 0.5]
+
+
+def test_farms_alphas_are_offered_with_their_cost_then_computed_on_both_pages(tiny_folder):
+    """FARMS as the Allocation page's method, and alpha_farms as the Spectra page's metric: each
+    shows the cost estimate, and its button computes the column once for both pages."""
+    from alphaprune.farms import FarmsSettings
+    from alphaprune.ui import session
+
+    at = _allocation_page(tiny_folder)
+    at.switch_page("pages/spectra.py").run()
+    at.selectbox(key="depth_metric").set_value("alpha_farms").run()
+    _no_errors(at)
+    assert "windows, about" in " ".join(i.value for i in at.info)
+    at.button(key="spectra_farms_compute").click().run()
+    _no_errors(at)
+    analysis = at.session_state[session.ANALYSIS]
+    assert analysis.farms == FarmsSettings() and all(math.isfinite(m.alpha_farms) for m in analysis.layers)
+    at.switch_page("pages/allocation.py").run()
+    at.selectbox(key="alloc_method").set_value("farms").run()
+    _no_errors(at)
+    assert not any(b.key == "farms_compute" for b in at.button)  # the same settings: computed already
+    from alphaprune import registry
+    from alphaprune.registry import RuleInput
+
+    params = {p.name: p.default for p in registry.rule("farms").params}
+    farms = registry.rule("farms").allocate(RuleInput(analysis.prunable, 0.7, 0.99, params))
+    figure = _chart(at, "allocation_chart")
+    drawn = [y for name in ("sparsity", "held at ceiling") for t in _traces(figure, name) for y in t["y"]]
+    assert sorted(drawn) == pytest.approx(sorted(farms.block_ratios))  # block 2 held at the ceiling here
+
+
+def test_farms_settings_of_the_allocation_page_are_its_own_analysis(tiny_folder):
+    at = _allocation_page(tiny_folder)
+    at.selectbox(key="alloc_method").set_value("farms").run()
+    assert "farms needs its own metric" in " ".join(i.value for i in at.info)
+    at.selectbox(key="alloc_farms_spectrum").set_value("exact").run()
+    at.button(key="farms_compute").click().run()
+    _no_errors(at)
+    assert at.session_state["analysis"].farms.spectrum == "exact"

@@ -27,6 +27,7 @@ from alphaprune.spectra import eigenvalues
 from tests.conftest import tiny_llama
 
 SMALL = FarmsSettings(window=32, max_per_side=3)  # tiny models: hidden 64, MLP 160, k/v 32
+EXACT = dataclasses.replace(SMALL, spectrum="exact")  # float64 Gram eigenvalues instead of the code's float32 SVD
 
 
 def plain_starts(length: int, size: int, per_side: int) -> list[int]:
@@ -59,6 +60,14 @@ def plain_pooled(w: np.ndarray, window: int, per_side: int) -> np.ndarray:
     return np.sort(np.concatenate(parts))
 
 
+def plain_pooled_svd32(w: torch.Tensor, window: int, per_side: int) -> np.ndarray:
+    """The released code's line per window: torch.square(torch.linalg.svdvals(sub)) on float32."""
+    parts = []
+    for r0, r1, c0, c1 in plain_windows(tuple(w.shape), window, per_side):
+        parts.append(torch.square(torch.linalg.svdvals(w.float()[r0:r1, c0:c1])))
+    return torch.sort(torch.cat(parts)).values.double().numpy()
+
+
 SHAPES = [(96, 96), (160, 64), (48, 200), (20, 30), (7, 300), (64, 64)]
 
 
@@ -76,7 +85,7 @@ def test_grid_is_the_reference_rule(shape, window, per_side):
 
 def test_grid_by_hand():
     default = FarmsSettings()
-    assert (default.window, default.max_per_side, default.rule) == (256, 6, "peak")
+    assert (default.window, default.max_per_side, default.rule, default.spectrum) == (256, 6, "peak", "svd32")
     grid = window_grid((1536, 576), default)  # rows step 1280 // 5 = 256, columns 320 // 5 = 64
     assert sorted({g[0] for g in grid}) == [0, 256, 512, 768, 1024, 1280]
     assert sorted({g[2] for g in grid}) == [0, 64, 128, 192, 256, 320] and len(grid) == 36
@@ -94,29 +103,53 @@ def test_grid_by_hand():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_pooled_eigenvalues_against_a_plain_loop(shape):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
-    settings = FarmsSettings(window=32, max_per_side=4)
+    settings = FarmsSettings(window=32, max_per_side=4, spectrum="exact")
     got = pooled_eigenvalues(w, settings)
     want = plain_pooled(w.numpy(), 32, 4)
     assert got.dtype == np.float64 and np.all(np.diff(got) >= 0)
     assert len(got) == len(window_grid(shape, settings)) * min(32, *shape)
     np.testing.assert_allclose(got, np.clip(want, 0, None), rtol=1e-10, atol=1e-10 * want[-1])
+    # the default: the released code's float32 squared singular values, number for number
+    code = pooled_eigenvalues(w, dataclasses.replace(settings, spectrum="svd32"))
+    np.testing.assert_array_equal(code, plain_pooled_svd32(w, 32, 4))
+    np.testing.assert_allclose(code, np.clip(want, 0, None), rtol=1e-4, atol=1e-5 * want[-1])  # float32 close
 
 
-def test_pooled_eigenvalues_dtype_layout_and_precision():
+def test_the_two_spectra_differ_at_the_bottom_only():
+    """Why the spectrum is a setting: a near-singular square window's smallest eigenvalues are
+    float32 rounding in the code's spectrum, and they set the low end of the log-spaced
+    histogram whose peak bounds the xmin search; the tail the fit reads is the same."""
+    w = torch.randn(192, 192, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w[:, -1] = w[:, 0] + 1e-6 * w[:, 1]  # one direction nearly gone: sigma_min ~ 1e-6, below float32's reach
+    w = w.float()
+    exact = pooled_eigenvalues(w, FarmsSettings(window=192, spectrum="exact"))
+    code = pooled_eigenvalues(w, FarmsSettings(window=192))
+    assert not 0.5 < code[0] / exact[0] < 2.0  # the bottom: float32 rounding, not the matrix
+    np.testing.assert_allclose(code[-20:], exact[-20:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [SMALL, EXACT], ids=["svd32", "exact"])
+def test_pooled_eigenvalues_dtype_layout_and_precision(settings):
     w = torch.randn(160, 64, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
-    ref = pooled_eigenvalues(w.float(), SMALL)
-    np.testing.assert_array_equal(pooled_eigenvalues(w, SMALL), ref)  # bf16 read from files: same numbers
-    np.testing.assert_allclose(pooled_eigenvalues(w.float().t(), SMALL), ref, rtol=1e-10, atol=1e-10 * ref[-1])
-    f32 = pooled_eigenvalues(w.float(), SMALL, precision="float32")
+    ref = pooled_eigenvalues(w.float(), settings)
+    np.testing.assert_array_equal(pooled_eigenvalues(w, settings), ref)  # bf16 read from files: same numbers
+    tolerance = 1e-10 if settings.spectrum == "exact" else 1e-5
+    np.testing.assert_allclose(
+        pooled_eigenvalues(w.float().t(), settings), ref, rtol=tolerance, atol=tolerance * ref[-1]
+    )
+    f32 = pooled_eigenvalues(w.float(), settings, precision="float32")  # "svd32" is float32 whatever precision
     np.testing.assert_allclose(f32, ref, rtol=1e-4, atol=1e-5 * ref[-1])
     with pytest.raises(ValueError):
-        pooled_eigenvalues(torch.zeros(4, 4, 4), SMALL)
+        pooled_eigenvalues(torch.zeros(4, 4, 4), settings)
 
 
 def test_a_matrix_no_larger_than_the_window_is_its_own_spectrum():
     w = torch.randn(48, 48, generator=torch.Generator().manual_seed(1))
-    np.testing.assert_array_equal(pooled_eigenvalues(w, FarmsSettings(window=64)), eigenvalues(w))
-    assert farms_fit(w, FarmsSettings(window=64)) == fit_all(eigenvalues(w))["peak"]
+    exact = FarmsSettings(window=64, spectrum="exact")
+    np.testing.assert_array_equal(pooled_eigenvalues(w, exact), eigenvalues(w))
+    assert farms_fit(w, exact) == fit_all(eigenvalues(w))["peak"]
+    squared = torch.square(torch.linalg.svdvals(w)).double().numpy()[::-1]  # the code's, ascending
+    np.testing.assert_array_equal(pooled_eigenvalues(w, FarmsSettings(window=64)), squared)
 
 
 def _spectra() -> list[np.ndarray]:
@@ -177,6 +210,8 @@ def test_cost_estimate_against_a_hand_count():
     mid = estimate_cost(shapes, dataclasses.replace(default, rule="mid"))
     assert mid.fit_ops == 0 and mid.windows == cost.windows and mid.seconds < cost.seconds
     assert estimate_cost([], default).windows == 0
+    exact = estimate_cost(shapes, dataclasses.replace(default, spectrum="exact"))
+    assert exact.windows == cost.windows and exact.seconds < cost.seconds  # a float32 SVD costs more per window
     paper = estimate_cost([(4096, 4096), (11008, 4096)], FarmsSettings.paper())
     assert paper.windows == 2 * 15 * 15 and paper.seconds > 100 * cost.seconds
 
@@ -184,7 +219,7 @@ def test_cost_estimate_against_a_hand_count():
 @pytest.mark.parametrize(
     "bad",
     [dict(window=0), dict(window=4), dict(window=2.5), dict(window=True), dict(max_per_side=0),
-     dict(max_per_side=33), dict(max_per_side=1.0), dict(rule="median")],
+     dict(max_per_side=33), dict(max_per_side=1.0), dict(rule="median"), dict(spectrum="float16")],
 )  # fmt: skip
 def test_bad_settings_say_what_to_change(bad):
     with pytest.raises(UserError, match="FARMS"):
@@ -200,7 +235,12 @@ def test_analysis_column_present_only_when_asked():
     assert all(math.isnan(layer.alpha_farms) for layer in plain.layers)
     seen = []
     farmed = analyze(model, "tiny", use_cache=False, farms=SMALL, progress=lambda f, m: seen.append(m))
-    assert farmed.farms == SMALL and farmed.to_dict()["farms"] == {"window": 32, "max_per_side": 3, "rule": "peak"}
+    assert farmed.farms == SMALL and farmed.to_dict()["farms"] == {
+        "window": 32,
+        "max_per_side": 3,
+        "rule": "peak",
+        "spectrum": "svd32",
+    }
     assert seen == [f"spectra {k}/15" for k in range(1, 16)]
     for layer, ref in zip(farmed.layers, all_matrices(model), strict=True):  # 15 matrices: the pool ran
         assert layer.alpha_farms == farms_fit(ref.weight(), SMALL).alpha and np.isfinite(layer.alpha_farms)
@@ -223,14 +263,14 @@ def test_cache_keys_and_reuse(tmp_path, monkeypatch):
     fp = cache.weights_fingerprint(all_matrices(model))
     plain_key = f"{fp[:32]}-auto-v1"  # today's key, unchanged
     assert analysis_mod._cache_key(fp, "auto") == plain_key
-    assert analysis_mod._cache_key(fp, "auto", SMALL) == plain_key + "-farms-w32-k3-peak"
+    assert analysis_mod._cache_key(fp, "auto", SMALL) == plain_key + "-farms-w32-k3-peak-svd32"
     plain = analyze(model, "tiny")
     seen = []
     farmed = analyze(model, "tiny", farms=SMALL, progress=lambda f, m: seen.append(m))
     assert not farmed.from_cache and seen[-1] == "FARMS 8/8"  # the plain entry reused: FARMS only
     assert farmed.layers == analyze(model, use_cache=False, farms=SMALL).layers
     assert sorted(p.stem for p in (tmp_path / "analyses").iterdir()) == sorted(
-        [plain_key, plain_key + "-farms-w32-k3-peak"]
+        [plain_key, plain_key + "-farms-w32-k3-peak-svd32"]
     )
     again = analyze(model, "tiny", farms=SMALL)
     assert again.from_cache and again.layers == farmed.layers and again.farms == SMALL
@@ -304,7 +344,8 @@ def test_farms_rule_is_alphapruning_on_the_farms_alphas(mapping):
 
     model = tiny_llama(layers=4, seed=2)
     analysis = analyze(model, "tiny", use_cache=False, farms=SMALL)
-    params = {"epsilon": 0.2, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side}
+    params = {"epsilon": 0.2, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side,
+              "farms_spectrum": SMALL.spectrum}  # fmt: skip
     given = RuleInput(analysis.prunable, 0.6, 0.99, params, granularity=mapping)
     out = registry.rule("farms").allocate(given)
     expected = _farms_ratios_loop(analysis.prunable, 0.6, 0.2, mapping == "block")
@@ -323,7 +364,8 @@ def test_farms_rule_clips_at_the_ceiling_and_keeps_the_mean():
 
     model = tiny_llama(layers=4, seed=2)
     analysis = analyze(model, "tiny", use_cache=False, farms=SMALL)
-    params = {"epsilon": 0.5, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side}
+    params = {"epsilon": 0.5, "farms_window": SMALL.window, "farms_per_side": SMALL.max_per_side,
+              "farms_spectrum": SMALL.spectrum}  # fmt: skip
     layers = analysis.prunable
     assert max(_farms_ratios_loop(layers, 0.85, 0.5, False)) > 0.9  # the formula crosses the ceiling
     out = registry.rule("farms").allocate(RuleInput(layers, 0.85, 0.9, params, granularity="matrix"))
@@ -331,3 +373,31 @@ def test_farms_rule_clips_at_the_ceiling_and_keeps_the_mean():
     assert max(out.sparsities) <= 0.9 + 1e-12 and min(out.sparsities) >= 0.0
     assert float(weights @ np.asarray(out.sparsities) / weights.sum()) == pytest.approx(0.85, abs=1e-9)
     assert out.clipped and all(out.ratios[name] == pytest.approx(0.9) for name in out.clipped)
+
+
+def test_the_rule_s_defaults_are_the_settings_defaults():
+    """The Spectra page offers FarmsSettings(); the Allocation page the rule's parameters: the same."""
+    from alphaprune import registry
+    from alphaprune.rules.farms import settings
+
+    assert settings(registry.defaults()) == FarmsSettings()
+
+
+def test_cli_analyze_farms_says_its_cost_first_and_shows_the_column(tmp_path, monkeypatch, capsys):
+    from alphaprune.cli import main
+
+    monkeypatch.setenv("ALPHAPRUNE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    tiny_llama(layers=2, seed=2).save_pretrained(folder)
+    from tests.conftest import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(folder)
+    flags = ["--farms-window", "32", "--farms-per-side", "3", "--farms-spectrum", "exact"]
+    assert main(["analyze", "--model", str(folder), "--farms", *flags, "--no-cache"]) == 0
+    out, err = capsys.readouterr()
+    cost = estimate_cost([tuple(r.shape) for r in all_matrices(tiny_llama(layers=2))], EXACT)
+    assert f"FARMS: {cost.windows} windows of up to 32 x 32 (exact)" in err
+    assert err.index("FARMS:") < err.index("analysed")  # before the work
+    assert "alpha_farms" in out.splitlines()[0]
+    assert main(["analyze", "--model", str(folder), "--farms-spectrum", "float16", "--farms"]) == 2
+    assert "FARMS window spectrum must be one of svd32, exact" in capsys.readouterr().err

@@ -22,13 +22,21 @@ FARMS_PER_SIDE = Param(
     "farms_per_side", 6, "at most this many windows along each side of a matrix (cost grows with its square)",
     "FARMS windows per side", kind="int", low=1, high=32, step=1,
 )  # fmt: skip
+FARMS_SPECTRUM = Param(
+    "farms_spectrum", "svd32", "a window's spectrum: its squared singular values in float32, as the authors' "
+    "code (svd32), or the exact eigenvalues of its Gram matrix (exact); they can set another ESD peak",
+    "FARMS window spectrum", kind="choice", choices=("svd32", "exact"),
+)  # fmt: skip
+ANALYSIS_PARAMS = (FARMS_WINDOW, FARMS_PER_SIDE, FARMS_SPECTRUM)  # what the analysis' alpha_farms depends on
 
 
 def settings(params):
     """The FARMS settings (alphaprune/farms.py) these parameters ask for."""
     from alphaprune.farms import FarmsSettings
 
-    return FarmsSettings(window=params["farms_window"], max_per_side=params["farms_per_side"]).validate()
+    return FarmsSettings(
+        window=params["farms_window"], max_per_side=params["farms_per_side"], spectrum=params["farms_spectrum"]
+    ).validate()
 
 
 def analysis_options(params) -> dict:
@@ -40,7 +48,7 @@ def allocate(given: RuleInput) -> alloc.Allocation:
     out = alloc.alphapruning(
         given.matrices, given.target, p["epsilon"], "alpha_farms", given.granularity, given.ceiling
     )
-    own = {"epsilon": p["epsilon"], "farms_window": p["farms_window"], "farms_per_side": p["farms_per_side"]}
+    own = {"epsilon": p["epsilon"], **{q.name: p[q.name] for q in ANALYSIS_PARAMS}}
     return dataclasses.replace(out, method="farms", settings={**own, "mapping": given.granularity})
 
 
@@ -49,7 +57,7 @@ SPEC = Rule(
     summary="AlphaPruning on the alpha of pooled fixed-size windows: no aspect-ratio bias",
     needs=ANALYSIS,
     allocate=allocate,
-    params=(EPSILON, FARMS_WINDOW, FARMS_PER_SIDE),
+    params=(EPSILON, *ANALYSIS_PARAMS),
     granularities=("block", "matrix"),
     analysis_options=analysis_options,
     order=15,

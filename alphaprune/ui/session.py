@@ -532,6 +532,30 @@ def staged_progress() -> Callable[[float, str], None]:
     return update
 
 
+def offer_farms(settings, why: str, key: str) -> None:
+    """The cost of computing the analysis' alpha_farms with these FarmsSettings, and a button
+    that computes it (cached) and reruns the page: the Allocation and Spectra pages' one way."""
+    from alphaprune.farms import estimate_cost
+
+    analysis = st.session_state[ANALYSIS]
+    cost = estimate_cost([tuple(m.shape) for m in analysis.layers], settings)  # every matrix, as analyze
+    st.info(
+        f"{why}: the alphas of pooled {settings.window}-wide windows of every matrix, {cost.windows} windows, "
+        f"about {cost.seconds:.0f} s here (an estimate)."
+    )
+    if not st.button("Compute FARMS alphas", key=key):
+        return
+    bar = st.progress(0.0, text="FARMS")
+    loaded = st.session_state.get(MODEL)
+    source = loaded.model if loaded is not None else st.session_state[FILES]
+    try:
+        st.session_state[ANALYSIS] = analyze(source, model_name(), progress=progress_callback(bar), farms=settings)
+    except UserError as exc:
+        st.error(say(exc))
+        return
+    st.rerun()
+
+
 def require(key: str, message: str) -> object:
     """The state value, or an info box pointing to the page that makes it, then stop."""
     value = st.session_state.get(key)
