@@ -877,6 +877,7 @@ def cmd_compare(args) -> int:
     for row in rows:
         print(f"{row['rule']:14s} {row['ppl_after']:12.3f} {row['lowest_block']:13.4f} {row['highest_block']:14.4f}  "
               f"{row['run']}")  # fmt: skip
+    print(compare.ratio_listing(rows))  # each rule's ratios beside its perplexity above
     print(f"compare {cid}: {len(rows)} rules (alphaprune runs --sweep {cid})")
     if args.out is not None:
         RunStore().export(args.out, sweep=cid)

@@ -8,7 +8,8 @@ a stopped comparison resumes where it stopped.
     configs = rule_configs(base, ["uniform", "alphapruning", "owl", "atp", "dlp"])
     cid = compare_id("smollm2-135m", base)
     todo = pending(RunStore(), "smollm2-135m", configs, cid)   # the configs without a stored run
-    rows = table(RunStore().list(sweep=cid))                    # rule, perplexities, ratio range
+    rows = table(RunStore().list(sweep=cid))                    # rule, perplexities, ratio range, block ratios
+    print(ratio_listing(rows))                                  # block x rule
 """
 
 from __future__ import annotations
@@ -62,12 +63,26 @@ def pending(store, model_name: str, configs: list[PruneConfig], cid: str) -> lis
 
 
 def table(records) -> list[dict]:
-    """One row per rule of a comparison's stored runs: perplexities and the ratios' range."""
+    """One row per rule of a comparison's stored runs, best first: perplexities, the ratios'
+    range and every block's ratio ("block_ratios", for the side-by-side chart and listing)."""
     rows = []
     for r in records:
-        blocks = r.block_ratios or [0.0]
+        blocks = list(r.block_ratios or [0.0])
         rows.append({
-            "rule": r.settings.get("allocation"), "run": r.id, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
+            "rule": r.settings.get("allocation"), "run": r.id, "target": r.settings.get("sparsity"),
+            "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
             "actual_sparsity": r.actual_sparsity, "lowest_block": min(blocks), "highest_block": max(blocks),
+            "block_ratios": blocks,
         })  # fmt: skip
     return sorted(rows, key=lambda row: row["ppl_after"])
+
+
+def ratio_listing(rows: list[dict]) -> str:
+    """Every block's ratio under each compared rule, one line per block (the CLI's listing)."""
+    head = "block " + " ".join(f"{row['rule']:>12s}" for row in rows)
+    depth = max((len(row["block_ratios"]) for row in rows), default=0)
+    lines = [head]
+    for block in range(depth):
+        cells = [row["block_ratios"][block] if block < len(row["block_ratios"]) else float("nan") for row in rows]
+        lines.append(f"{block:5d} " + " ".join(f"{cell:12.4f}" for cell in cells))
+    return "\n".join(lines)

@@ -397,6 +397,27 @@ def _overlay_traces(others: dict[str, Allocation]) -> list:
     return traces
 
 
+def compare_figure(rows: list[dict]) -> go.Figure:
+    """A comparison's rules side by side (compare.table's rows): each rule's block ratios as one
+    line, its pruned perplexity in the legend, best first; their common target dashed."""
+    traces = []
+    for row in rows:
+        label = f"{row['rule']}: ppl {row['ppl_after']:.1f}"
+        traces.append(
+            go.Scatter(
+                x=list(range(len(row["block_ratios"]))), y=row["block_ratios"], mode="lines+markers", name=label,
+                marker=dict(size=5), hovertemplate="block %{x}<br>sparsity %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+    layout = dict(xaxis=dict(title="block"), yaxis=dict(title="sparsity"), height=_HEIGHT,
+                  title="Compared rules: block ratios (legend: perplexity after pruning)")  # fmt: skip
+    targets = {row.get("target") for row in rows} - {None}
+    if len(targets) == 1:
+        target = targets.pop()
+        layout["shapes"] = [_hline(target, "dash", f"target {target:.2f}")]
+    return go.Figure(data=traces, layout=layout)
+
+
 def _allocation_layout(allocation: Allocation, uniform_target: float | None, bars: list[dict], matrix: bool) -> dict:
     target = allocation.target if uniform_target is None else uniform_target
     raw = [b["raw"] for b in bars]

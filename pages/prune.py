@@ -17,7 +17,7 @@ from alphaprune.export import save_result
 from alphaprune.generate import generate
 from alphaprune.patterns import PATTERNS
 from alphaprune.pipeline import PruneConfig, run_prune
-from alphaprune.plots import before_after_figure, search_figure
+from alphaprune.plots import before_after_figure, compare_figure, search_figure
 from alphaprune.preflight import WHERE
 from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
@@ -242,7 +242,9 @@ with st.expander("Compare allocation rules"):
         st.caption("Comparing runs in memory: load the model on the Model page (Offload none) to use it.")
     shown_rows = st.session_state.get(COMPARE)
     if shown_rows:
-        st.dataframe(shown_rows[1], hide_index=True, key="compare_table")
+        columns = [c for c in shown_rows[1][0] if c != "block_ratios"]  # those are drawn below
+        st.dataframe([{c: row[c] for c in columns} for row in shown_rows[1]], hide_index=True, key="compare_table")
+        chart(st, compare_figure(shown_rows[1]), key="compare_chart", name="compare")
         st.caption(f"Stored as `{shown_rows[0]}` (alphaprune runs --sweep {shown_rows[0]}).")
 
 result = st.session_state.get(RESULT)

@@ -7,6 +7,7 @@ failures obvious, the numbers and names shown, settings kept across pages, the s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,11 @@ def test_compare_runs_one_stored_run_per_rule_and_resumes(tiny_folder):
     assert sorted(r["rule"] for r in rows) == ["atp", "uniform"] and runs_stored() == before + 2
     runs = RunStore().list(sweep=cid)
     assert len(runs) == 2 and len({r.ppl_before for r in runs}) == 1  # the same texts and dense model
+    # side by side: each rule's block ratios as a line, its perplexity in the legend
+    (plot,) = [c for c in at.get("plotly_chart") if "compare_chart" in c.proto.id]
+    lines = {t["name"]: t["y"] for t in json.loads(plot.proto.spec)["data"]}
+    for run in runs:
+        assert lines[f"{run.settings['allocation']}: ppl {run.ppl_after:.1f}"] == pytest.approx(run.block_ratios)
     at.button(key="compare_button").click().run()
     assert runs_stored() == before + 2  # resumed: both rules were measured already
 

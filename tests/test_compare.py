@@ -60,6 +60,40 @@ def test_the_table_ranks_the_rules_by_perplexity(env):
     assert [r["ppl_after"] for r in rows] == sorted(r["ppl_after"] for r in rows)
     uniform = next(r for r in rows if r["rule"] == "uniform")
     assert uniform["lowest_block"] == pytest.approx(uniform["highest_block"])  # uniform is flat
+    for row, run in ((r, RunStore().get(r["run"])) for r in rows):  # every block's ratio, side by side
+        assert row["block_ratios"] == run.block_ratios and row["target"] == 0.6
+    listing = compare.ratio_listing(rows).splitlines()
+    assert listing[0].split() == ["block", *(r["rule"] for r in rows)] and len(listing) == 1 + 3
+    assert [float(x) for x in listing[1].split()[1:]] == pytest.approx([r["block_ratios"][0] for r in rows], abs=1e-4)
+    from alphaprune.plots import compare_figure
+
+    figure = compare_figure(rows)
+    assert [t.name for t in figure.data] == [f"{r['rule']}: ppl {r['ppl_after']:.1f}" for r in rows]
+    assert figure.layout.shapes[0].y0 == 0.6  # the common target
+
+
+def test_a_stopped_comparison_resumes_where_it_stopped(env, capsys, monkeypatch):
+    """Stopped during its second rule (Ctrl-C), a comparison keeps the first run; the same
+    command then runs only the rules not stored."""
+    from alphaprune import cli
+
+    folder, corpus = env
+    real, ran = cli._run_one, []
+
+    def stop_at_atp(loaded, config, *args, **kwargs):
+        ran.append(config.allocation)
+        if config.allocation == "atp" and ran.count("atp") == 1 and len(ran) == 2:  # the first command only
+            raise KeyboardInterrupt
+        return real(loaded, config, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "_run_one", stop_at_atp)
+    assert _compare(folder, corpus, "uniform,atp,dlp") == 130
+    assert [r.settings["allocation"] for r in RunStore().list(kind="prune")] == ["uniform"]
+    ran.clear()
+    capsys.readouterr()
+    assert _compare(folder, corpus, "uniform,atp,dlp") == 0
+    assert ran == ["atp", "dlp"] and "1 of 3 rules already measured" in capsys.readouterr().err
+    assert sorted(r.settings["allocation"] for r in RunStore().list(kind="prune")) == ["atp", "dlp", "uniform"]
 
 
 @pytest.mark.parametrize(
