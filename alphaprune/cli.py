@@ -8,6 +8,7 @@
         --calib calib.txt --calib-samples 32 --seqlen 1024 --eval test.raw --eval-windows 32 --save out/
     python -m alphaprune eval --model out/ --eval test.raw --seqlen 1024
     python -m alphaprune sweep --pruner magnitude --allocation alphapruning --epsilons 0.1,0.2,0.3 --sparsities 0.6,0.7
+    python -m alphaprune sweep --rules atp,owl --vary beta=0.005,0.01 --vary owl_lambda=0.04,0.08
     python -m alphaprune runs [--export runs.csv] [--delete 3,4]
 
 Every prune, sweep and eval run is stored in the run history (alphaprune/runs.py).
@@ -266,10 +267,30 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _varied(text: str) -> tuple[str, list]:
+    """--vary NAME=V1,V2: a registry parameter and its values, each checked by its spec."""
+    from alphaprune import registry
+
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in registry.params() or not values.strip():
+        raise argparse.ArgumentTypeError(f"give NAME=V1,V2 with a rule's or pruner's parameter, got {text!r}")
+    spec = registry.param(name)
+    try:
+        return name, [spec.check(spec.parse(v.strip())) for v in values.split(",")]
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_sweep(sub) -> None:
-    p = sub.add_parser("sweep", help="one prune run per epsilon and/or sparsity of a grid, all stored")
+    p = sub.add_parser("sweep", help="one prune run per cell of a grid (rules, pruners, sparsities, parameters)")
     _add_prune_args(p)
     p.add_argument("--epsilons", type=_floats, help="comma-separated epsilons (rules with an epsilon)")
+    p.add_argument(
+        "--vary", action="append", type=_varied, default=[], metavar="NAME=V1,V2",
+        help="also a rule's or pruner's parameter over these values, in the cells whose rule or pruner has it "
+        "(e.g. beta=0.005,0.01 for atp; repeat for more)",
+    )  # fmt: skip
     p.add_argument("--sparsities", type=_floats, help="comma-separated target sparsities")
     p.add_argument("--pruners", type=_names, help="comma-separated pruners (default: --pruner)")
     p.add_argument("--rules", type=_names, help="comma-separated allocation rules (default: --allocation)")
@@ -801,7 +822,12 @@ def cmd_sweep(args) -> int:
     if args.epsilons and not any("epsilon" in registry.rule(r).param_names() for r in rules):
         given = f"--rules {','.join(rules)}" if args.rules else f"--allocation {args.allocation}"
         raise UserError(f"--epsilons applies to rules with an epsilon, not {given}")
-    configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules)
+    varied = dict(args.vary)
+    owners = [registry.rule(r) for r in rules] + [registry.pruner(p) for p in args.pruners or [args.pruner]]
+    for name in varied:
+        if not any(name in spec.param_names() for spec in owners):
+            raise UserError(f"--vary {name}: no rule or pruner of this sweep has that parameter; name one that does")
+    configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules, varied)
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)
     if args.ray is not None:

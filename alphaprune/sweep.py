@@ -1,6 +1,7 @@
-"""A grid of prune runs (epsilon x sparsity x pruner x rule), one after another or as Ray tasks.
+"""A grid of prune runs (rule x pruner x sparsity x any parameter), one after another or as Ray tasks.
 
     configs = grid(base, epsilons=[0.2, 0.3], sparsities=[0.5, 0.7], pruners=["wanda"], rules=[])
+    configs = grid(base, rules=["atp", "owl"], values={"beta": [0.005, 0.01], "owl_lambda": [0.04, 0.08]})
     sid = sweep_id("smollm2-135m", configs)           # the same grid, the same id: it resumes
     todo = pending(RunStore(), "smollm2-135m", configs, sid)
     run_sequential(loaded, todo, sid, len(configs), store, progress)         # in this process
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -32,18 +34,24 @@ INSTALL = "pip install 'alphaprune[ray]'"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=()) -> list[PruneConfig]:
-    """Every combination, rules outermost, then pruners, sparsities, epsilons; each validated.
-    An empty axis keeps `base`'s value; epsilons apply to the rules that have one."""
+def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=(), values=None) -> list[PruneConfig]:
+    """Every combination, rules outermost, then pruners, sparsities and the varied parameters;
+    each validated. An empty axis keeps `base`'s value. `values` (parameter name -> its values,
+    e.g. {"beta": [0.005, 0.01]}) and `epsilons` (values["epsilon"]) vary a parameter in the
+    cells whose rule or pruner owns it; the other cells run once."""
     from alphaprune import registry
 
+    varied = dict(values or {})
+    if epsilons:
+        varied["epsilon"] = list(epsilons)
     cells = []
     for rule in rules or [base.allocation]:
         for pruner in pruners or [base.pruner]:
+            owned = set(registry.rule(rule).param_names()) | {p.name for p in registry.pruner(pruner).params}
+            names = [name for name in varied if name in owned]
             for sparsity in sparsities or [base.sparsity]:
-                has_eps = "epsilon" in registry.rule(rule).param_names()
-                for eps in epsilons if (epsilons and has_eps) else [None]:
-                    extra = {} if eps is None else {"epsilon": eps}
+                for combo in itertools.product(*(varied[name] for name in names)):
+                    extra = dict(zip(names, combo, strict=True))
                     config = dataclasses.replace(base, allocation=rule, pruner=pruner, sparsity=sparsity, **extra)
                     config.validate()
                     cells.append(config)

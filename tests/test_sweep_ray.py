@@ -148,3 +148,36 @@ def test_a_stored_auto_cell_is_not_pending_again(home):
     sweep.run_sequential(loaded, [config], sid, 1, store)
     assert store.list()[0].settings["beta"] != "auto"  # the run records the chosen beta
     assert sweep.pending(store, loaded.name, [config], sid) == []
+
+
+def test_grid_varies_each_rules_own_parameters():
+    """--vary: a parameter over its values in the cells whose rule (or pruner) owns it, once elsewhere."""
+    from alphaprune.config import PruneConfig
+    from alphaprune.sweep import grid
+
+    base = PruneConfig(sparsity=0.6, calib_samples=4, seqlen=32)
+    cells = grid(base, sparsities=[0.5, 0.6], rules=["uniform", "atp", "owl"],
+                 values={"beta": [0.005, 0.01], "owl_lambda": [0.04, 0.08, 0.12]})  # fmt: skip
+    words = [(c.allocation, c.sparsity, c.beta if c.allocation == "atp" else c.owl_lambda) for c in cells]
+    assert [w for w in words if w[0] == "atp"] == [("atp", s, b) for s in (0.5, 0.6) for b in (0.005, 0.01)]
+    assert [w[2] for w in words if w[0] == "owl"] == [0.04, 0.08, 0.12] * 2
+    assert len([c for c in cells if c.allocation == "uniform"]) == 2  # no parameter to vary: once per sparsity
+    assert len(cells) == 2 + 4 + 6
+    ria = grid(base, pruners=["wanda", "ria"], values={"ria_a": [0.5, 1.0]})
+    assert [(c.pruner, c.param("ria_a")) for c in ria] == [("wanda", 0.5), ("ria", 0.5), ("ria", 1.0)]
+
+
+@pytest.mark.parametrize(
+    "vary,needle",
+    [("beta=0.005", "no rule or pruner of this sweep has that parameter"), ("nope=1", "NAME=V1,V2"),
+     ("beta=1.5", "must be"), ("beta", "NAME=V1,V2")],
+)  # fmt: skip
+def test_bad_vary_is_one_line(tiny_folder, home, capsys, vary, needle):
+    args = ["sweep", "--model", tiny_folder, "--allocation", "alphapruning", "--vary", vary]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse refuses a malformed value itself
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err

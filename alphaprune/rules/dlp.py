@@ -6,7 +6,8 @@ its prunable matrices, with X the calibration activations entering the still den
 
     I_l = 1 - U_l / sum U             importance
     d_l = min-max scale of I onto [0, 2 alpha]
-    s_l = S + mean(d) - d_l           more important, less sparse; s_l in [S - alpha, S + alpha]
+    s_l = S + mean(d) - d_l           more important, less sparse; a span of 2 alpha
+                                      ([S + mean(d) - 2 alpha, S + mean(d)]: about S +/- alpha)
 
 Granularity is the block: every matrix of a block gets the block's ratio.
 
@@ -177,7 +178,7 @@ SPEC = Rule(
         Param(
             "dlp_alpha",
             DLP_ALPHA,
-            "spread: block sparsities span target +/- alpha",
+            "spread: block sparsities span 2 alpha around the target (mean kept)",
             "DLP range alpha",
             low=0.0,
             high=0.5,

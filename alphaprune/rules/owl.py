@@ -18,7 +18,7 @@ OWL_M = Param(
     "Outlier threshold M", low=1.0, high=20.0, step=0.5,
 )  # fmt: skip
 OWL_LAMBDA = Param(
-    "owl_lambda", alloc.OWL_LAMBDA, "spread: block sparsities span target +/- lambda",
+    "owl_lambda", alloc.OWL_LAMBDA, "spread: block sparsities span 2 lambda around the target (mean kept)",
     "Spread lambda", low=0.0, high=0.5, step=0.01, auto=True, grid=(0.04, 0.08, 0.12, 0.16, 0.2),
 )  # fmt: skip
 
