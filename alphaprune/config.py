@@ -186,8 +186,8 @@ class PruneConfig:
     def validate(self) -> None:
         """UserError with what to change, before any work starts (and before a model is loaded)."""
         rule, pruner, refiner = self.rule, self.pruner_spec, registry.refiner(self.refine)
-        if refiner is not None and pruner.mask is None:
-            masks = ", ".join(n for n, p in registry.pruners().items() if p.mask is not None)
+        if refiner is not None and not pruner.refinable:
+            masks = ", ".join(n for n, p in registry.pruners().items() if p.refinable)
             raise UserError(
                 f"{refiner.name} refines a pruner's mask, and {pruner.name} updates the weights instead; "
                 f"set {setting('pruner')} to one of {masks}, or {setting('refine')} none"

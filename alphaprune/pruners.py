@@ -70,6 +70,23 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise RuntimeError("SparseGPT: the Hessian stays singular even with strong damping")
 
 
+def sparsegpt_saliency_mask(
+    w: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: NM | None = None, percdamp: float = 0.01
+) -> torch.Tensor:
+    """True where SparseGPT's saliency w^2 / [H^-1]_jj^2 is lowest, per row (int(in * s) of each)
+    or per N:M group, from the weights as they are (no error updates): the initial mask DSnoT's
+    code takes from SparseGPT (lib/prune.py prune_DSnoT, initial_method "sparsegpt")."""
+    w = w.float().clone()  # (out, in)
+    w[:, torch.diag(hessian) == 0] = 0.0  # never-active inputs: saliency 0, the first to go
+    hinv = _inverse_cholesky(hessian, percdamp)  # (in, in), upper triangular
+    score = w**2 / torch.diag(hinv)[None, :] ** 2
+    if nm is not None:
+        return _nm_mask(score, nm)
+    per_row = int(score.shape[1] * sparsity)
+    order = torch.argsort(score, dim=1, stable=True)[:, :per_row]  # lowest of each row
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+
+
 def _threshold_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """The reference's rule (its magnitude and SparseGPT code): True at scores <= the
     int(s * numel)-th smallest (0-based), so ties with it go too; nothing at s = 0.

@@ -172,6 +172,10 @@ class Pruner:
     # update(weight (out, in), stats, sparsity, nm, params) -> the new weight, float32, zeros where removed.
     mask: Callable | None = None
     update: Callable | None = None
+    # For an `update` pruner: refine_from(weight, stats, sparsity, nm, params) -> the mask a refiner
+    # starts from instead (its saliency; the weights are then not updated), as DSnoT's code does
+    # with SparseGPT. None: a refiner cannot follow this pruner.
+    refine_from: Callable | None = None
     params: tuple[Param, ...] = ()
     patterns: bool = True  # N:M patterns
     recipe: Mapping[str, Any] = field(default_factory=dict)  # its llm-compressor modifier, if any
@@ -179,6 +183,11 @@ class Pruner:
 
     def param_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
+
+    @property
+    def refinable(self) -> bool:
+        """Whether a refiner (DSnoT) can follow this pruner: it gives a mask, or a mask to start from."""
+        return self.mask is not None or self.refine_from is not None
 
 
 @dataclass(frozen=True)

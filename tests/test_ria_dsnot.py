@@ -457,3 +457,55 @@ def test_ratios_at_the_ceiling_and_a_block_pruned_whole(pruner, refine):
             assert int(rows * cols * 0.99) <= zeros < rows * cols, ref.name
         else:  # Wanda's rows, and strict DSnoT swaps one for one
             assert zeros == rows * int(cols * 0.99), ref.name
+
+
+def _saliency_loop(w, hessian, sparsity, percdamp=0.01):
+    """SparseGPT's saliency w^2 / [H^-1]_jj^2 in float64 (H damped, the inverse's upper Cholesky
+    factor's diagonal), then the lowest int(in * s) of each row: DSnoT's initial "sparsegpt" mask."""
+    h = hessian.double().clone()
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype)
+    upper = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    d = torch.diag(upper).tolist()
+    W = w.double().tolist()
+    removed = []
+    for row in W:
+        score = [row[j] ** 2 / d[j] ** 2 for j in range(len(row))]
+        lowest = set(sorted(range(len(row)), key=lambda j: (score[j], j))[: int(len(row) * sparsity)])
+        removed.append([j in lowest for j in range(len(row))])
+    return torch.tensor(removed)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_sparsegpt_saliency_mask_matches_the_loop(sparsity):
+    from alphaprune.pruners import sparsegpt_saliency_mask
+
+    w, x = _data(tie=(5, 5))
+    hessian = x.t() @ x * (2 / x.shape[0])  # (in, in)
+    assert torch.equal(sparsegpt_saliency_mask(w, hessian, sparsity), _saliency_loop(w, hessian, sparsity))
+    nm = sparsegpt_saliency_mask(w, hessian, 0.5, (2, 4))
+    assert (nm.reshape(w.shape[0], -1, 4).sum(-1) == 2).all()
+
+
+def test_dsnot_after_sparsegpt_refines_its_saliency_mask_without_updates():
+    """DSnoT's code's "sparsegpt" initial method: the saliency mask refined, the kept weights as
+    they were; SparseGPT alone still updates them."""
+    strict = {"dsnot_candidates": "strict", "dsnot_scope": "all"}
+    dense = [ref.weight().clone() for block in matrices_by_block(tiny_llama(layers=2)) for ref in block]
+    refined = _pruned("sparsegpt", "dsnot", lambda _: 0.5, **strict)
+    alone = _pruned("sparsegpt", "none", lambda _: 0.5)
+    start = _pruned("sparsegpt", "dsnot", lambda _: 0.5, dsnot_cycles=0, **strict)  # the saliency mask itself
+    swapped = [not torch.equal(a.weight() == 0, b.weight() == 0) for a, b in
+               zip((r for b in refined for r in b), (r for b in start for r in b), strict=True)]  # fmt: skip
+    assert any(swapped)  # DSnoT moved some of the saliency mask's weights
+    for before, ref, other in zip(dense, (r for b in refined for r in b), (r for b in alone for r in b), strict=True):
+        w, kept = ref.weight(), ref.weight() != 0
+        assert torch.equal(w[kept], before[kept]), ref.name  # no error spread onto the kept weights
+        assert ((~kept).sum(1) == int(ref.shape[1] * 0.5)).all(), ref.name
+        assert not torch.equal(other.weight()[other.weight() != 0], before[other.weight() != 0]), ref.name
+
+
+def test_dsnot_after_sparsegpt_is_a_valid_setting_and_magnitude_too():
+    from alphaprune.config import PruneConfig
+
+    PruneConfig(pruner="sparsegpt", refine="dsnot").validate()
+    PruneConfig(pruner="magnitude", refine="dsnot").validate()

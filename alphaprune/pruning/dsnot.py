@@ -1,5 +1,7 @@
 """DSnoT (Dynamic Sparse No Training, ICLR 2024): a training-free prune-and-grow refinement of any
 mask pruner's mask, row by row, from the calibration inputs' means and variances (alphaprune/dsnot.py).
+After SparseGPT it refines SparseGPT's saliency mask, and no error updates are made (the pruner's
+`refine_from`), as DSnoT's code does with its initial method "sparsegpt".
 
     registry.refiner("dsnot").refine(w, mask, stats, None, registry.defaults())   # every dsnot_* setting
 """

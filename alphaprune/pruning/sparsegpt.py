@@ -1,6 +1,10 @@
 """SparseGPT (ICML 2023): prune column blocks by w^2 / [H^-1]_jj^2, spreading each error onward.
 
-registry.pruner("sparsegpt").update(w, stats, 0.7, None, {})   # the new weight, float32
+With a refiner (DSnoT), as DSnoT's code does: the mask of the lowest saliency per row, from
+the weights as they are, is refined, and no error is spread (the weights are not updated).
+
+registry.pruner("sparsegpt").update(w, stats, 0.7, None, {})        # the new weight, float32
+registry.pruner("sparsegpt").refine_from(w, stats, 0.7, None, {})   # the mask DSnoT starts from
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ def update(w, stats, sparsity: float, nm, params):
     return sparsegpt(w, stats.hessian(), sparsity, nm)
 
 
+def refine_from(w, stats, sparsity: float, nm, params):
+    from alphaprune.pruners import sparsegpt_saliency_mask
+
+    return sparsegpt_saliency_mask(w, stats.hessian(), sparsity, nm)
+
+
 SPEC = Pruner(
     name="sparsegpt",
     summary="second-order: Hessian of the calibration inputs, errors compensated",
     needs=HESSIAN,
     update=update,
+    refine_from=refine_from,
     recipe={"modifier": "SparseGPTModifier", "options": {"block_size": 128, "dampening_frac": 0.01}},  # as ours
     order=20,
 )
