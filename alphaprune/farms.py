@@ -48,7 +48,7 @@ The reference's LLaMA-7B/13B setting is `FarmsSettings.paper()` (2000 x 2000, up
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,8 +184,25 @@ def _window_spectrum(window: torch.Tensor, spectrum: str, precision: str, device
     """One s x s window's spectrum, float64 numpy (s,)."""
     if spectrum == "exact":
         return eigenvalues(window, precision, str(device))
-    singular = torch.linalg.svdvals(window.to(device=device, dtype=torch.float32))  # (s,) float32, descending
+    with _one_torch_thread(device):
+        singular = torch.linalg.svdvals(window.to(device=device, dtype=torch.float32))  # (s,) float32, descending
     return torch.square(singular).double().cpu().numpy()
+
+
+@contextmanager
+def _one_torch_thread(device: torch.device):
+    """A float32 CPU SVD's last bits depend on torch's thread count, and on SmolLM2 those bits moved
+    12 of the code's 210 FARMS alphas between 1 and 2 threads (11.mlp.up_proj 5.60 -> 4.03: another
+    ESD peak). One thread, as the analysis' worker processes run, gives every machine the same alphas."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def farms_fit(weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto") -> Fit:

@@ -401,3 +401,19 @@ def test_cli_analyze_farms_says_its_cost_first_and_shows_the_column(tmp_path, mo
     assert "alpha_farms" in out.splitlines()[0]
     assert main(["analyze", "--model", str(folder), "--farms-spectrum", "float16", "--farms"]) == 2
     assert "FARMS window spectrum must be one of svd32, exact" in capsys.readouterr().err
+
+
+def test_the_code_s_spectrum_does_not_depend_on_the_thread_count():
+    """A float32 SVD's last bits follow torch's thread count, and those bits can move the ESD
+    peak; the windows run on one thread whatever the process uses (and it is given back)."""
+    w = torch.randn(300, 256, generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pooled_eigenvalues(w, FarmsSettings(window=256, max_per_side=3))
+        torch.set_num_threads(2)
+        two = pooled_eigenvalues(w, FarmsSettings(window=256, max_per_side=3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
