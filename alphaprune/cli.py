@@ -288,7 +288,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--epsilons", type=_floats, help="comma-separated epsilons (rules with an epsilon)")
     p.add_argument(
         "--vary", action="append", type=_varied, default=[], metavar="NAME=V1,V2",
-        help="also a rule's or pruner's parameter over these values, in the cells whose rule or pruner has it "
+        help="also a rule's, pruner's or refiner's parameter over these values, in the cells that have it "
         "(e.g. beta=0.005,0.01 for atp; repeat for more)",
     )  # fmt: skip
     p.add_argument("--sparsities", type=_floats, help="comma-separated target sparsities")
@@ -824,9 +824,10 @@ def cmd_sweep(args) -> int:
         raise UserError(f"--epsilons applies to rules with an epsilon, not {given}")
     varied = dict(args.vary)
     owners = [registry.rule(r) for r in rules] + [registry.pruner(p) for p in args.pruners or [args.pruner]]
+    owners += [registry.refiner(args.refine)] if registry.refiner(args.refine) else []
     for name in varied:
         if not any(name in spec.param_names() for spec in owners):
-            raise UserError(f"--vary {name}: no rule or pruner of this sweep has that parameter; name one that does")
+            raise UserError(f"--vary {name}: no rule, pruner or refiner of this sweep has it; name one that does")
     configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules, varied)
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)

@@ -48,10 +48,8 @@ def rule_configs(base: PruneConfig, rules: list[str]) -> list[PruneConfig]:
 def compare_id(model_name: str, base: PruneConfig) -> str:
     """The comparison's id: its model and every setting its runs share (the pruner, texts,
     target, each parameter given), not the rules, so adding a rule later reuses the others."""
-    known = registry.params()
-    shared = {k: v for k, v in base.to_dict().items() if k != "allocation" and k not in known}
-    params = {name: base.param(name) for name in known}  # resolved: a default given or not is one id
-    doc = {"model": model_name, "settings": shared, "params": params}
+    shared = {k: v for k, v in base.identity().items() if k != "allocation"}  # defaults given or not: one id
+    doc = {"model": model_name, "settings": shared}
     digest = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return PREFIX + digest
 

@@ -269,6 +269,16 @@ class PruneConfig:
         refined = self.refine != registry.NO_REFINER  # DSnoT needs the inputs' moments
         return bool(needs & {registry.ACTIVATIONS, registry.HESSIAN}) or bool(self.auto_params()) or refined
 
+    def identity(self) -> dict:
+        """What identifies the run these settings describe, for a sweep's cell key and a comparison's
+        id: every common setting and each parameter away from its spec's default (a default given or
+        not is the same run, and a parameter added to the registry later changes no stored id)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        for name, value in self.params:
+            if value is not None and value != registry.param(name).default:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
     def to_dict(self) -> dict:
         """Every common setting, and every parameter the registry knows: the selected rule's
         and pruner's values, None for the others (so a run record's columns stay the same)."""

@@ -22,7 +22,8 @@ whole-matrix alpha.
 
 A window's spectrum (`spectrum`), no normalisation in either:
 - "svd32" (default): its squared singular values in float32, as the released code computes
-  them (`torch.square(torch.linalg.svdvals(sub))` on the float32 weight). The smallest of a
+  them (`torch.square(torch.linalg.svdvals(sub))` on the float32 weight), here on one CPU
+  thread; the authors ran it on a GPU, whose float32 SVD rounds otherwise again. The smallest of a
   square window's are float32 rounding, and they set the low end of the log-spaced histogram
   whose peak bounds the xmin search, so a precise spectrum moves that peak: on SmolLM2, 11 of
   210 alphas changed (block 0's v_proj 3.61 -> 2.81) and FARMS (eps 0.3, Wanda, 70%) went
@@ -48,6 +49,7 @@ The reference's LLaMA-7B/13B setting is `FarmsSettings.paper()` (2000 x 2000, up
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -172,7 +174,8 @@ def pooled_eigenvalues(
     if weight.dim() != 2:
         raise ValueError(f"FARMS needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
     dev = resolve_device(device)
-    with threadpool_limits(1, user_api="blas") if dev.type == "cpu" else nullcontext():
+    one_thread = _one_torch_thread(dev) if settings.spectrum == "svd32" else nullcontext()
+    with threadpool_limits(1, user_api="blas") if dev.type == "cpu" else nullcontext(), one_thread:
         parts = [
             _window_spectrum(weight[r0:r1, c0:c1], settings.spectrum, precision, dev)  # (s,) each
             for r0, r1, c0, c1 in window_grid(tuple(weight.shape), settings)
@@ -184,25 +187,35 @@ def _window_spectrum(window: torch.Tensor, spectrum: str, precision: str, device
     """One s x s window's spectrum, float64 numpy (s,)."""
     if spectrum == "exact":
         return eigenvalues(window, precision, str(device))
-    with _one_torch_thread(device):
-        singular = torch.linalg.svdvals(window.to(device=device, dtype=torch.float32))  # (s,) float32, descending
-    return torch.square(singular).double().cpu().numpy()
+    singular = torch.linalg.svdvals(window.to(device=device, dtype=torch.float32))  # (s,) float32, descending
+    return torch.square(singular).double().cpu().numpy()  # on one torch thread (pooled_eigenvalues)
+
+
+_THREADS = {"lock": threading.Lock(), "depth": 0, "saved": 1}  # nested / concurrent one-thread sections
 
 
 @contextmanager
 def _one_torch_thread(device: torch.device):
     """A float32 CPU SVD's last bits depend on torch's thread count, and on SmolLM2 those bits moved
     12 of the code's 210 FARMS alphas between 1 and 2 threads (11.mlp.up_proj 5.60 -> 4.03: another
-    ESD peak). One thread, as the analysis' worker processes run, gives every machine the same alphas."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    ESD peak). One thread, as the analysis' worker processes run, gives every machine the same alphas.
+    torch's thread count is the process's: overlapping sections (two app sessions) share one switch,
+    and the first one's saved count comes back when the last ends."""
+    if device.type != "cpu":
         yield
         return
-    torch.set_num_threads(1)
+    with _THREADS["lock"]:
+        if _THREADS["depth"] == 0:
+            _THREADS["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS["depth"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _THREADS["lock"]:
+            _THREADS["depth"] -= 1
+            if _THREADS["depth"] == 0:
+                torch.set_num_threads(_THREADS["saved"])
 
 
 def farms_fit(weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto") -> Fit:

@@ -405,7 +405,8 @@ def compare_figure(rows: list[dict]) -> go.Figure:
         label = f"{row['rule']}: ppl {row['ppl_after']:.1f}"
         traces.append(
             go.Scatter(
-                x=list(range(len(row["block_ratios"]))), y=row["block_ratios"], mode="lines+markers", name=label,
+                x=list(range(len(row.get("block_ratios", [])))), y=row.get("block_ratios", []), mode="lines+markers",
+                name=label,
                 marker=dict(size=5), hovertemplate="block %{x}<br>sparsity %{y:.3f}<extra>" + label + "</extra>",
             )
         )  # fmt: skip

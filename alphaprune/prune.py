@@ -35,12 +35,13 @@ def _prune_matrix(ref: MatrixRef, spec: registry.Pruner, sparsity: float, nm, st
     w = ref.weight()  # (out, in) view of the model's storage
     if sparsity <= 0.0 and nm is None:
         return
-    if spec.update is not None and refiner is None:
+    refines = refiner is not None and (refiner.applies is None or refiner.applies(ref, params))
+    if spec.update is not None and not refines:  # a matrix the refiner leaves: the pruner alone, updates and all
         w.copy_(spec.update(w, stats, sparsity, nm, params).to(w.dtype))
         return
-    start = spec.mask if spec.update is None else spec.refine_from  # with a refiner: its starting mask
+    start = spec.mask if spec.update is None else spec.refine_from  # refined: the mask it starts from
     mask = start(w, stats, sparsity, nm, params)  # (out, in), True = removed
-    if refiner is not None and (refiner.applies is None or refiner.applies(ref, params)):
+    if refines:
         mask = refiner.refine(w, mask, stats, nm, params)
     w[mask] = 0
 

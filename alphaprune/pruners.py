@@ -75,7 +75,8 @@ def sparsegpt_saliency_mask(
 ) -> torch.Tensor:
     """True where SparseGPT's saliency w^2 / [H^-1]_jj^2 is lowest, per row (int(in * s) of each)
     or per N:M group, from the weights as they are (no error updates): the initial mask DSnoT's
-    code takes from SparseGPT (lib/prune.py prune_DSnoT, initial_method "sparsegpt")."""
+    code means to take from SparseGPT (lib/prune.py prune_DSnoT, initial_method "sparsegpt"; its
+    WrappedGPT never accumulates that H, so the released code scores every weight 0)."""
     w = w.float().clone()  # (out, in)
     w[:, torch.diag(hessian) == 0] = 0.0  # never-active inputs: saliency 0, the first to go
     hinv = _inverse_cholesky(hessian, percdamp)  # (in, in), upper triangular

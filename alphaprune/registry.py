@@ -173,8 +173,8 @@ class Pruner:
     mask: Callable | None = None
     update: Callable | None = None
     # For an `update` pruner: refine_from(weight, stats, sparsity, nm, params) -> the mask a refiner
-    # starts from instead (its saliency; the weights are then not updated), as DSnoT's code does
-    # with SparseGPT. None: a refiner cannot follow this pruner.
+    # starts from on the matrices it refines (its saliency; those weights are then not updated, as
+    # DSnoT's paper with SparseGPT). None: a refiner cannot follow this pruner.
     refine_from: Callable | None = None
     params: tuple[Param, ...] = ()
     patterns: bool = True  # N:M patterns

@@ -445,11 +445,28 @@ def accuracy_cells(accuracy: dict) -> dict[str, float]:
     return cells
 
 
+# What a record stored before a parameter existed ran with (not the parameter's default today).
+LEGACY = {"farms_spectrum": "exact", "dsnot_variance": "tokens", "dsnot_candidates": "strict"}
+
+
+def with_legacy(settings: dict) -> dict:
+    """A stored run's settings with LEGACY filled in where its rule, pruner or refiner has the
+    parameter and the record predates it, so an old run reads as what it ran."""
+    from alphaprune import registry
+
+    specs = (registry.rules().get(settings.get("allocation")), registry.pruners().get(settings.get("pruner")),
+             registry.refiners().get(settings.get("refine") or registry.NO_REFINER))  # fmt: skip
+    owned = {name for spec in specs if spec is not None for name in spec.param_names()}
+    missing = {k: v for k, v in LEGACY.items() if k in owned and k not in settings}
+    return {**settings, **missing} if missing else settings
+
+
 def rule_settings(settings: dict) -> str:
     """A run's allocation-rule parameters in words, from its rule's spec: 'beta 0.012' for ATP,
     'epsilon 0.3, metric alpha_peak' for AlphaPruning; '' for a rule without any (or unknown)."""
     from alphaprune import registry
 
+    settings = with_legacy(settings)
     known = registry.rules().get(settings.get("allocation"))
     words = []
     for p in known.params if known else ():

@@ -38,7 +38,7 @@ def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=(), va
     """Every combination, rules outermost, then pruners, sparsities and the varied parameters;
     each validated. An empty axis keeps `base`'s value. `values` (parameter name -> its values,
     e.g. {"beta": [0.005, 0.01]}) and `epsilons` (values["epsilon"]) vary a parameter in the
-    cells whose rule or pruner owns it; the other cells run once."""
+    cells whose rule, pruner or refiner owns it; the other cells run once."""
     from alphaprune import registry
 
     varied = dict(values or {})
@@ -47,7 +47,9 @@ def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=(), va
     cells = []
     for rule in rules or [base.allocation]:
         for pruner in pruners or [base.pruner]:
-            owned = set(registry.rule(rule).param_names()) | {p.name for p in registry.pruner(pruner).params}
+            refiner = registry.refiner(base.refine)
+            owned = {*registry.rule(rule).param_names(), *registry.pruner(pruner).param_names(),
+                     *(refiner.param_names() if refiner else ())}  # fmt: skip
             names = [name for name in varied if name in owned]
             for sparsity in sparsities or [base.sparsity]:
                 for combo in itertools.product(*(varied[name] for name in names)):
@@ -59,8 +61,8 @@ def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=(), va
 
 
 def cell_key(config: PruneConfig) -> str:
-    """A digest of every setting of the cell."""
-    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A digest of what identifies the cell's run (PruneConfig.identity)."""
+    return hashlib.sha1(json.dumps(config.identity(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def sweep_id(model_name: str, configs: list[PruneConfig]) -> str:

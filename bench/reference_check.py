@@ -50,6 +50,11 @@ RIA (biomedical-cybernetics/Relative-importance-and-activation-pruning, lib/prun
 prune_ria, uniform as its code is): the same block loop and
 running-mean statistics, the score |W| / column sum + |W| / row sum times sqrt(scaler_row) ** 0.5,
 and the matrix's lowest scores, `<=` a threshold, removed; ours is pruner `ria` at its defaults.
+FARMS (HUST-AI-HYZ/FARMS, LLM_Pruning: lib/sampling.py fixed_sampling with Q_ratio 1,
+lib/esd_utils_farms.py analysis_esd with xmin_peak, lib/prune.py ww_sparsity block-wise with its
+cap of ratios above 1) with `--farms-eps`: its alphas on the script's thread count, its ratios
+through the reference Wanda loop; ours is allocation `farms` at that epsilon (window 256, 6 per
+side by default, as `--farms-window` / `--farms-per-side` pass to both).
 DSnoT (zyxxmu/DSnoT, lib/prune.py prune_DSnoT, unstructured, uniform, its defaults: Wanda's
 mask, the MLP skipped, 50 cycles, threshold 0.1, no sign check): its layerwrapper's moments
 (sum_metric_row; var, the windows' variances averaged) and its index-list loop; ours is Wanda
@@ -677,7 +682,13 @@ def main() -> None:
             configs.append((f"atp beta{beta:g} {pruner}", pruner, "atp"))
     dlp = {f"dlp alpha{a:g} wanda": a for a in args.dlp_alpha}  # label -> alpha (its code: Wanda only)
     configs += [(label, "wanda", "dlp") for label in dlp]
+    if args.farms_eps and args.farms_per_side < 2:  # its fixed_sampling divides by sampling_ops_per_dim - 1
+        raise SystemExit("FARMS' code needs --farms-per-side 2 or more (it divides by it minus 1)")
     spectrum = "" if args.farms_spectrum == "svd32" else f" (ours: {args.farms_spectrum} spectrum)"
+    if (args.farms_window, args.farms_per_side) != (256, 6):
+        spectrum += f" w{args.farms_window} k{args.farms_per_side}"
+    if args.threads != 1:  # the code's alphas follow the thread count; ours are on one thread always
+        spectrum += f" (the code's alphas on {args.threads} threads, ours on 1)"
     farms = {f"farms eps{e:g} {p}{spectrum}": e for e in args.farms_eps for p in ("wanda", "sparsegpt")}  # label -> eps
     configs += [(label, label.split()[2], "farms") for label in farms]
     if args.only:
@@ -794,6 +805,10 @@ def _write_table(path: Path, lines: list[str], setting: str) -> None:
         "(wzhuang-xmu/ATP main.py) through the same reference Wanda / SparseGPT loops (its lib/prune.py's);",
         "DLP rows: ironartisan/DLP's rates through the reference Wanda loop; RIA and DSnoT rows: their",
         "code's uniform pruning (prune_ria, prune_DSnoT at their defaults) beside our pruner / refiner.",
+        "FARMS rows: HUST-AI-HYZ/FARMS's alphas (fixed_sampling's float32 squared singular values,",
+        "analysis_esd's xmin_peak fit) and ww_sparsity's ratios through the reference Wanda loop, the",
+        "alphas computed on the script's thread count: the code's own alphas move with it (12 of 210",
+        "between 1 and 2 threads on SmolLM2), ours are computed on one thread whatever the process uses.",
         "",
         setting,
         "",

@@ -49,7 +49,7 @@ from alphaprune import registry, tune  # noqa: E402
 from alphaprune.analysis import analyze  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.pipeline import PruneConfig, fingerprint, run_prune  # noqa: E402
-from alphaprune.runs import RunStore  # noqa: E402
+from alphaprune.runs import RunStore, with_legacy  # noqa: E402
 from alphaprune.tune import Trial, prune_runs  # noqa: E402
 
 LEGACY_PRUNERS = ("magnitude", "wanda", "sparsegpt")  # issue 3's grid
@@ -166,12 +166,7 @@ def key(settings: dict, fp: str) -> str:
     for spec in (registry.rule(str(settings["allocation"])), registry.pruner(str(settings["pruner"])),
                  registry.refiner(picked["refine"])):  # fmt: skip
         owned |= {p.name for p in (spec.params if spec is not None else ())}
-    if picked["refine"] != registry.NO_REFINER and "dsnot_variance" not in settings:
-        settings = {**settings, "dsnot_variance": "tokens"}  # records older than the code's variance
-    if picked["refine"] != registry.NO_REFINER and "dsnot_candidates" not in settings:
-        settings = {**settings, "dsnot_candidates": "strict"}  # and than its reading of the lists
-    if "farms_spectrum" in owned and "farms_spectrum" not in settings:
-        settings = {**settings, "farms_spectrum": "exact"}  # records older than the code's window spectrum
+    settings = with_legacy(settings)  # records older than a parameter: what they ran with
     for name in sorted(owned):
         value = settings.get(name, registry.param(name).default)
         picked[name] = list(value) if isinstance(value, tuple) else value

@@ -24,9 +24,8 @@ from alphaprune.ui.session import (
     ACCURACY,
     ALLOC,
     ANALYSIS,
-    CALIBRATION,
     COMPARE,
-    EVAL_WINDOWS,
+    DATA,
     FILES,
     GENERATIONS,
     MODEL,
@@ -119,10 +118,11 @@ with left:
 with right:
     evaluation = _text_source("Evaluation text", "prune_eval")
 cols = st.columns(4)
-samples = cols[0].number_input("Calibration samples", 1, 512, CALIBRATION["prune_samples"], key="prune_samples", **KEEP)
-seqlen = cols[1].number_input("Sequence length", 16, 8192, CALIBRATION["prune_seqlen"], 16, key="prune_seqlen", **KEEP)
-windows = cols[2].number_input("Evaluation windows", 1, 1024, EVAL_WINDOWS, key="prune_windows", **KEEP)
-seed = cols[3].number_input("Seed", 0, 2**31 - 1, CALIBRATION["prune_seed"], key="prune_seed", **KEEP)
+shown_data = st.session_state[DATA]  # the last run's or plan's DataSettings (at first the app's defaults)
+samples = cols[0].number_input("Calibration samples", 1, 512, shown_data.calib_samples, key="prune_samples", **KEEP)
+seqlen = cols[1].number_input("Sequence length", 16, 8192, shown_data.seqlen, 16, key="prune_seqlen", **KEEP)
+windows = cols[2].number_input("Evaluation windows", 1, 1024, shown_data.eval_windows or 1, key="prune_windows", **KEEP)
+seed = cols[3].number_input("Seed", 0, 2**31 - 1, shown_data.seed, key="prune_seed", **KEEP)
 searched = PruneConfig.from_parts(alloc).auto_params()
 if searched:
     budget = st.number_input(

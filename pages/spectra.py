@@ -5,7 +5,7 @@ import streamlit as st
 import torch
 
 from alphaprune.analysis import METRIC_NAMES
-from alphaprune.farms import FarmsSettings
+from alphaprune.config import PruneConfig
 from alphaprune.fits import XMIN_RULES
 from alphaprune.plots import (
     alpha_depth_figure,
@@ -15,10 +15,11 @@ from alphaprune.plots import (
     xmin_scan_figure,
 )
 from alphaprune.report import analysis_frame
+from alphaprune.rules.farms import settings_for
 from alphaprune.spectra import eigenvalues
 from alphaprune.tails import cached_tails
 from alphaprune.ui.charts import chart
-from alphaprune.ui.session import ANALYSIS, TAILS, matrix_weight, model_name, offer_farms, require
+from alphaprune.ui.session import ALLOC, ANALYSIS, TAILS, matrix_weight, model_name, offer_farms, require
 
 st.title("Spectra")
 analysis = require(ANALYSIS, "Load and analyse a model first.")
@@ -78,7 +79,8 @@ st.subheader("Across the model")
 metrics = [m for m in METRIC_NAMES if not m.startswith(("xmin", "D_", "mp_edge", "mp_sigma"))]
 metric = st.selectbox("Metric", metrics, index=metrics.index("alpha_peak"), key="depth_metric")
 if metric == "alpha_farms" and analysis.farms is None:  # opt-in: not part of the first analysis
-    offer_farms(FarmsSettings(), "alpha_farms is not computed yet", key="spectra_farms_compute")
+    wanted = settings_for(PruneConfig.from_parts(st.session_state[ALLOC]))  # the Allocation page's, if FARMS
+    offer_farms(wanted, "alpha_farms is not computed yet", key="spectra_farms_compute")
 left, right = st.columns(2)
 chart(left, alpha_depth_figure(analysis, metric), key="depth_chart", name="alpha_by_depth")
 chart(right, heatmap_figure(analysis, metric), key="heatmap_chart", name="alpha_heatmap")

@@ -383,3 +383,14 @@ def test_farms_settings_of_the_allocation_page_are_its_own_analysis(tiny_folder)
     at.button(key="farms_compute").click().run()
     _no_errors(at)
     assert at.session_state["analysis"].farms.spectrum == "exact"
+
+
+def test_the_spectra_page_computes_farms_with_the_allocation_page_s_settings(tiny_folder):
+    at = _allocation_page(tiny_folder)
+    at.selectbox(key="alloc_method").set_value("farms").run()
+    at.selectbox(key="alloc_farms_spectrum").set_value("exact").run()  # chosen there, not computed yet
+    at.switch_page("pages/spectra.py").run()
+    at.selectbox(key="depth_metric").set_value("alpha_farms").run()
+    at.button(key="spectra_farms_compute").click().run()
+    _no_errors(at)
+    assert at.session_state["analysis"].farms.spectrum == "exact"

@@ -417,3 +417,27 @@ def test_the_code_s_spectrum_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+
+
+def test_the_bench_port_of_the_authors_code_agrees_with_ours_on_one_thread():
+    """bench/reference_check.py's port of HUST-AI-HYZ/FARMS (fixed_sampling, analysis_esd's
+    xmin_peak loop in float32): the same windows and eigenvalues as ours on one thread, and its
+    alpha our "peak" fit's on those eigenvalues (float32 against float64 arithmetic)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from reference_check import farms_alpha_peak, farms_cap, farms_fixed_sampling
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for shape, seed in (((160, 64), 0), ((64, 64), 1), ((48, 200), 2)):
+            w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+            code = farms_fixed_sampling(w.clone(), 32, 4)
+            ours = pooled_eigenvalues(w, FarmsSettings(window=32, max_per_side=4))
+            np.testing.assert_array_equal(code.double().numpy(), ours)
+            assert farms_alpha_peak(code) == pytest.approx(fit_rule(ours, "peak").alpha, rel=1e-4)
+    finally:
+        torch.set_num_threads(before)
+    assert farms_cap([0.5, 1.02], 0.7) == [0.5, 0.99999] and farms_cap([1.1], 0.8) == [0.998]

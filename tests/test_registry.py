@@ -319,3 +319,19 @@ def test_settings_split_into_three_frozen_parts():
         allocation.sparsity = 0.9
     owl = PruneConfig.from_parts(AllocationSettings(allocation="owl"), PrunerSettings(pruner="sparsegpt"))
     assert owl.rule_params() == {p.name: p.default for p in registry.rule("owl").params} and owl.pruner == "sparsegpt"
+
+
+def test_identity_leaves_out_parameters_at_their_defaults():
+    """Sweep cells and comparisons are found again by it: a default given or not is one run, and a
+    parameter the registry gains later (at its default) changes no stored id."""
+    from alphaprune import compare, sweep
+
+    plain = PruneConfig(allocation="farms", sparsity=0.6)
+    given = PruneConfig(allocation="farms", sparsity=0.6, epsilon=0.3, farms_spectrum="svd32")
+    assert plain.identity() == given.identity() and "farms_spectrum" not in plain.identity()
+    assert sweep.cell_key(plain) == sweep.cell_key(given)
+    assert compare.compare_id("m", plain) == compare.compare_id("m", given)
+    exact = given.with_params(farms_spectrum="exact")
+    assert exact.identity()["farms_spectrum"] == "exact" and sweep.cell_key(exact) != sweep.cell_key(plain)
+    assert compare.compare_id("m", exact) != compare.compare_id("m", plain)
+    assert compare.compare_id("m", plain) == compare.compare_id("m", plain.with_params(allocation="atp"))

@@ -509,3 +509,17 @@ def test_dsnot_after_sparsegpt_is_a_valid_setting_and_magnitude_too():
 
     PruneConfig(pruner="sparsegpt", refine="dsnot").validate()
     PruneConfig(pruner="magnitude", refine="dsnot").validate()
+
+
+def test_dsnot_after_sparsegpt_starts_from_the_saliency_and_leaves_the_mlp_to_sparsegpt():
+    """The start mask is SparseGPT's saliency, not Wanda's; at the default scope (attention) the
+    MLP matrices are pruned by SparseGPT alone, error updates and all."""
+    start = {"dsnot_cycles": 0, "dsnot_scope": "all"}
+    saliency = [r.weight() == 0 for b in _pruned("sparsegpt", "dsnot", lambda _: 0.5, **start) for r in b]
+    wanda = [r.weight() == 0 for b in _pruned("wanda", "dsnot", lambda _: 0.5, **start) for r in b]
+    assert any(not torch.equal(a, b) for a, b in zip(saliency, wanda, strict=True))
+    dense = {r.name: r.weight().clone() for b in matrices_by_block(tiny_llama(layers=2)) for r in b}
+    for ref in (r for b in _pruned("sparsegpt", "dsnot", lambda _: 0.5) for r in b):
+        kept = ref.weight() != 0
+        untouched = torch.equal(ref.weight()[kept], dense[ref.name][kept])
+        assert untouched == ("self_attn" in ref.name), ref.name  # attention refined as it was; MLP updated

@@ -294,3 +294,17 @@ def test_concurrent_adds(store):
     assert len(set(ids)) == 4
     assert sorted(r.id for r in store.list()) == sorted(ids)
     assert {r.notes for r in store.list()} == {f"thread {i}" for i in range(4)}
+
+
+def test_old_records_read_as_what_they_ran():
+    """A run stored before a parameter existed shows the value it ran with, not today's default."""
+    from alphaprune.runs import rule_settings, with_legacy
+
+    old_farms = {"allocation": "farms", "pruner": "wanda", "epsilon": 0.3, "farms_window": 256, "farms_per_side": 6}
+    assert with_legacy(old_farms)["farms_spectrum"] == "exact" and "farms_spectrum exact" in rule_settings(old_farms)
+    new_farms = {**old_farms, "farms_spectrum": "svd32"}
+    assert with_legacy(new_farms) == new_farms
+    old_dsnot = {"allocation": "uniform", "pruner": "wanda", "refine": "dsnot"}
+    assert with_legacy(old_dsnot) == {**old_dsnot, "dsnot_variance": "tokens", "dsnot_candidates": "strict"}
+    plain = {"allocation": "uniform", "pruner": "wanda"}  # nothing of theirs: nothing filled
+    assert with_legacy(plain) == plain

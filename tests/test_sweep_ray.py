@@ -165,11 +165,13 @@ def test_grid_varies_each_rules_own_parameters():
     assert len(cells) == 2 + 4 + 6
     ria = grid(base, pruners=["wanda", "ria"], values={"ria_a": [0.5, 1.0]})
     assert [(c.pruner, c.param("ria_a")) for c in ria] == [("wanda", 0.5), ("ria", 0.5), ("ria", 1.0)]
+    refined = grid(PruneConfig(refine="dsnot"), values={"dsnot_cycles": [5, 50]})  # a refiner's parameter too
+    assert [c.dsnot_cycles for c in refined] == [5, 50]
 
 
 @pytest.mark.parametrize(
     "vary,needle",
-    [("beta=0.005", "no rule or pruner of this sweep has that parameter"), ("nope=1", "NAME=V1,V2"),
+    [("beta=0.005", "no rule, pruner or refiner of this sweep has it"), ("nope=1", "NAME=V1,V2"),
      ("beta=1.5", "must be"), ("beta", "NAME=V1,V2")],
 )  # fmt: skip
 def test_bad_vary_is_one_line(tiny_folder, home, capsys, vary, needle):

@@ -1,7 +1,8 @@
 """DSnoT (Dynamic Sparse No Training, ICLR 2024): a training-free prune-and-grow refinement of any
 mask pruner's mask, row by row, from the calibration inputs' means and variances (alphaprune/dsnot.py).
-After SparseGPT it refines SparseGPT's saliency mask, and no error updates are made (the pruner's
-`refine_from`), as DSnoT's code does with its initial method "sparsegpt".
+After SparseGPT it refines SparseGPT's saliency mask with no error updates (the pruner's
+`refine_from`, what DSnoT's code means by its initial method "sparsegpt"); a matrix outside the
+scope is pruned by the pruner alone (SparseGPT with its updates).
 
     registry.refiner("dsnot").refine(w, mask, stats, None, registry.defaults())   # every dsnot_* setting
 """
@@ -22,8 +23,8 @@ THRESHOLD = Param(
 
 
 SCOPE = Param(
-    "dsnot_scope", "attention", "which matrices are refined: the attention's (the released code's default, "
-    "its MLP keeps the pruner's mask) or all", "DSnoT scope", kind="choice", choices=("attention", "all"),
+    "dsnot_scope", "attention", "which matrices are refined: the attention's (the released code's default; "
+    "the MLP is pruned by the pruner alone) or all", "DSnoT scope", kind="choice", choices=("attention", "all"),
 )  # fmt: skip
 VARIANCE = Param(
     "dsnot_variance", "windows", "the input variance that orders the weights to grow: each calibration "

@@ -39,6 +39,16 @@ def settings(params):
     ).validate()
 
 
+def settings_for(config):
+    """The FARMS settings a run's config asks for (its rule's analysis options: FARMS' own, or
+    AlphaPruning's on alpha_farms), else the defaults: what the Spectra page offers to compute."""
+    from alphaprune.farms import FarmsSettings
+
+    rule = config.rule
+    options = rule.analysis_options(config.rule_params()) if rule.analysis_options else {}
+    return options.get("farms", FarmsSettings())
+
+
 def analysis_options(params) -> dict:
     return {"farms": settings(params)}
 

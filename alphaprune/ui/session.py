@@ -430,8 +430,6 @@ def compare_rules(loaded: LoadedModel, base: PruneConfig, rules: list[str], anal
 # window), which follow the papers: an interactive run on a laptop takes seconds, not the hour a
 # paper-sized run does. The CLI keeps DataSettings'.
 APP_DATA = DataSettings(calib_samples=16, seqlen=256, eval_windows=8)
-CALIBRATION = {"prune_samples": APP_DATA.calib_samples, "prune_seqlen": APP_DATA.seqlen, "prune_seed": APP_DATA.seed}
-EVAL_WINDOWS = APP_DATA.eval_windows
 
 
 def calibration_choice() -> tuple[str | None, int, int, int]:
@@ -446,7 +444,15 @@ def calibration_choice() -> tuple[str | None, int, int, int]:
         source = state.get("prune_calib_upload")
     else:
         source = choice
-    samples, seqlen, seed = (int(state.get(key, value)) for key, value in CALIBRATION.items())
+    data = state.get(DATA, APP_DATA)  # the last run's or plan's, until the widgets hold their own
+    samples, seqlen, seed = (
+        int(state.get(key, value))
+        for key, value in (
+            ("prune_samples", data.calib_samples),
+            ("prune_seqlen", data.seqlen),
+            ("prune_seed", data.seed),
+        )
+    )
     return source, samples, seqlen, seed
 
 
@@ -547,9 +553,10 @@ def offer_farms(settings, why: str, key: str) -> None:
         return
     bar = st.progress(0.0, text="FARMS")
     loaded = st.session_state.get(MODEL)
-    source = loaded.model if loaded is not None else st.session_state[FILES]
+    source, device = (loaded.model, loaded.device) if loaded is not None else (st.session_state[FILES], "auto")
     try:
-        st.session_state[ANALYSIS] = analyze(source, model_name(), progress=progress_callback(bar), farms=settings)
+        done = analyze(source, model_name(), device=device, progress=progress_callback(bar), farms=settings)
+        st.session_state[ANALYSIS] = done
     except UserError as exc:
         st.error(say(exc))
         return
