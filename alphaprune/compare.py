@@ -48,8 +48,10 @@ def rule_configs(base: PruneConfig, rules: list[str]) -> list[PruneConfig]:
 def compare_id(model_name: str, base: PruneConfig) -> str:
     """The comparison's id: its model and every setting its runs share (the pruner, texts,
     target, each parameter given), not the rules, so adding a rule later reuses the others."""
-    shared = {k: v for k, v in base.identity().items() if k != "allocation"}  # defaults given or not: one id
-    doc = {"model": model_name, "settings": shared}
+    neutral = dataclasses.replace(base, allocation=registry.BASELINE)  # which rule is first changes nothing
+    shared = {k: v for k, v in neutral.identity().items() if k != "allocation"}  # defaults given or not: one id
+    legacy = {name: base.param(name) for name, p in registry.params().items() if p.legacy is not None}
+    doc = {"model": model_name, "settings": shared, "legacy": legacy}  # every rule's once-other values named
     digest = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return PREFIX + digest
 

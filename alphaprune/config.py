@@ -272,10 +272,13 @@ class PruneConfig:
     def identity(self) -> dict:
         """What identifies the run these settings describe, for a sweep's cell key and a comparison's
         id: every common setting and each parameter away from its spec's default (a default given or
-        not is the same run, and a parameter added to the registry later changes no stored id)."""
+        not is the same run, and a parameter added to the registry later changes no stored id),
+        except one with a `legacy` value (older runs ran otherwise): that one is always named."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
-        for name, value in self.params:
-            if value is not None and value != registry.param(name).default:
+        owned = {**self.rule_params(), **self.pruner_params()}  # resolved: given or the spec's default
+        for name in sorted(set(dict(self.params)) | set(owned)):
+            spec, value = registry.param(name), self.param(name)
+            if value is not None and (value != spec.default or (spec.legacy is not None and name in owned)):
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -198,7 +198,8 @@ _THREADS = {"lock": threading.Lock(), "depth": 0, "saved": 1}  # nested / concur
 def _one_torch_thread(device: torch.device):
     """A float32 CPU SVD's last bits depend on torch's thread count, and on SmolLM2 those bits moved
     12 of the code's 210 FARMS alphas between 1 and 2 threads (11.mlp.up_proj 5.60 -> 4.03: another
-    ESD peak). One thread, as the analysis' worker processes run, gives every machine the same alphas.
+    ESD peak). One thread, as the analysis' worker processes run, gives the same alphas whatever the
+    thread count (another CPU or LAPACK may still round otherwise).
     torch's thread count is the process's: overlapping sections (two app sessions) share one switch,
     and the first one's saved count comes back when the last ends."""
     if device.type != "cpu":

@@ -54,6 +54,9 @@ class Param:
     step: float | None = None  # the app's slider step
     flag: str | None = None  # the CLI flag, when not --name-with-dashes
     checker: Callable[[Any], None] | None = None  # a "text" value's own check (UserError)
+    # what runs stored before this parameter existed ran with, where that is not its default:
+    # an old record reads as that (runs.with_legacy), and an id always names it (PruneConfig.identity)
+    legacy: Any = None
 
     @property
     def cli_flag(self) -> str:

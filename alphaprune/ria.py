@@ -5,9 +5,9 @@ the input feature's norm to the power a (method.md section 8):
 
     score_ij = (|W_ij| / sum_i |W_ij| + |W_ij| / sum_j |W_ij|) * ||X_j||_2 ** a,   a = 0.5
 
-The lowest scores go, per output row as Wanda does (stable sort, int(s * in) per row), or
-per group of M inputs for N:M. `per_row=False` is the authors' code's default instead: one
-threshold over the whole matrix, the weights <= the int(s * numel)-th smallest score.
+The lowest scores go as the authors' code removes them by default: one threshold over the
+whole matrix, the weights <= the int(s * numel)-th smallest score; `per_row=True` per output
+row as Wanda does (stable sort, int(s * in) per row); per group of M inputs for N:M.
 
     mask = ria_mask(w, stats.col_sq, 0.7)               # w: (out, in); True = removed
     mask = ria_mask(w, stats.col_sq, 0.0, nm=(2, 4))

@@ -445,19 +445,16 @@ def accuracy_cells(accuracy: dict) -> dict[str, float]:
     return cells
 
 
-# What a record stored before a parameter existed ran with (not the parameter's default today).
-LEGACY = {"farms_spectrum": "exact", "dsnot_variance": "tokens", "dsnot_candidates": "strict"}
-
-
 def with_legacy(settings: dict) -> dict:
-    """A stored run's settings with LEGACY filled in where its rule, pruner or refiner has the
-    parameter and the record predates it, so an old run reads as what it ran."""
+    """A stored run's settings with each parameter's `legacy` value (registry.Param: what runs
+    stored before it existed ran with) where its rule, pruner or refiner has the parameter and
+    the record predates it, so an old run reads as what it ran."""
     from alphaprune import registry
 
     specs = (registry.rules().get(settings.get("allocation")), registry.pruners().get(settings.get("pruner")),
              registry.refiners().get(settings.get("refine") or registry.NO_REFINER))  # fmt: skip
-    owned = {name for spec in specs if spec is not None for name in spec.param_names()}
-    missing = {k: v for k, v in LEGACY.items() if k in owned and k not in settings}
+    owned = [p for spec in specs if spec is not None for p in spec.params]
+    missing = {p.name: p.legacy for p in owned if p.legacy is not None and p.name not in settings}
     return {**settings, **missing} if missing else settings
 
 

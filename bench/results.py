@@ -449,6 +449,22 @@ def _whole_block_table(data: Path, runs: dict, fp: str, analysis) -> list[str]:
     return lines
 
 
+def _cpus(runs: dict) -> str:
+    """Which CPUs the cells ran on (each run records it): the last bits of float32 sums differ between
+    CPUs, and at 70-80% such bits move perplexity (docs/fidelity.md), so a reader can tell them apart."""
+    counts: dict[str, list[str]] = {}
+    for r in runs.values():
+        cpu = ((r.settings.get("numerics") or {}).get("cpu")) or "not recorded"
+        counts.setdefault(cpu, []).append(str(r.settings.get("allocation")))
+    if len(counts) <= 1:
+        return f"CPU: {next(iter(counts), 'not recorded')}."
+    parts = []
+    for cpu, rules in sorted(counts.items(), key=lambda kv: -len(kv[1])):
+        which = ", ".join(sorted(set(rules)))
+        parts.append(f"{cpu}: {len(rules)} runs ({which})")
+    return "CPUs of the runs (the history spans machines): " + "; ".join(parts) + "."
+
+
 def _eval_time(runs: dict) -> str:
     """What one evaluation costs: the median of the runs' after-pruning evaluations (same windows)."""
     times = sorted(r.seconds["eval_after"] for r in runs.values() if "eval_after" in r.seconds)
@@ -511,6 +527,7 @@ def report(data: Path, store: RunStore, fp: str, dense: float | None, model: str
         "whole run with the dense evaluation cached; runs that shared the 2 cores with other jobs took",
         "up to about twice as long).",
         f"Machine: {platform.machine()}, 2 CPU cores, float32. Versions: {versions}.",
+        _cpus(runs),
         "",
         f"Dense perplexity: **{dense:.3f}**" if dense is not None else "Dense perplexity: not measured yet",
         _eval_time(runs),

@@ -328,10 +328,23 @@ def test_identity_leaves_out_parameters_at_their_defaults():
 
     plain = PruneConfig(allocation="farms", sparsity=0.6)
     given = PruneConfig(allocation="farms", sparsity=0.6, epsilon=0.3, farms_spectrum="svd32")
-    assert plain.identity() == given.identity() and "farms_spectrum" not in plain.identity()
+    assert plain.identity() == given.identity() and "epsilon" not in plain.identity()
+    # a parameter whose older runs ran otherwise (its spec's legacy) is always named
+    assert plain.identity()["farms_spectrum"] == "svd32" and "farms_spectrum" not in PruneConfig().identity()
+    assert PruneConfig(refine="dsnot").identity()["dsnot_candidates"] == "released"
     assert sweep.cell_key(plain) == sweep.cell_key(given)
     assert compare.compare_id("m", plain) == compare.compare_id("m", given)
     exact = given.with_params(farms_spectrum="exact")
     assert exact.identity()["farms_spectrum"] == "exact" and sweep.cell_key(exact) != sweep.cell_key(plain)
     assert compare.compare_id("m", exact) != compare.compare_id("m", plain)
     assert compare.compare_id("m", plain) == compare.compare_id("m", plain.with_params(allocation="atp"))
+
+
+def test_legacy_values_are_choices_of_their_parameters_and_farms_choices_are_its_spectra():
+    from alphaprune.farms import SPECTRA
+
+    legacy = {name: p.legacy for name, p in registry.params().items() if p.legacy is not None}
+    assert legacy == {"farms_spectrum": "exact", "dsnot_variance": "tokens", "dsnot_candidates": "strict"}
+    for name, value in legacy.items():
+        registry.param(name).check(value)
+    assert registry.param("farms_spectrum").choices == SPECTRA

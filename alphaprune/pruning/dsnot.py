@@ -29,12 +29,13 @@ SCOPE = Param(
 VARIANCE = Param(
     "dsnot_variance", "windows", "the input variance that orders the weights to grow: each calibration "
     "window's own, averaged (the released code's) or over all tokens together (adds the spread of the "
-    "windows' means)", "DSnoT variance", kind="choice", choices=("windows", "tokens"),
+    "windows' means)", "DSnoT variance", kind="choice", choices=("windows", "tokens"), legacy="tokens",
 )  # fmt: skip
 CANDIDATES = Param(
     "dsnot_candidates", "released", "unstructured: read the candidate lists as the released code does (a row "
     "whose opposite-sign candidates run out goes on to others, which can change its count) or stop the row "
     "there (strict, its count kept)", "DSnoT candidates", kind="choice", choices=("released", "strict"),
+    legacy="strict",
 )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ FARMS_PER_SIDE = Param(
 FARMS_SPECTRUM = Param(
     "farms_spectrum", "svd32", "a window's spectrum: its squared singular values in float32, as the authors' "
     "code (svd32), or the exact eigenvalues of its Gram matrix (exact); they can set another ESD peak",
-    "FARMS window spectrum", kind="choice", choices=("svd32", "exact"),
+    "FARMS window spectrum", kind="choice", choices=("svd32", "exact"), legacy="exact",
 )  # fmt: skip
 ANALYSIS_PARAMS = (FARMS_WINDOW, FARMS_PER_SIDE, FARMS_SPECTRUM)  # what the analysis' alpha_farms depends on
 
