@@ -464,15 +464,14 @@ def _analyze(args, plan, ckpt, progress):
 def _say_farms_cost(model, farms=None) -> None:
     """Before an analysis with FARMS (analyze's `farms` keyword): what it will cost (alphaprune/
     farms.py's estimate, as the app shows it)."""
-    settings = farms
-    if settings is None:
+    if farms is None:
         return
     from alphaprune.arch import all_matrices
     from alphaprune.farms import estimate_cost
 
-    cost = estimate_cost([tuple(ref.shape) for ref in all_matrices(model)], settings)  # every matrix, as analyze
+    cost = estimate_cost([tuple(ref.shape) for ref in all_matrices(model)], farms)  # every matrix, as analyze
     print(
-        f"FARMS: {cost.windows} windows of up to {settings.window} x {settings.window} ({settings.spectrum}), "
+        f"FARMS: {cost.windows} windows of up to {farms.window} x {farms.window} ({farms.spectrum}), "
         f"about {cost.seconds:.0f} s on one core (an estimate; none when the analysis is cached)",
         file=sys.stderr,
     )
@@ -822,12 +821,7 @@ def cmd_sweep(args) -> int:
     if args.epsilons and not any("epsilon" in registry.rule(r).param_names() for r in rules):
         given = f"--rules {','.join(rules)}" if args.rules else f"--allocation {args.allocation}"
         raise UserError(f"--epsilons applies to rules with an epsilon, not {given}")
-    varied = dict(args.vary)
-    owners = [registry.rule(r) for r in rules] + [registry.pruner(p) for p in args.pruners or [args.pruner]]
-    owners += [registry.refiner(args.refine)] if registry.refiner(args.refine) else []
-    for name in varied:
-        if not any(name in spec.param_names() for spec in owners):
-            raise UserError(f"--vary {name}: no rule, pruner or refiner of this sweep has it; name one that does")
+    varied = dict(args.vary)  # sweep.grid refuses a name no cell has
     configs = sweep.grid(_config(args), args.epsilons or (), args.sparsities or (), args.pruners or (), rules, varied)
     _check_out(args.out, (".json", ".csv"))
     _preflight(args, _texts_read(configs[0]), store=True)

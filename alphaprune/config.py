@@ -37,7 +37,8 @@ _LABELS = {  # how a message names a number before saying which setting holds it
 
 
 class _Params:
-    """A part's parameters by name (`part.epsilon`), unset ones at their spec's default."""
+    """Parameters by name (`config.epsilon`), unset ones at their spec's default: the lookups of
+    PruneConfig and of its allocation and pruner parts."""
 
     params: tuple[tuple[str, Any], ...]
 
@@ -47,6 +48,7 @@ class _Params:
         return self.param(name)
 
     def param(self, name: str) -> Any:
+        """A rule's or pruner's parameter: as given, else its spec's default."""
         return dict(self.params).get(name, registry.param(name).default)
 
 
@@ -94,7 +96,7 @@ def _rule_param_names() -> set[str]:
 
 
 @dataclass(frozen=True, init=False)
-class PruneConfig:
+class PruneConfig(_Params):
     """Every setting of a pruning run: the three parts' fields flat (their defaults are the
     parts'), the rules' and pruners' own parameters in `params` (name -> value; unset ones
     take the spec's default). Built with keywords, PruneConfig(allocation="atp", beta=0.01,
@@ -128,15 +130,6 @@ class PruneConfig:
             raise TypeError(f"PruneConfig got unknown settings {unknown}")
         merged.update(given)
         object.__setattr__(self, "params", tuple(sorted((k, _normal(known[k], v)) for k, v in merged.items())))
-
-    def __getattr__(self, name: str):  # config.epsilon: a parameter by its name
-        if name.startswith("__") or name not in registry.params():
-            raise AttributeError(name)
-        return self.param(name)
-
-    def param(self, name: str) -> Any:
-        """A rule's or pruner's parameter: as given, else its spec's default."""
-        return dict(self.params).get(name, registry.param(name).default)
 
     def with_params(self, **values) -> PruneConfig:
         return dataclasses.replace(self, **values)

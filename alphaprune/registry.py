@@ -291,6 +291,13 @@ def defaults() -> dict[str, Any]:
     return {name: p.default for name, p in params().items()}
 
 
+def params_of(rule_name: str | None, pruner_name: str | None, refine: str | None = NO_REFINER) -> tuple[Param, ...]:
+    """The parameters of a run's rule, pruner and refiner, by their names (a name not registered,
+    as in an old record: none of its)."""
+    specs = (rules().get(rule_name), pruners().get(pruner_name), refiners().get(refine or NO_REFINER))
+    return tuple(p for spec in specs if spec is not None for p in spec.params)
+
+
 def has_param(rule_name: str, name: str) -> bool:
     """Whether the rule called `rule_name` (a stored run's) has parameter `name`; False when unknown."""
     known = rules().get(rule_name)

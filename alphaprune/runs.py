@@ -451,9 +451,7 @@ def with_legacy(settings: dict) -> dict:
     the record predates it, so an old run reads as what it ran."""
     from alphaprune import registry
 
-    specs = (registry.rules().get(settings.get("allocation")), registry.pruners().get(settings.get("pruner")),
-             registry.refiners().get(settings.get("refine") or registry.NO_REFINER))  # fmt: skip
-    owned = [p for spec in specs if spec is not None for p in spec.params]
+    owned = registry.params_of(settings.get("allocation"), settings.get("pruner"), settings.get("refine"))
     missing = {p.name: p.legacy for p in owned if p.legacy is not None and p.name not in settings}
     return {**settings, **missing} if missing else settings
 

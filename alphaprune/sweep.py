@@ -44,19 +44,22 @@ def grid(base: PruneConfig, epsilons=(), sparsities=(), pruners=(), rules=(), va
     varied = dict(values or {})
     if epsilons:
         varied["epsilon"] = list(epsilons)
-    cells = []
+    cells, used = [], set()
     for rule in rules or [base.allocation]:
         for pruner in pruners or [base.pruner]:
-            refiner = registry.refiner(base.refine)
-            owned = {*registry.rule(rule).param_names(), *registry.pruner(pruner).param_names(),
-                     *(refiner.param_names() if refiner else ())}  # fmt: skip
+            owned = {p.name for p in registry.params_of(rule, pruner, base.refine)}
             names = [name for name in varied if name in owned]
+            used.update(names)
             for sparsity in sparsities or [base.sparsity]:
                 for combo in itertools.product(*(varied[name] for name in names)):
                     extra = dict(zip(names, combo, strict=True))
                     config = dataclasses.replace(base, allocation=rule, pruner=pruner, sparsity=sparsity, **extra)
                     config.validate()
                     cells.append(config)
+    unused = sorted(varied.keys() - used)
+    if unused:
+        what = "no rule, pruner or refiner of this sweep has it"
+        raise UserError(f"{unused[0]} is varied, but {what}; name one that does")
     return cells
 
 

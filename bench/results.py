@@ -162,10 +162,7 @@ def key(settings: dict, fp: str) -> str:
     keeps its pick), so a config and the record it produced have the same key."""
     picked = {k: settings.get(k) for k in COMMON_FIELDS}
     picked["refine"] = picked["refine"] or registry.NO_REFINER  # records older than DSnoT
-    owned = set()
-    for spec in (registry.rule(str(settings["allocation"])), registry.pruner(str(settings["pruner"])),
-                 registry.refiner(picked["refine"])):  # fmt: skip
-        owned |= {p.name for p in (spec.params if spec is not None else ())}
+    owned = {p.name for p in registry.params_of(settings["allocation"], settings["pruner"], picked["refine"])}
     settings = with_legacy(settings)  # records older than a parameter: what they ran with
     for name in sorted(owned):
         value = settings.get(name, registry.param(name).default)
