@@ -15,7 +15,14 @@ here in one process, with one thread count and one attention kernel:
 4. the final runs (run_prune, the whole calibration text) of each pick's values set by hand,
    and auto / hand-picked;
 5. with --authors E,..: the authors' AlphaPruning configuration at those epsilons (their
-   unclipped ratios; a block whose ratio exceeds 1 pruned whole, as their Wanda does).
+   unclipped ratios; a block whose ratio exceeds 1 pruned whole, as their Wanda does);
+6. with --kl: per candidate also the mean KL divergence of its next-token distribution from the
+   dense model's on the same held-out windows (the search's alternative objective under study:
+   how far pruning moved the model, not how well it fits the calibration domain);
+7. with --authors-grid: the authors' own search (ATP's search.sh): every value of the grid,
+   pruned with the whole calibration text and scored on the evaluation text, the lowest being
+   what their script prints as the best. Our ATP equals their code's perplexity at every beta
+   (docs/fidelity.md), so these runs stand for their script on this machine.
 
 Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, the first 32 x
 1024 windows of wikitext2_test.raw), Wanda. On the 2-core machine: ~4.5 min a candidate.
@@ -23,6 +30,9 @@ Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, t
     nice .venv/bin/python bench/tuning_check.py --rule alphapruning --sparsity 0.7 --out bench/tuning/ap70.json
     nice .venv/bin/python bench/tuning_check.py --rule atp --sparsity 0.7 --out bench/tuning/atp70.json
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --out bench/tuning/authors70.json
+    nice .venv/bin/python bench/tuning_check.py --rule atp --authors-grid --out bench/tuning/atp70_vs_search_sh.json
+    nice .venv/bin/python bench/tuning_check.py --rule atp --kl --candidates 'beta=0.006;beta=0.008;beta=0.01' \
+        --out bench/tuning/atp70_kl.json                      # held-out perplexity against KL from dense
     nice .venv/bin/python bench/tuning_check.py --rule atp --candidates 'beta=0.011;beta=0.012;beta=0.013' \
         --out bench/tuning/atp70_offgrid.json                 # values off the grid, scored as candidates
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --hand epsilon=0.3,ceiling=0.99 \
@@ -57,19 +67,43 @@ def label(values: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in values.items())
 
 
-def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None) -> tuple[dict, tuple, dict]:
+KL: dict[str, float] = {}  # --kl: candidate label -> mean KL(dense || pruned) per held-out token, nats
+
+
+def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, kl=False) -> tuple[dict, tuple, dict]:
     """(the chosen values, the trials, evaluation perplexity per candidate label); `plan`: these
-    candidates instead of the search's grid and refinement."""
+    candidates instead of the search's grid and refinement; `kl`: each candidate's KL from the
+    dense model on the held-out windows too (into KL)."""
     calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
+    heldout = text.heldout_windows(calib_ids, config.seqlen, pipeline.HELDOUT_WINDOWS)
     on_eval: dict[str, float] = {}
 
     def observe(values: dict, pruned) -> None:
         on_eval[label(values)] = perplexity(pruned, eval_windows, config.batch_size)
         log(f"  {label(values)}: evaluation perplexity {on_eval[label(values)]:.2f}")
+        if kl:
+            KL[label(values)] = kl_from_dense(loaded.model, pruned, heldout)
+            log(f"  {label(values)}: KL from the dense model on the held-out windows {KL[label(values)]:.4f} nats")
 
     progress = lambda f, msg: log(f"  [{f:4.0%}] {msg}")  # noqa: E731
     best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe, plan)
     return best, trials, on_eval
+
+
+def kl_from_dense(dense, pruned, windows) -> float:
+    """Mean over the (W, seqlen) windows' predicted tokens of KL(dense || pruned) between the two
+    models' next-token distributions, one window at a time (logits (1, seqlen, vocab) each)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for window in windows:
+            ids = window.unsqueeze(0)
+            log_p = torch.log_softmax(dense(ids).logits[0, :-1].float(), dim=-1)  # (seqlen - 1, vocab)
+            log_q = torch.log_softmax(pruned(ids).logits[0, :-1].float(), dim=-1)
+            total += float((log_p.exp() * (log_p - log_q)).sum())
+            count += log_p.shape[0]
+    return total / count
 
 
 def evaluated(trials, on_eval: dict) -> dict[str, float]:
@@ -87,13 +121,22 @@ def table(trials, on_eval: dict) -> list[dict]:
         rows.append({
             "values": label(t.values), "heldout_ppl": t.heldout_ppl, "gap_nats": mean, "gap_se": se,
             "spread": t.spread, "eval_ppl": on_eval.get(label(t.values)), "pruned": t.pruned,
+            **({"kl": KL[label(t.values)]} if label(t.values) in KL else {}),
         })  # fmt: skip
     return rows
 
 
+FINALS: dict[tuple, float] = {}  # final runs of this process, by configuration (run once each)
+
+
 def final(loaded, config, analysis, values: dict, log) -> float:
-    """run_prune (the whole calibration text) with `values` set by hand: its perplexity."""
-    result = pipeline.run_prune(loaded, dataclasses.replace(config, **values), analysis)
+    """run_prune (the whole calibration text) with `values` set by hand: its perplexity (a run
+    already made by this process with the same configuration is not made again)."""
+    key = (dataclasses.replace(config, **values),)
+    if key in FINALS:
+        return FINALS[key]
+    result = pipeline.run_prune(loaded, key[0], analysis)
+    FINALS[key] = result.ppl_after
     log(f"  final run, {label(values) or config.allocation}: perplexity {result.ppl_after:.2f} "
         f"(sparsity {result.actual_sparsity:.4f})")  # fmt: skip
     return result.ppl_after
@@ -114,9 +157,11 @@ def main() -> int:
     log(f"{args.rule} at {args.sparsity:.0%}, {args.pruner}; numerics {numerics(loaded.model)}")
     report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model)}
     if args.candidates:
-        report["probe"] = _probe_report(loaded, config, analysis, args.candidates, log)
+        report["probe"] = _probe_report(loaded, config, analysis, args.candidates, log, args.kl)
     elif not args.skip_search:
         report.update(_search_report(loaded, config, analysis, log))
+    if args.authors_grid:
+        report["authors_grid"] = _authors_grid(loaded, config, analysis, log)
     if args.authors:
         report["authors"] = {
             f"epsilon {e:g}, ratios above 1 pruned whole" + _seed_words(seed, args.seeds):
@@ -151,11 +196,16 @@ def _args():
                     help="also run the rule with these values set by hand, e.g. epsilon=0.3,ceiling=0.99")  # fmt: skip
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                     help="calibration seeds of the --authors and --hand runs (the windows drawn)")  # fmt: skip
-    ap.add_argument("--skip-search", action="store_true", help="only the --authors and --hand runs")
+    ap.add_argument("--authors-grid", action="store_true",
+                    help="also the authors' search (ATP's search.sh): a final run at every grid value, "
+                         "scored on the evaluation text")  # fmt: skip
+    ap.add_argument("--skip-search", action="store_true", help="only the --authors, --authors-grid and --hand runs")
     ap.add_argument("--candidates", type=lambda v: [_values(c) for c in v.split(";")], default=[],
                     metavar="NAME=V;..", help="instead of the search: score these values (off the grid too) "
                     "as the search scores a candidate, each also on the evaluation text, e.g. "
                     "'beta=0.011;beta=0.013'")  # fmt: skip
+    ap.add_argument("--kl", action="store_true",
+                    help="with --candidates: also each candidate's KL from the dense model, held out")  # fmt: skip
     ap.add_argument("--render", action="store_true", help="only rewrite docs/tuning.md from bench/tuning/*.json")
     return ap.parse_args()
 
@@ -198,10 +248,20 @@ def _search_report(loaded, config, analysis, log) -> dict:
             "final": finals}  # fmt: skip
 
 
-def _probe_report(loaded, config, analysis, plan: list[dict], log) -> list[dict]:
-    """Each of `plan` scored as a search candidate: held-out and evaluation perplexity."""
+def _authors_grid(loaded, config, analysis, log) -> dict[str, float]:
+    """Evaluation perplexity of a final run at every value of the search's grid (for ATP, the
+    paper's: beta in steps of 0.002 up to the largest legal one), as the authors' search script
+    prunes and scores them; its lowest is the best it reports."""
+    blocks = len({m.block for m in analysis.prunable})
+    plan = tune.candidates(config, blocks, budget=10**6)
+    return {label(values): final(loaded, config, analysis, values, log) for values in plan}
+
+
+def _probe_report(loaded, config, analysis, plan: list[dict], log, kl=False) -> list[dict]:
+    """Each of `plan` scored as a search candidate: held-out and evaluation perplexity (and, with
+    `kl`, its KL from the dense model on the held-out windows)."""
     eval_windows = _eval_windows(loaded, config)
-    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan)
+    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan, kl)
     return table(trials, evaluated(trials, on_eval))
 
 
@@ -241,9 +301,10 @@ def _seeds_table(reports) -> list[str]:
     """Every final run of every report, one row per (setting, configuration), one column per
     calibration seed, and their mean: how far the calibration draw alone moves a result."""
     rows: dict[tuple, dict[int, float]] = {}
-    for r in reports:
+    for r in reports:  # runs on different CPUs round differently: never one row
+        cpu = r["numerics"].get("cpu", "CPU not recorded")
         for what, seed, ppl in _final_runs(r):
-            rows.setdefault((f"{r['rule']} {r['sparsity']:.0%} {r['pruner']}", what), {})[seed] = ppl
+            rows.setdefault((f"{r['rule']} {r['sparsity']:.0%} {r['pruner']}, {cpu}", what), {})[seed] = ppl
     seeds = sorted({seed for runs in rows.values() for seed in runs})
     if len(seeds) < 2:
         return []
@@ -276,6 +337,7 @@ def _section(report: dict, name: str) -> list[str]:
     if "probe" in report:
         out += ["Candidates scored as the search scores them (`--candidates`), off its grid too:", ""]
         out += _table_lines(report["probe"]) + [""]
+    out += ([""] if out[-1] != "" and "authors_grid" in report else []) + _grid_lines(report)
     for what, ppl in report.get("authors", {}).items():
         out.append(f"- the authors' configuration, {what}: **{ppl:.2f}**")
     for what, ppl in report.get("by_hand", {}).items():
@@ -283,16 +345,41 @@ def _section(report: dict, name: str) -> list[str]:
     return out if out[-1] == "" else out + [""]
 
 
+def _grid_lines(report: dict) -> list[str]:
+    """The authors' search (--authors-grid): every grid value's final run, its best, and auto's
+    final run against that best."""
+    grid = report.get("authors_grid")
+    if not grid:
+        return []
+    best = min(grid, key=grid.get)
+    out = ["The authors' search (their script: every grid value pruned with the whole calibration "
+           "text, scored on the evaluation text):", "",
+           "| grid value | perplexity |", "|---|---|"]  # fmt: skip
+    out += [f"| {what} | {ppl:.2f} |" for what, ppl in grid.items()]
+    out += ["", f"- the authors' search picks {best}: **{grid[best]:.2f}**"]
+    auto = report.get("auto")
+    if auto is not None and label(auto) in report.get("final", {}):
+        ours = report["final"][label(auto)]
+        out += [
+            f"- auto ({label(auto)}, chosen on held-out calibration text): **{ours:.2f}**; "
+            f"auto / the authors' search: **{ours / grid[best]:.4f}**"
+        ]
+    return out + [""]
+
+
 def _table_lines(rows: list[dict]) -> list[str]:
+    kl = any("kl" in r for r in rows)
     out = [
-        "| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |",
-        "|---|---|---|---|---|---|",
+        "| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |"
+        + (" KL from dense |" if kl else ""),
+        "|---|---|---|---|---|---|" + ("---|" if kl else ""),
     ]
     for r in rows:
         ratio = r["gap_nats"] / r["gap_se"] if r["gap_se"] else 0.0
         ev = f"{r['eval_ppl']:.2f}" if r["eval_ppl"] is not None else "shared"
         cells = (r["values"], f"{r['heldout_ppl']:.2f}", f"{r['gap_nats']:.4f}", f"{ratio:.2f}", f"{r['spread']:.4f}")
-        out.append("| " + " | ".join((*cells, ev)) + " |")
+        extra = (f"{r['kl']:.4f}" if "kl" in r else "",) if kl else ()
+        out.append("| " + " | ".join((*cells, ev, *extra)) + " |")
     return out
 
 
