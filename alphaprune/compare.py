@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 from alphaprune import registry
 from alphaprune.config import PruneConfig
@@ -67,11 +68,11 @@ def table(records) -> list[dict]:
     range and every block's ratio ("block_ratios", for the side-by-side chart and listing)."""
     rows = []
     for r in records:
-        blocks = list(r.block_ratios or [0.0])
+        blocks = list(r.block_ratios or [])  # a record without ratios: none drawn, its range NaN
         rows.append({
             "rule": r.settings.get("allocation"), "run": r.id, "target": r.settings.get("sparsity"),
-            "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
-            "actual_sparsity": r.actual_sparsity, "lowest_block": min(blocks), "highest_block": max(blocks),
+            "ppl_before": r.ppl_before, "ppl_after": r.ppl_after, "actual_sparsity": r.actual_sparsity,
+            "lowest_block": min(blocks, default=math.nan), "highest_block": max(blocks, default=math.nan),
             "block_ratios": blocks,
         })  # fmt: skip
     return sorted(rows, key=lambda row: row["ppl_after"])

@@ -118,8 +118,10 @@ class Param:
                 return tuple(float(x) for x in text.split(","))
             return int(text) if self.kind == "int" else float(text)
         except ValueError:
+            from alphaprune.errors import setting
+
             what = f"comma-separated numbers in {self.range_text}" if self.kind == "floats" else self.range_text
-            raise UserError(f"{self.cli_flag} takes {what}, got {text!r}") from None
+            raise UserError(f"{setting(self.name)} takes {what}, got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,17 @@ from alphaprune.ui.charts import chart
 from alphaprune.ui.session import (
     ALLOC,
     ANALYSIS,
+    LAST_BLOCKS,
     MODEL,
     OUTLIERS,
     calibration_choice,
+    list_starts,
     model_layout,
     model_name,
     offer_farms,
     progress_callback,
     require,
+    settled_params,
 )
 from alphaprune.ui.widgets import param_widget, param_widgets
 
@@ -41,17 +44,22 @@ st.caption("Layer-wise sparsity from the spectra: higher alpha (less trained) ->
 analysis = require(ANALYSIS, "Load and analyse a model first: the allocation is computed from its spectra.")
 loaded = st.session_state[MODEL]  # None when the model was analysed from its files
 settings = st.session_state[ALLOC]
-RULES = [name for name, rule in registry.rules().items() if not rule.sets_target]  # a list is typed on the CLI
+RULES = list(registry.rules())
 
 left, mid, right = st.columns(3)
 method = left.selectbox(
     "Method", RULES, index=RULES.index(settings.allocation), key="alloc_method",
     help="; ".join(f"{name}: {registry.rule(name).summary}" for name in RULES),
 )  # fmt: skip
-sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings.sparsity, 0.01, key="alloc_sparsity")
-ceiling = param_widget(right, CEILING, settings.ceiling, "alloc_", auto=True)
 rule = registry.rule(method)
-values = param_widgets(rule.params, dict(settings.params), "alloc_", options={"metric": METRIC_NAMES}, auto=True)
+if rule.sets_target:  # a list of ratios sets the target itself: their weighted mean, shown below
+    sparsity = settings.sparsity
+    mid.caption("The target is the listed ratios' weighted mean (below); one ratio per block, typed below.")
+else:
+    sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings.sparsity, 0.01, key="alloc_sparsity")
+ceiling = param_widget(right, CEILING, settings.ceiling, "alloc_", auto=True)
+starts = list_starts(rule, len({m.block for m in analysis.prunable}), sparsity)
+values = param_widgets(rule.params, {**dict(settings.params), **starts}, "alloc_", {"metric": METRIC_NAMES}, True)
 searched = [name for name, value in {**values, CEILING.name: ceiling}.items() if value == registry.AUTO]
 
 
@@ -66,7 +74,7 @@ if len(rule.granularities) > 1:
     mapping = st.radio(
         "Mapping", rule.granularities, index=rule.granularities.index(current), key="alloc_mapping", horizontal=True
     )
-params = tuple(sorted({**dict(settings.params), **values}.items()))  # other rules' values kept for a switch back
+params = settled_params(dict(settings.params), values, starts)  # other rules' values kept for a switch back
 settings = AllocationSettings(method, sparsity, mapping, ceiling, settings.search_budget, params)
 st.session_state[ALLOC] = settings
 config = PruneConfig.from_parts(settings)  # the run these settings describe (the Prune page's pruner aside)
@@ -134,6 +142,10 @@ except UserError as exc:
     st.error(exc.render("app"))
     st.stop()
 
+if rule.sets_target:  # the list's mean is the run's target (its record, the slider of the next rule)
+    st.session_state[ALLOC] = dataclasses.replace(settings, sparsity=min(0.95, max(0.05, round(allocation.target, 4))))
+else:  # what a list rule, chosen next, starts from
+    st.session_state[LAST_BLOCKS] = tuple(round(r, 4) for r in allocation.block_ratios)
 unit, ratios = ("matrix", allocation.sparsities) if per_matrix(allocation) else ("block", allocation.block_ratios)
 cols = st.columns(4)
 cols[0].metric("Weighted mean", f"{allocation.mean:.4f}")
@@ -143,9 +155,10 @@ cols[3].metric("Matrices held at a bound", len(allocation.clipped))
 if allocation.clipped:
     st.warning(clipping_note(allocation))
 others, missing, unmeasured = {}, [], []
-candidates = [name for name in RULES if name != method]
+candidates = [name for name in RULES if name != method and not registry.rule(name).sets_target]
+target = allocation.target if rule.sets_target else sparsity  # a list's own mean: the others' target
 for name in st.multiselect("Overlay rules", candidates, key="alloc_overlay", help="block ratios at the same target"):
-    other = previewed(dataclasses.replace(config, allocation=name, mapping="block"))  # auto: at the default
+    other = previewed(dataclasses.replace(config, allocation=name, mapping="block", sparsity=target))  # auto: default
     needs_stats = registry.rule(name).statistic is not None
     own = stored.get(statistic_key(name, other)) if needs_stats else None
     if any(getattr(analysis, k) != v for k, v in analysis_options(other).items()):
@@ -168,7 +181,7 @@ if unmeasured:
     st.caption(f"{names}: not overlaid until their block statistics are measured on the calibration windows.")
     if st.button(f"Compute statistics of {names}", key="overlay_compute", disabled=not calib_source):
         compute_statistics(unmeasured)
-chart(st, allocation_figure(allocation, sparsity, others), key="allocation_chart", name="allocation")
+chart(st, allocation_figure(allocation, target, others), key="allocation_chart", name="allocation")
 
 rows = [
     {"matrix": n, "block": b, "params": p, "sparsity": s, "unclipped": r}

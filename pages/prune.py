@@ -229,7 +229,7 @@ with st.expander("Compare allocation rules"):
         "pressing again with the same settings runs only the rules not measured yet."
     )
     names = [n for n, r in registry.rules().items() if not r.sets_target]
-    default = list(dict.fromkeys([registry.BASELINE, alloc.allocation]))
+    default = [n for n in dict.fromkeys([registry.BASELINE, alloc.allocation]) if n in names]  # not a list
     chosen = st.multiselect("Rules", names, default=default, key="compare_rules", **KEEP)
     if st.button("Compare", key="compare_button", disabled=loaded is None or streamed or not chosen):
         bar = st.progress(0.0, text="compare")
@@ -266,7 +266,7 @@ ran = WHERE[(result.offload or {}).get("offload", "none")]
 measured = result.windows_measured or config.eval_windows
 fewer = f" (the text holds no more of the {config.eval_windows} asked for)" if measured < config.eval_windows else ""
 st.caption(
-    f"{config.pruner}, {config.allocation} at {config.sparsity:g}, {config.pattern}; calibration "
+    f"{config.pruner}, {config.allocation} at {result.allocation.target:.4g}, {config.pattern}; calibration "
     f"{config.calib_samples} x {config.seqlen} tokens of {shown(config.calib)}; evaluation "
     f"{measured} windows{fewer} of {config.seqlen} tokens of {shown(config.eval)}. Ran {ran}."
 )

@@ -320,6 +320,43 @@ def test_the_statistics_previewed_are_the_ones_a_run_applies(tiny_folder, store)
     assert shown == pytest.approx(sorted(result.allocation.block_ratios))
 
 
+def test_a_list_typed_on_the_allocation_page_starts_from_the_last_rule_and_is_applied(tiny_folder, store):
+    """The list rule in the app: its box starts from the ratios drawn last (ATP's here), a typed
+    list is drawn with its own mean as the target, a bad one is one line, what was typed comes
+    back after a switch to another rule (without naming that rule's settings), and the Prune
+    page applies exactly the list and records its mean as the target."""
+    from alphaprune.ui import session
+
+    at = _allocation_page(tiny_folder)
+    at.selectbox(key="alloc_method").set_value("atp").run()
+    atp = at.session_state[session.LAST_BLOCKS]
+    atp_params = at.session_state[session.ALLOC].params
+    at.selectbox(key="alloc_method").set_value("list").run()
+    _no_errors(at)
+    assert at.text_input(key="alloc_block_list").value == ", ".join(f"{r:g}" for r in atp)
+    assert not [s for s in at.slider if s.key == "alloc_sparsity"]  # the list sets the target
+    at.text_input(key="alloc_block_list").input("0.2, 0.5, 0.8").run()
+    _no_errors(at)
+    bars = [t for t in _chart(at, "allocation_chart")["data"] if t.get("type") == "bar"]
+    assert sorted(y for t in bars for y in t["y"]) == pytest.approx([0.2, 0.5, 0.8])
+    at.text_input(key="alloc_block_list").input("0.2, 0.5").run()  # the tiny model has 3 blocks
+    assert len(at.error) == 1 and "3 blocks" in at.error[0].value and "Traceback" not in at.error[0].value
+    at.text_input(key="alloc_block_list").input("0.3, 0.6, 0.9").run()
+    at.selectbox(key="alloc_method").set_value("atp").run()  # away and back: the typed list returns
+    assert at.session_state[session.ALLOC].params == atp_params  # ATP's settings do not name the list
+    assert at.slider(key="alloc_sparsity").value == pytest.approx(0.6, abs=0.01)  # the list's mean, kept
+    at.selectbox(key="alloc_method").set_value("list").run()
+    assert at.text_input(key="alloc_block_list").value == "0.3, 0.6, 0.9"
+    at.switch_page("pages/prune.py").run()
+    for key, value in {"prune_samples": 2, "prune_windows": 2}.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="prune_button").click().run()
+    _no_errors(at)
+    result = at.session_state[session.RESULT]
+    assert result.config.allocation == "list" and result.allocation.block_ratios == pytest.approx([0.3, 0.6, 0.9])
+    assert result.config.sparsity == pytest.approx(result.allocation.target, abs=1e-4)  # what the record says
+
+
 def test_auto_on_the_allocation_page_runs_the_search_and_draws_its_curve(tiny_folder, store):
     from alphaprune.ui import session
 

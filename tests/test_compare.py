@@ -72,6 +72,17 @@ def test_the_table_ranks_the_rules_by_perplexity(env):
     assert figure.layout.shapes[0].y0 == 0.6  # the common target
 
 
+def test_a_record_without_block_ratios_shows_no_range_rather_than_zero():
+    """Records stored before runs kept their block ratios: no line, and a NaN range, not 0.0."""
+    from types import SimpleNamespace
+
+    old = SimpleNamespace(settings={"allocation": "owl", "sparsity": 0.6}, id="r1", block_ratios=None,
+                          ppl_before=10.0, ppl_after=20.0, actual_sparsity=0.6)  # fmt: skip
+    (row,) = compare.table([old])
+    assert row["block_ratios"] == [] and row["lowest_block"] != row["lowest_block"]  # NaN
+    assert compare.ratio_listing([row]).splitlines() == ["block" + f" {'owl':>12s}"]
+
+
 def test_a_stopped_comparison_resumes_where_it_stopped(env, capsys, monkeypatch):
     """Stopped during its second rule (Ctrl-C), a comparison keeps the first run; the same
     command then runs only the rules not stored."""

@@ -158,8 +158,7 @@ def _widgets_script():
     from alphaprune.ui.widgets import param_widget
 
     for p in (*registry.params().values(), CEILING):
-        if p.kind != "floats":
-            param_widget(st, p, None, "w_", options=("alpha_peak", "alpha_ks") if p.kind == "text" else ())
+        param_widget(st, p, None, "w_", options=("alpha_peak", "alpha_ks") if p.kind == "text" else ())
 
 
 def test_app_widgets_show_the_spec_defaults_and_ranges():
@@ -178,10 +177,31 @@ def test_app_widgets_show_the_spec_defaults_and_ranges():
             assert box.value == p.default and box.label == p.label, name
             if p.kind == "choice":
                 assert tuple(box.options) == p.choices, name
-        else:
-            continue
+        elif p.kind == "floats":  # a list, typed: empty without a default, as the CLI's
+            box = at.text_input(key=f"w_{name}")
+            assert box.value == "" and box.label == p.label and p.range_text in box.help, name
         checked.add(name)
-    assert checked == {n for n, p in _specs().items() if p.kind != "floats"}
+    assert checked == set(_specs())
+
+
+def _list_script():
+    import streamlit as st
+
+    from alphaprune import registry
+    from alphaprune.ui.widgets import param_widget
+
+    st.session_state["typed"] = param_widget(st, registry.param("block_list"), (0.5, 0.6), "w_")
+
+
+def test_the_app_types_a_list_as_the_cli_parses_it():
+    at = AppTest.from_function(_list_script).run(timeout=30)
+    assert at.text_input(key="w_block_list").value == "0.5, 0.6" and at.session_state["typed"] == (0.5, 0.6)
+    at.text_input(key="w_block_list").input("0.2,0.8, 0.4").run(timeout=30)
+    assert at.session_state["typed"] == (0.2, 0.8, 0.4) and not at.error
+    for bad, needle in (("0.2, x", "comma-separated numbers in [0, 1]"), ("0.2, 1.5", "must be a number in [0, 1]")):
+        at.text_input(key="w_block_list").input(bad).run(timeout=30)
+        assert at.session_state["typed"] == (0.5, 0.6), bad  # the previous value kept
+        assert len(at.error) == 1 and needle in at.error[0].value and "**Sparsity per block**" in at.error[0].value
 
 
 def test_config_holds_parameters_by_name_with_spec_defaults():

@@ -62,6 +62,8 @@ PRUNED_ANALYSIS = "pruned_analysis"
 GENERATIONS = "generations"
 ACCURACY = "zero_shot_accuracy"  # the run record's accuracy of the session's pruned model (alphaprune/zeroshot.py)
 TAILS = "tail_test_result"  # (matrix, xmin rule, tails.TailTest) of the Spectra page's last tail test
+LAST_BLOCKS = "alloc_last_blocks"  # block ratios of the Allocation page's last non-list rule (a list's start)
+TYPED = "alloc_typed_lists"  # a list rule's values as typed, by parameter name, kept across rule switches
 COMPARE = "compare_rows"  # (compare id, rows of compare.table) of the Prune page's last comparison
 FINGERPRINT = "dense_fingerprint"  # (model object, short hex)
 UPLOADS = "uploads"  # file id of an upload -> (model spec or text path, the name it was uploaded as)
@@ -218,7 +220,7 @@ class Choice:
 
 
 def _forget_results() -> None:
-    for key in (ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS):
+    for key in (ANALYSIS, OUTLIERS, RESULT, RUN_ID, PRUNED_ANALYSIS, GENERATIONS, LAST_BLOCKS):
         st.session_state[key] = None
 
 
@@ -536,6 +538,31 @@ def staged_progress() -> Callable[[float, str], None]:
         bars[stage].progress(min(1.0, max(0.0, fraction)), text=f"{stage}: {detail}" if detail else stage)
 
     return update
+
+
+def list_starts(rule: registry.Rule, blocks: int, sparsity: float) -> dict:
+    """Where the box of each list parameter of `rule` (one ratio per block) starts: the list typed
+    last if it fits this model's `blocks`, else the block ratios another rule drew last, else
+    `sparsity` for every block."""
+    typed, drawn = st.session_state.get(TYPED) or {}, st.session_state.get(LAST_BLOCKS)
+    fits = lambda v: v is not None and len(v) == blocks  # noqa: E731
+    return {
+        p.name: next((tuple(v) for v in (typed.get(p.name), drawn) if fits(v)), (round(sparsity, 4),) * blocks)
+        for p in rule.params
+        if p.kind == "floats"
+    }
+
+
+def settled_params(kept: dict, values: dict, starts: dict) -> tuple:
+    """AllocationSettings.params: the selected rule's `values` over the values `kept` from other
+    rules (for a switch back), except lists: a list is part of the settings only while its rule
+    is selected (else it would name other rules' runs); what was typed is kept aside (TYPED)."""
+    lists = {p.name for rule in registry.rules().values() if rule.sets_target for p in rule.params}
+    typed = {k: v for k, v in values.items() if k in starts and v != starts[k]}
+    if typed:
+        st.session_state[TYPED] = {**(st.session_state.get(TYPED) or {}), **typed}
+    merged = {**{k: v for k, v in kept.items() if k not in lists}, **values}
+    return tuple(sorted(merged.items()))
 
 
 def offer_farms(settings, why: str, key: str) -> None:

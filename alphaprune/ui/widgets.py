@@ -1,8 +1,9 @@
 """Streamlit widgets generated from the registry's parameter specs (alphaprune/registry.py).
 
 A rule's or pruner's parameter is drawn from its spec alone: a slider over its range for a
-number, a selectbox for a choice, so the app shows the same defaults and ranges as the
-CLI's --help. The key is `prefix + name` (e.g. "alloc_epsilon").
+number, a selectbox for a choice, a text box of comma-separated numbers for a list (parsed and
+checked as the CLI does), so the app shows the same defaults and ranges as the CLI's --help.
+The key is `prefix + name` (e.g. "alloc_epsilon").
 
     value = param_widget(st, registry.param("epsilon"), current=0.3, prefix="alloc_")
     values = param_widgets(registry.rule("owl").params, current={"owl_m": 5.0}, prefix="alloc_")
@@ -14,6 +15,7 @@ from typing import Any
 
 import streamlit as st
 
+from alphaprune.errors import UserError
 from alphaprune.registry import AUTO, Param
 
 
@@ -26,6 +28,8 @@ def param_widget(container, spec: Param, current: Any, prefix: str, options: tup
     key, helptext = prefix + spec.name, f"{spec.help}; {spec.range_text}; default {spec.default}"
     if auto and spec.auto and container.checkbox(f"{spec.label}: auto", current == AUTO, key=key + "_auto"):
         return AUTO
+    if spec.kind == "floats":
+        return _numbers(container, spec, value, key, helptext)
     if spec.kind == "choice" or (spec.kind == "text" and options):
         choices = list(spec.choices or options)
         index = choices.index(value) if value in choices else 0
@@ -44,7 +48,6 @@ def param_widget(container, spec: Param, current: Any, prefix: str, options: tup
 def param_widgets(specs: tuple[Param, ...], current: dict, prefix: str, options: dict | None = None,
                   auto: bool = False) -> dict:  # fmt: skip
     """The widgets of several parameters side by side; their values by name."""
-    specs = tuple(s for s in specs if s.kind != "floats")  # lists are typed on the CLI
     if not specs:
         return {}
     columns = st.columns(len(specs))
@@ -53,3 +56,14 @@ def param_widgets(specs: tuple[Param, ...], current: dict, prefix: str, options:
         s.name: param_widget(col, s, current.get(s.name), prefix, options.get(s.name, ()), auto)
         for col, s in zip(columns, specs, strict=True)
     }
+
+
+def _numbers(container, spec: Param, value, key: str, helptext: str):
+    """A list parameter typed as comma-separated numbers; what was typed, parsed and checked as
+    on the CLI, or the previous value (None when there is none) with the one-line reason."""
+    typed = container.text_input(spec.label, ", ".join(f"{x:g}" for x in value or ()), key=key, help=helptext)
+    try:
+        return spec.check(spec.parse(typed.strip()))
+    except UserError as exc:
+        container.error(exc.render("app"))
+        return value
