@@ -628,6 +628,10 @@ def main() -> None:
                     help="also FARMS (HUST-AI-HYZ/FARMS's alphas and ratios) at these epsilons")  # fmt: skip
     ap.add_argument("--farms-window", type=int, default=256, help="FARMS num_row_samples (our farms_window)")
     ap.add_argument("--farms-per-side", type=int, default=6, help="FARMS sampling_ops_per_dim (our farms_per_side)")
+    ap.add_argument("--farms-ceiling", type=float, default=None, metavar="C",
+                    help="our FARMS side's ceiling (default 0.99; 1 keeps the code's 0.9997 ratio)")  # fmt: skip
+    ap.add_argument("--farms-as-list", action="store_true",
+                    help="our FARMS side: the code's block ratios as allocation list (the pruners alone)")  # fmt: skip
     ap.add_argument("--farms-spectrum", default="svd32", choices=("svd32", "exact"),
                     help="our side's farms_spectrum (svd32: the code's; exact: float64 Gram eigenvalues)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
@@ -687,6 +691,10 @@ def main() -> None:
     spectrum = "" if args.farms_spectrum == "svd32" else f" (ours: {args.farms_spectrum} spectrum)"
     if (args.farms_window, args.farms_per_side) != (256, 6):
         spectrum += f" w{args.farms_window} k{args.farms_per_side}"
+    if args.farms_ceiling is not None:
+        spectrum += f" (ours: ceiling {args.farms_ceiling:g})"
+    if args.farms_as_list:
+        spectrum += " (ours: the code's ratios as a list)"
     if args.threads != 1:  # the code's alphas follow the thread count; ours are on one thread always
         spectrum += f" (the code's alphas on {args.threads} threads, ours on 1)"
     farms = {f"farms eps{e:g} {p}{spectrum}": e for e in args.farms_eps for p in ("wanda", "sparsegpt")}  # label -> eps
@@ -742,6 +750,11 @@ def main() -> None:
             if allocation == "farms":
                 farms_own = {"farms_window": args.farms_window, "farms_per_side": args.farms_per_side}
                 cfg = cfg.with_params(epsilon=farms_eps, farms_spectrum=args.farms_spectrum, **farms_own)
+                if args.farms_ceiling is not None:
+                    cfg = cfg.with_params(ceiling=args.farms_ceiling)
+                if args.farms_as_list:  # one ratio per block (the code's are block-wise), none clipped
+                    per_block = dict(zip((n.split(".")[2] for n in names), ratios, strict=False))
+                    cfg = cfg.with_params(allocation="list", ceiling=1.0, block_list=tuple(per_block.values()))
             if allocation == "alphapruning" and max(ww) > 1.0:  # what the reference's Wanda does: a block whole
                 from bench.results import as_whole_block
 
