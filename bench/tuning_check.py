@@ -21,8 +21,8 @@ here in one process, with one thread count and one attention kernel:
    how far pruning moved the model, not how well it fits the calibration domain);
 7. with --authors-grid: the authors' own search (ATP's search.sh): every value of the grid,
    pruned with the whole calibration text and scored on the evaluation text, the lowest being
-   what their script prints as the best. Our ATP equals their code's perplexity at every beta
-   (docs/fidelity.md), so these runs stand for their script on this machine.
+   what their script prints as the best. These are our runs standing in for their script: at
+   the betas checked against their code (docs/fidelity.md) our ATP gives its perplexity to 1e-6.
 
 Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, the first 32 x
 1024 windows of wikitext2_test.raw), Wanda. On the 2-core machine: ~4.5 min a candidate.
@@ -58,6 +58,7 @@ import results  # noqa: E402  (the protocol and each rule's auto parameters)
 
 from alphaprune import pipeline, text, tune  # noqa: E402
 from alphaprune.analysis import analyze  # noqa: E402
+from alphaprune.config import PruneConfig  # noqa: E402
 from alphaprune.models import DEFAULT_MODEL, load_model  # noqa: E402
 from alphaprune.perplexity import perplexity  # noqa: E402
 from alphaprune.runs import numerics  # noqa: E402
@@ -67,23 +68,20 @@ def label(values: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in values.items())
 
 
-KL: dict[str, float] = {}  # --kl: candidate label -> mean KL(dense || pruned) per held-out token, nats
-
-
-def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, kl=False) -> tuple[dict, tuple, dict]:
+def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, kl=None) -> tuple[dict, tuple, dict]:
     """(the chosen values, the trials, evaluation perplexity per candidate label); `plan`: these
-    candidates instead of the search's grid and refinement; `kl`: each candidate's KL from the
-    dense model on the held-out windows too (into KL)."""
+    candidates instead of the search's grid and refinement; `kl`: a dict that receives each
+    candidate's mean KL(dense || pruned) per held-out token, in nats (None: not measured)."""
     calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
-    heldout = text.heldout_windows(calib_ids, config.seqlen, pipeline.HELDOUT_WINDOWS)
+    heldout = text.heldout_windows(calib_ids, config.seqlen, pipeline.HELDOUT_WINDOWS) if kl is not None else None
     on_eval: dict[str, float] = {}
 
     def observe(values: dict, pruned) -> None:
         on_eval[label(values)] = perplexity(pruned, eval_windows, config.batch_size)
         log(f"  {label(values)}: evaluation perplexity {on_eval[label(values)]:.2f}")
-        if kl:
-            KL[label(values)] = kl_from_dense(loaded.model, pruned, heldout)
-            log(f"  {label(values)}: KL from the dense model on the held-out windows {KL[label(values)]:.4f} nats")
+        if kl is not None:
+            kl[label(values)] = kl_from_dense(loaded.model, pruned, heldout)
+            log(f"  {label(values)}: KL from the dense model on the held-out windows {kl[label(values)]:.4f} nats")
 
     progress = lambda f, msg: log(f"  [{f:4.0%}] {msg}")  # noqa: E731
     best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe, plan)
@@ -113,7 +111,7 @@ def evaluated(trials, on_eval: dict) -> dict[str, float]:
     return {label(t.values): fresh[t.heldout_nlls] for t in trials if t.heldout_nlls in fresh}
 
 
-def table(trials, on_eval: dict) -> list[dict]:
+def table(trials, on_eval: dict, kl: dict | None = None) -> list[dict]:
     lowest = tune.lowest(trials)
     rows = []
     for t in trials:
@@ -121,22 +119,22 @@ def table(trials, on_eval: dict) -> list[dict]:
         rows.append({
             "values": label(t.values), "heldout_ppl": t.heldout_ppl, "gap_nats": mean, "gap_se": se,
             "spread": t.spread, "eval_ppl": on_eval.get(label(t.values)), "pruned": t.pruned,
-            **({"kl": KL[label(t.values)]} if label(t.values) in KL else {}),
+            **({"kl": kl[label(t.values)]} if kl and label(t.values) in kl else {}),
         })  # fmt: skip
     return rows
 
 
-FINALS: dict[tuple, float] = {}  # final runs of this process, by configuration (run once each)
+FINALS: dict[PruneConfig, float] = {}  # final runs of this process, by configuration (run once each)
 
 
 def final(loaded, config, analysis, values: dict, log) -> float:
     """run_prune (the whole calibration text) with `values` set by hand: its perplexity (a run
     already made by this process with the same configuration is not made again)."""
-    key = (dataclasses.replace(config, **values),)
-    if key in FINALS:
-        return FINALS[key]
-    result = pipeline.run_prune(loaded, key[0], analysis)
-    FINALS[key] = result.ppl_after
+    given = dataclasses.replace(config, **values)
+    if given in FINALS:
+        return FINALS[given]
+    result = pipeline.run_prune(loaded, given, analysis)
+    FINALS[given] = result.ppl_after
     log(f"  final run, {label(values) or config.allocation}: perplexity {result.ppl_after:.2f} "
         f"(sparsity {result.actual_sparsity:.4f})")  # fmt: skip
     return result.ppl_after
@@ -261,8 +259,9 @@ def _probe_report(loaded, config, analysis, plan: list[dict], log, kl=False) -> 
     """Each of `plan` scored as a search candidate: held-out and evaluation perplexity (and, with
     `kl`, its KL from the dense model on the held-out windows)."""
     eval_windows = _eval_windows(loaded, config)
-    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan, kl)
-    return table(trials, evaluated(trials, on_eval))
+    measured_kl: dict[str, float] | None = {} if kl else None
+    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan, measured_kl)
+    return table(trials, evaluated(trials, on_eval), measured_kl)
 
 
 def render(folder: Path) -> str:

@@ -45,6 +45,7 @@ analysis = require(ANALYSIS, "Load and analyse a model first: the allocation is 
 loaded = st.session_state[MODEL]  # None when the model was analysed from its files
 settings = st.session_state[ALLOC]
 RULES = list(registry.rules())
+TARGETS = (0.05, 0.95)  # the target slider's range
 
 left, mid, right = st.columns(3)
 method = left.selectbox(
@@ -56,7 +57,7 @@ if rule.sets_target:  # a list of ratios sets the target itself: their weighted 
     sparsity = settings.sparsity
     mid.caption("The target is the listed ratios' weighted mean (below); one ratio per block, typed below.")
 else:
-    sparsity = mid.slider("Target sparsity", 0.05, 0.95, settings.sparsity, 0.01, key="alloc_sparsity")
+    sparsity = mid.slider("Target sparsity", *TARGETS, settings.sparsity, 0.01, key="alloc_sparsity")
 ceiling = param_widget(right, CEILING, settings.ceiling, "alloc_", auto=True)
 starts = list_starts(rule, len({m.block for m in analysis.prunable}), sparsity)
 values = param_widgets(rule.params, {**dict(settings.params), **starts}, "alloc_", {"metric": METRIC_NAMES}, True)
@@ -143,7 +144,8 @@ except UserError as exc:
     st.stop()
 
 if rule.sets_target:  # the list's mean is the run's target (its record, the slider of the next rule)
-    st.session_state[ALLOC] = dataclasses.replace(settings, sparsity=min(0.95, max(0.05, round(allocation.target, 4))))
+    shown = min(TARGETS[1], max(TARGETS[0], round(allocation.target, 4)))  # inside the slider's range
+    st.session_state[ALLOC] = dataclasses.replace(settings, sparsity=shown)
 else:  # what a list rule, chosen next, starts from
     st.session_state[LAST_BLOCKS] = tuple(round(r, 4) for r in allocation.block_ratios)
 unit, ratios = ("matrix", allocation.sparsities) if per_matrix(allocation) else ("block", allocation.block_ratios)
