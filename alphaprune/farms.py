@@ -20,16 +20,22 @@ the far end may be left out (floor division), as in the reference. A matrix no l
 the window on both sides is one window: the matrix itself, and its FARMS alpha is its
 whole-matrix alpha.
 
-A window's spectrum (`spectrum`), no normalisation in either:
-- "svd32" (default): its squared singular values in float32, as the released code computes
-  them (`torch.square(torch.linalg.svdvals(sub))` on the float32 weight), here on one CPU
-  thread; the authors ran it on a GPU, whose float32 SVD rounds otherwise again. The smallest of a
-  square window's are float32 rounding, and they set the low end of the log-spaced histogram
-  whose peak bounds the xmin search, so a precise spectrum moves that peak: on SmolLM2, 11 of
-  210 alphas changed (block 0's v_proj 3.61 -> 2.81) and FARMS (eps 0.3, Wanda, 70%) went
-  from the code's 720.90 to 507.78 (bench/reference_check.py; docs/fidelity.md).
+A window's spectrum (`spectrum`), no normalisation in any:
+- "code" (default): the released code's arithmetic throughout. A window's spectrum is its
+  squared singular values in float32, as the code computes them
+  (`torch.square(torch.linalg.svdvals(sub))` on the float32 weight), and the fit on the pooled
+  spectrum is the code's own float32 loop over the candidates (fits.fit_rule32), both here on
+  one CPU thread; the authors ran it on a GPU, whose float32 SVD rounds otherwise again. The
+  smallest of a square window's are float32 rounding, and they set the low end of the
+  log-spaced histogram whose peak bounds the xmin search, so a precise spectrum moves that
+  peak: on SmolLM2, 11 of 210 alphas changed (block 0's v_proj 3.61 -> 2.81) and FARMS (eps
+  0.3, Wanda, 70%) went from the code's 720.90 to 507.78 (bench/reference_check.py;
+  docs/fidelity.md). The float32 fit gives the code's 210 alphas bit for bit on one thread;
+  a float64 fit of the same spectrum moved 2 of them by 1e-4 to 5e-3, and SparseGPT at 70% by 12%.
+- "svd32": the same float32 spectrum, fit in float64 (fits.fit_rule), as before the "code"
+  choice existed: runs recorded with it keep their meaning.
 - "exact": spectra.eigenvalues of the window's Gram matrix (float64 for a square window on
-  CPU under precision "auto"), as our whole-matrix spectra.
+  CPU under precision "auto"), as our whole-matrix spectra, fit in float64.
 One window is held at a time.
 
 Defaults for SmolLM2-135M (hidden 576, MLP 1536, k/v 192): window 256 (about the paper's
@@ -41,7 +47,7 @@ rule's KS scan of the pooled spectra (which grows as max_per_side^4); 4 per side
 The reference's LLaMA-7B/13B setting is `FarmsSettings.paper()` (2000 x 2000, up to 15 x 15).
 
     from alphaprune.farms import FarmsSettings, farms_fit, estimate_cost, window_grid
-    settings = FarmsSettings()                            # window 256, 6 per side, rule "peak", spectrum "svd32"
+    settings = FarmsSettings()                            # window 256, 6 per side, rule "peak", spectrum "code"
     window_grid((1536, 576), settings)[:2]                # [(0, 256, 0, 256), (0, 256, 64, 320)]
     fit = farms_fit(weight, settings)                     # fits.Fit(alpha, xmin, D, n_tail)
     estimate_cost([(576, 576), (1536, 576)], settings)    # Cost(windows=72, ..., seconds=...)
@@ -58,10 +64,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from alphaprune.errors import UserError
-from alphaprune.fits import XMIN_RULES, Fit, fit_rule
+from alphaprune.fits import XMIN_RULES, Fit, fit_rule, fit_rule32
 from alphaprune.spectra import eigenvalues, resolve_device
 
-SPECTRA = ("svd32", "exact")  # how a window's spectrum is computed (module docstring)
+SPECTRA = ("code", "svd32", "exact")  # a window's spectrum and the fit's arithmetic (module docstring)
+_FLOAT32_SVD = ("code", "svd32")  # the spectra of the code's float32 squared singular values
 _MIN_WINDOW = 8  # a smaller window's ESD has too few eigenvalues to fit a tail in
 _MAX_PER_SIDE = 32  # 32 x 32 windows of a matrix: already ~1000x the paper's work on a 7B model
 
@@ -75,8 +82,11 @@ _EIG_OVERHEAD_S = 2.6e-4
 _EIG_S_PER_N3 = 2.36e-10
 # A float32 SVD of a window ("svd32") against the float64 Gram + eigvalsh ("exact"): 2.4-2.5x
 # per window, measured side by side on 1536 x 576 (36 windows of 256) and 192 x 576 (6 of 192).
-_SPECTRUM_FACTOR = {"exact": 1.0, "svd32": 2.4}
+_SPECTRUM_FACTOR = {"exact": 1.0, "svd32": 2.4, "code": 2.4}
 _FIT_S_PER_N2 = 1.5e-9
+# The code's float32 loop (fits.fit_rule32) against fit_rule, SmolLM2's 210 pooled spectra, side
+# by side in one process: 45.7 s against 18.3 s.
+_FIT_FACTOR = {"exact": 1.0, "svd32": 1.0, "code": 2.5}
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class FarmsSettings:
     window: int = 256
     max_per_side: int = 6
     rule: str = "peak"  # the xmin rule of the fit on the pooled spectrum (fits.XMIN_RULES)
-    spectrum: str = "svd32"  # a window's spectrum: the code's float32 squared singular values, or "exact"
+    spectrum: str = "code"  # the code's arithmetic ("code"), its spectrum with a float64 fit ("svd32"), or "exact"
 
     @classmethod
     def paper(cls) -> FarmsSettings:
@@ -112,7 +122,7 @@ class FarmsSettings:
         return self
 
     def tag(self) -> str:
-        """A short name of these settings for cache keys and file names: 'farms-w256-k6-peak-svd32'."""
+        """A short name of these settings for cache keys and file names: 'farms-w256-k6-peak-code'."""
         return f"farms-w{self.window}-k{self.max_per_side}-{self.rule}-{self.spectrum}"
 
 
@@ -163,8 +173,8 @@ def pooled_eigenvalues(
     """Every window's spectrum (settings.spectrum), pooled: ascending, float64, s x windows of them.
 
     `weight` (out, in), any float dtype (a bf16 weight read from files is converted one
-    window at a time). "svd32": float32 squared singular values on `device` (`precision` does
-    not apply); "exact": each window through spectra.eigenvalues, so it gets the same precision
+    window at a time). "code" and "svd32": float32 squared singular values on `device`
+    (`precision` does not apply); "exact": each window through spectra.eigenvalues, so it gets the same precision
     and device handling as a whole matrix; only one window's Gram is alive at once.
 
     On CPU the windows run with one BLAS thread: threads gain little on matrices this small,
@@ -174,7 +184,7 @@ def pooled_eigenvalues(
     if weight.dim() != 2:
         raise ValueError(f"FARMS needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
     dev = resolve_device(device)
-    one_thread = _one_torch_thread(dev) if settings.spectrum == "svd32" else nullcontext()
+    one_thread = _one_torch_thread(dev) if settings.spectrum in _FLOAT32_SVD else nullcontext()
     with threadpool_limits(1, user_api="blas") if dev.type == "cpu" else nullcontext(), one_thread:
         parts = [
             _window_spectrum(weight[r0:r1, c0:c1], settings.spectrum, precision, dev)  # (s,) each
@@ -220,8 +230,13 @@ def _one_torch_thread(device: torch.device):
 
 
 def farms_fit(weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto") -> Fit:
-    """The power-law fit (settings.rule, "peak" by default) of `weight`'s pooled FARMS spectrum."""
-    return fit_rule(pooled_eigenvalues(weight, settings, device, precision), settings.rule)
+    """The power-law fit (settings.rule, "peak" by default) of `weight`'s pooled FARMS spectrum:
+    in the code's float32 arithmetic under spectrum "code" (on one torch thread), else in float64."""
+    evals = pooled_eigenvalues(weight, settings, device, precision)  # (s x windows,) ascending
+    if settings.spectrum != "code":
+        return fit_rule(evals, settings.rule)
+    with _one_torch_thread(torch.device("cpu")):
+        return fit_rule32(evals, settings.rule)
 
 
 def estimate_cost(shapes: list[tuple[int, int]], settings: FarmsSettings) -> Cost:
@@ -237,5 +252,5 @@ def estimate_cost(shapes: list[tuple[int, int]], settings: FarmsSettings) -> Cos
         if settings.rule != "mid":
             fit_ops += float(n_pooled) ** 2
         seconds += count * (_EIG_OVERHEAD_S + _EIG_S_PER_N3 * float(s) ** 3) * _SPECTRUM_FACTOR[settings.spectrum]
-    seconds += _FIT_S_PER_N2 * fit_ops
+    seconds += _FIT_S_PER_N2 * fit_ops * _FIT_FACTOR[settings.spectrum]
     return Cost(windows=windows, eig_flops=eig_flops, pooled=pooled, fit_ops=fit_ops, seconds=seconds)

@@ -632,8 +632,9 @@ def main() -> None:
                     help="our FARMS side's ceiling (default 0.99; 1 keeps the code's 0.9997 ratio)")  # fmt: skip
     ap.add_argument("--farms-as-list", action="store_true",
                     help="our FARMS side: the code's block ratios as allocation list (the pruners alone)")  # fmt: skip
-    ap.add_argument("--farms-spectrum", default="svd32", choices=("svd32", "exact"),
-                    help="our side's farms_spectrum (svd32: the code's; exact: float64 Gram eigenvalues)")  # fmt: skip
+    ap.add_argument("--farms-spectrum", default="code", choices=("code", "svd32", "exact"),
+                    help="our side's farms_spectrum (code: the code's spectrum and float32 fit; svd32: its "
+                         "spectrum, our float64 fit; exact: float64 Gram eigenvalues)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
     ap.add_argument(
@@ -688,7 +689,7 @@ def main() -> None:
     configs += [(label, "wanda", "dlp") for label in dlp]
     if args.farms_eps and args.farms_per_side < 2:  # its fixed_sampling divides by sampling_ops_per_dim - 1
         raise SystemExit("FARMS' code needs --farms-per-side 2 or more (it divides by it minus 1)")
-    spectrum = "" if args.farms_spectrum == "svd32" else f" (ours: {args.farms_spectrum} spectrum)"
+    spectrum = "" if args.farms_spectrum == "code" else f" (ours: {args.farms_spectrum} spectrum)"
     if (args.farms_window, args.farms_per_side) != (256, 6):
         spectrum += f" w{args.farms_window} k{args.farms_per_side}"
     if args.farms_ceiling is not None:
@@ -823,7 +824,11 @@ def _write_table(path: Path, lines: list[str], setting: str) -> None:
         "alphas computed on the script's thread count: the code's own alphas move with it (12 of 210",
         "between 1 and 2 threads on SmolLM2), ours are computed on one thread whatever the process uses.",
         "Our FARMS runs at its defaults, ceiling 0.99 included: where the code's ratio is above it (0.9997",
-        "at eps 0.3, which the code keeps), ours holds it at 0.99 and rescales the rest (max ratio diff).",
+        "at eps 0.3, which the code keeps), ours holds it at 0.99 and rescales the rest (max ratio diff);",
+        '"(ours: ceiling 1)" keeps the code\'s ratio. Its default spectrum "code" is the code\'s float32',
+        'arithmetic, the fit\'s included (fits.fit_rule32); rows marked "(ours: svd32 spectrum)" fit the',
+        "same float32 spectrum in float64, which moved 2 of the 210 alphas by 1e-4 to 5e-3 and the ratios by",
+        "up to 9e-5; \"(ours: the code's ratios as a list)\" prunes with the code's block ratios (the pruners alone).",
         "",
         setting,
         "",

@@ -22,12 +22,13 @@ from alphaprune.analysis import METRIC_NAMES, analyze
 from alphaprune.arch import all_matrices
 from alphaprune.errors import UserError
 from alphaprune.farms import FarmsSettings, estimate_cost, farms_fit, pooled_eigenvalues, window_grid
-from alphaprune.fits import XMIN_RULES, fit_all, fit_rule
+from alphaprune.fits import XMIN_RULES, fit_all, fit_rule, fit_rule32
 from alphaprune.spectra import eigenvalues
 from tests.conftest import tiny_llama
 
 SMALL = FarmsSettings(window=32, max_per_side=3)  # tiny models: hidden 64, MLP 160, k/v 32
 EXACT = dataclasses.replace(SMALL, spectrum="exact")  # float64 Gram eigenvalues instead of the code's float32 SVD
+SVD32 = dataclasses.replace(SMALL, spectrum="svd32")  # the code's float32 SVD, fit in float64
 
 
 def plain_starts(length: int, size: int, per_side: int) -> list[int]:
@@ -85,7 +86,7 @@ def test_grid_is_the_reference_rule(shape, window, per_side):
 
 def test_grid_by_hand():
     default = FarmsSettings()
-    assert (default.window, default.max_per_side, default.rule, default.spectrum) == (256, 6, "peak", "svd32")
+    assert (default.window, default.max_per_side, default.rule, default.spectrum) == (256, 6, "peak", "code")
     grid = window_grid((1536, 576), default)  # rows step 1280 // 5 = 256, columns 320 // 5 = 64
     assert sorted({g[0] for g in grid}) == [0, 256, 512, 768, 1024, 1280]
     assert sorted({g[2] for g in grid}) == [0, 64, 128, 192, 256, 320] and len(grid) == 36
@@ -109,9 +110,10 @@ def test_pooled_eigenvalues_against_a_plain_loop(shape):
     assert got.dtype == np.float64 and np.all(np.diff(got) >= 0)
     assert len(got) == len(window_grid(shape, settings)) * min(32, *shape)
     np.testing.assert_allclose(got, np.clip(want, 0, None), rtol=1e-10, atol=1e-10 * want[-1])
-    # the default: the released code's float32 squared singular values, number for number
-    code = pooled_eigenvalues(w, dataclasses.replace(settings, spectrum="svd32"))
+    # the default ("code") and "svd32": the released code's float32 squared singular values, number for number
+    code = pooled_eigenvalues(w, dataclasses.replace(settings, spectrum="code"))
     np.testing.assert_array_equal(code, plain_pooled_svd32(w, 32, 4))
+    np.testing.assert_array_equal(pooled_eigenvalues(w, dataclasses.replace(settings, spectrum="svd32")), code)
     np.testing.assert_allclose(code, np.clip(want, 0, None), rtol=1e-4, atol=1e-5 * want[-1])  # float32 close
 
 
@@ -128,7 +130,7 @@ def test_the_two_spectra_differ_at_the_bottom_only():
     np.testing.assert_allclose(code[-20:], exact[-20:], rtol=1e-4)
 
 
-@pytest.mark.parametrize("settings", [SMALL, EXACT], ids=["svd32", "exact"])
+@pytest.mark.parametrize("settings", [SMALL, EXACT], ids=["code", "exact"])
 def test_pooled_eigenvalues_dtype_layout_and_precision(settings):
     w = torch.randn(160, 64, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
     ref = pooled_eigenvalues(w.float(), settings)
@@ -137,7 +139,7 @@ def test_pooled_eigenvalues_dtype_layout_and_precision(settings):
     np.testing.assert_allclose(
         pooled_eigenvalues(w.float().t(), settings), ref, rtol=tolerance, atol=tolerance * ref[-1]
     )
-    f32 = pooled_eigenvalues(w.float(), settings, precision="float32")  # "svd32" is float32 whatever precision
+    f32 = pooled_eigenvalues(w.float(), settings, precision="float32")  # "code" is float32 whatever precision
     np.testing.assert_allclose(f32, ref, rtol=1e-4, atol=1e-5 * ref[-1])
     with pytest.raises(ValueError):
         pooled_eigenvalues(torch.zeros(4, 4, 4), settings)
@@ -174,6 +176,70 @@ def test_fit_rule_equals_fit_all(rule):
             assert a == b or (math.isnan(a) and math.isnan(b)), (rule, field, a, b)
     with pytest.raises(ValueError):
         fit_rule(_spectra()[0], "median")
+
+
+def plain_code_fit(evals: np.ndarray, rule: str) -> tuple[float, float]:
+    """(alpha, D) as HUST-AI-HYZ/FARMS's analysis_esd loops (xmin_peak; its bounds made "ks"'s
+    none and "peak_fixed"'s 0.95 peak), in float32, written out as there: one candidate at a time."""
+    nz = torch.sort(torch.as_tensor(evals, dtype=torch.float32)).values
+    n_all, logs = len(nz), torch.log(torch.sort(torch.as_tensor(evals, dtype=torch.float32)).values)
+    if rule == "mid":
+        i = n_all // 2
+        n = float(n_all - i)
+        alpha = 1 + n / (torch.sum(logs[i:]) - n * logs[i])
+        return float(alpha), float(torch.max(torch.abs(1 - (nz[i:] / nz[i]) ** (-alpha + 1) - torch.arange(n) / n)))
+    hist = torch.log10(nz)
+    counts = torch.histc(hist, 100, min=hist.min(), max=hist.max())
+    peak = 10 ** torch.linspace(hist.min(), hist.max(), 101)[torch.argmax(counts)]
+    lower = {"peak": torch.log10(0.95 * peak), "peak_fixed": 0.95 * peak, "ks": -math.inf}[rule]
+    upper = math.inf if rule == "ks" else 1.5 * peak
+    alphas, ds = torch.zeros(n_all - 1), torch.ones(n_all - 1)
+    for i, xmin in enumerate(nz[:-1]):
+        if xmin < lower:
+            continue
+        if xmin > upper:
+            break
+        n = float(n_all - i)
+        alpha = 1 + n / (torch.sum(logs[i:]) - n * logs[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            ds[i] = torch.max(torch.abs(1 - (nz[i:] / xmin) ** (-alpha + 1) - torch.arange(n) / n))
+    return float(alphas[torch.argmin(ds)]), float(ds.min())
+
+
+@pytest.mark.parametrize("rule", XMIN_RULES)
+def test_fit_rule32_is_the_code_s_float32_loop(rule):
+    """The "code" spectrum's fit: the code's loop bit for bit; close to the float64 fit_rule (the
+    same candidate, but for rounding) on spectra with a clear tail."""
+    positive = [ev for ev in _spectra() if len(ev) > 1 and ev.min() > 0 and ev.max() > ev.min()]
+    assert len(positive) == 6
+    for evals in positive:
+        got = fit_rule32(evals, rule)
+        assert (got.alpha, got.D) == plain_code_fit(evals, rule), rule
+        wide = fit_rule(evals, rule)
+        assert got.n_tail == wide.n_tail and got.alpha == pytest.approx(wide.alpha, rel=1e-3), rule
+    with pytest.raises(ValueError):
+        fit_rule32(positive[0], "median")
+
+
+def test_fit_rule32_at_the_edges():
+    """Spectra the code's loop cannot take (zeros: its log10 histogram has no range) still fit as
+    fit_rule does: zeros left out of the peak, a tail of equal values has no power law."""
+    heavy, with_zeros, one, flat = _spectra()[:4]
+    assert fit_rule32(with_zeros, "peak").alpha == pytest.approx(fit_rule(with_zeros, "peak").alpha, rel=1e-3)
+    assert math.isnan(fit_rule32(one, "peak").alpha) and fit_rule32(one, "peak").n_tail == 0
+    assert fit_rule32(flat, "peak").alpha == fit_rule(flat, "peak").alpha == 0.0  # no candidate with alpha > 1
+    assert math.isnan(fit_rule32(flat, "mid").alpha) and math.isnan(fit_rule(flat, "mid").alpha)
+    assert fit_rule32(np.zeros(10), "peak").alpha == fit_rule(np.zeros(10), "peak").alpha == 0.0
+
+
+def test_farms_fit_takes_its_arithmetic_from_the_spectrum_setting():
+    w = torch.randn(160, 64, generator=torch.Generator().manual_seed(8))
+    pooled = pooled_eigenvalues(w, SMALL)
+    assert farms_fit(w, SMALL) == fit_rule32(pooled, "peak")  # "code": the code's float32 fit
+    assert farms_fit(w, SVD32) == fit_rule(pooled, "peak")  # "svd32": the same spectrum, fit in float64
+    assert farms_fit(w, EXACT) == fit_rule(pooled_eigenvalues(w, EXACT), "peak")
+    assert farms_fit(w, SMALL).alpha == pytest.approx(farms_fit(w, SVD32).alpha, rel=1e-3)
 
 
 def test_the_test_spectra_tell_the_peak_windows_apart():
@@ -239,7 +305,7 @@ def test_analysis_column_present_only_when_asked():
         "window": 32,
         "max_per_side": 3,
         "rule": "peak",
-        "spectrum": "svd32",
+        "spectrum": "code",
     }
     assert seen == [f"spectra {k}/15" for k in range(1, 16)]
     for layer, ref in zip(farmed.layers, all_matrices(model), strict=True):  # 15 matrices: the pool ran
@@ -263,14 +329,14 @@ def test_cache_keys_and_reuse(tmp_path, monkeypatch):
     fp = cache.weights_fingerprint(all_matrices(model))
     plain_key = f"{fp[:32]}-auto-v1"  # today's key, unchanged
     assert analysis_mod._cache_key(fp, "auto") == plain_key
-    assert analysis_mod._cache_key(fp, "auto", SMALL) == plain_key + "-farms-w32-k3-peak-svd32"
+    assert analysis_mod._cache_key(fp, "auto", SMALL) == plain_key + "-farms-w32-k3-peak-code"
     plain = analyze(model, "tiny")
     seen = []
     farmed = analyze(model, "tiny", farms=SMALL, progress=lambda f, m: seen.append(m))
     assert not farmed.from_cache and seen[-1] == "FARMS 8/8"  # the plain entry reused: FARMS only
     assert farmed.layers == analyze(model, use_cache=False, farms=SMALL).layers
     assert sorted(p.stem for p in (tmp_path / "analyses").iterdir()) == sorted(
-        [plain_key, plain_key + "-farms-w32-k3-peak-svd32"]
+        [plain_key, plain_key + "-farms-w32-k3-peak-code"]
     )
     again = analyze(model, "tiny", farms=SMALL)
     assert again.from_cache and again.layers == farmed.layers and again.farms == SMALL
@@ -315,6 +381,25 @@ def test_real_model_first_block(real_model):
         assert len(ev) == sizes.get(ref.kind, 36 * 256), ref.name  # the others: 6 x 6 windows of 256
         alpha = fit_rule(ev, "peak").alpha
         assert np.isfinite(alpha) and 1.0 < alpha < 30.0, ref.name
+        code = farms_fit(ref.weight(), FarmsSettings())  # the default: the code's float32 fit of that spectrum
+        assert code == fit_rule32(ev, "peak") and code.alpha == pytest.approx(alpha, rel=1e-2), ref.name
+        assert code.alpha == _bench_port_alpha(ref.weight(), 256, 6), ref.name  # the authors' code, bit for bit
+
+
+def _bench_port_alpha(weight: torch.Tensor, window: int, per_side: int) -> float:
+    """The FARMS alpha of bench/reference_check.py's port of the authors' code, on one thread."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from reference_check import farms_alpha_peak, farms_fixed_sampling
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return farms_alpha_peak(farms_fixed_sampling(weight.detach().clone().float(), window, per_side))
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- the allocation rule (alphaprune/rules/farms.py) ------------------------------------------------------------
@@ -400,7 +485,7 @@ def test_cli_analyze_farms_says_its_cost_first_and_shows_the_column(tmp_path, mo
     assert err.index("FARMS:") < err.index("analysed")  # before the work
     assert "alpha_farms" in out.splitlines()[0]
     assert main(["analyze", "--model", str(folder), "--farms-spectrum", "float16", "--farms"]) == 2
-    assert "FARMS window spectrum must be one of svd32, exact" in capsys.readouterr().err
+    assert "FARMS window spectrum must be one of code, svd32, exact" in capsys.readouterr().err
 
 
 def test_the_code_s_spectrum_does_not_depend_on_the_thread_count():
@@ -422,7 +507,8 @@ def test_the_code_s_spectrum_does_not_depend_on_the_thread_count():
 def test_the_bench_port_of_the_authors_code_agrees_with_ours_on_one_thread():
     """bench/reference_check.py's port of HUST-AI-HYZ/FARMS (fixed_sampling, analysis_esd's
     xmin_peak loop in float32): the same windows and eigenvalues as ours on one thread, and its
-    alpha our "peak" fit's on those eigenvalues (float32 against float64 arithmetic)."""
+    alpha our default fit's (the code's float32 arithmetic) bit for bit; the float64 fit's but
+    for rounding."""
     import sys
     from pathlib import Path
 
@@ -437,6 +523,7 @@ def test_the_bench_port_of_the_authors_code_agrees_with_ours_on_one_thread():
             code = farms_fixed_sampling(w.clone(), 32, 4)
             ours = pooled_eigenvalues(w, FarmsSettings(window=32, max_per_side=4))
             np.testing.assert_array_equal(code.double().numpy(), ours)
+            assert farms_alpha_peak(code) == farms_fit(w, FarmsSettings(window=32, max_per_side=4)).alpha
             assert farms_alpha_peak(code) == pytest.approx(fit_rule(ours, "peak").alpha, rel=1e-4)
     finally:
         torch.set_num_threads(before)

@@ -347,10 +347,10 @@ def test_identity_leaves_out_parameters_at_their_defaults():
     from alphaprune import compare, sweep
 
     plain = PruneConfig(allocation="farms", sparsity=0.6)
-    given = PruneConfig(allocation="farms", sparsity=0.6, epsilon=0.3, farms_spectrum="svd32")
+    given = PruneConfig(allocation="farms", sparsity=0.6, epsilon=0.3, farms_spectrum="code")
     assert plain.identity() == given.identity() and "epsilon" not in plain.identity()
     # a parameter whose older runs ran otherwise (its spec's legacy) is always named
-    assert plain.identity()["farms_spectrum"] == "svd32" and "farms_spectrum" not in PruneConfig().identity()
+    assert plain.identity()["farms_spectrum"] == "code" and "farms_spectrum" not in PruneConfig().identity()
     assert PruneConfig(refine="dsnot").identity()["dsnot_candidates"] == "released"
     assert sweep.cell_key(plain) == sweep.cell_key(given)
     assert compare.compare_id("m", plain) == compare.compare_id("m", given)

@@ -23,9 +23,10 @@ FARMS_PER_SIDE = Param(
     "FARMS windows per side", kind="int", low=1, high=32, step=1,
 )  # fmt: skip
 FARMS_SPECTRUM = Param(
-    "farms_spectrum", "svd32", "a window's spectrum: its squared singular values in float32, as the authors' "
-    "code (svd32), or the exact eigenvalues of its Gram matrix (exact); they can set another ESD peak",
-    "FARMS window spectrum", kind="choice", choices=("svd32", "exact"), legacy="exact",
+    "farms_spectrum", "code", "a window's spectrum and the fit's arithmetic: the authors' code's (code: float32 "
+    "squared singular values, float32 fit), that spectrum fit in float64 (svd32), or the exact eigenvalues of "
+    "its Gram matrix (exact); they can set another ESD peak",
+    "FARMS window spectrum", kind="choice", choices=("code", "svd32", "exact"), legacy="exact",
 )  # fmt: skip
 ANALYSIS_PARAMS = (FARMS_WINDOW, FARMS_PER_SIDE, FARMS_SPECTRUM)  # what the analysis' alpha_farms depends on
 
