@@ -67,7 +67,6 @@ from alphaprune.errors import UserError
 from alphaprune.fits import XMIN_RULES, Fit, fit_rule, fit_rule32
 from alphaprune.spectra import eigenvalues, resolve_device
 
-SPECTRA = ("code", "svd32", "exact")  # a window's spectrum and the fit's arithmetic (module docstring)
 _FLOAT32_SVD = ("code", "svd32")  # the spectra of the code's float32 squared singular values
 _MIN_WINDOW = 8  # a smaller window's ESD has too few eigenvalues to fit a tail in
 _MAX_PER_SIDE = 32  # 32 x 32 windows of a matrix: already ~1000x the paper's work on a 7B model
@@ -80,13 +79,13 @@ _MAX_PER_SIDE = 32  # 32 x 32 windows of a matrix: already ~1000x the paper's wo
 # and 8 per side within 5% (15.0 s and 105.6 s measured). Other machines differ.
 _EIG_OVERHEAD_S = 2.6e-4
 _EIG_S_PER_N3 = 2.36e-10
-# A float32 SVD of a window ("svd32") against the float64 Gram + eigvalsh ("exact"): 2.4-2.5x
-# per window, measured side by side on 1536 x 576 (36 windows of 256) and 192 x 576 (6 of 192).
-_SPECTRUM_FACTOR = {"exact": 1.0, "svd32": 2.4, "code": 2.4}
 _FIT_S_PER_N2 = 1.5e-9
-# The code's float32 loop (fits.fit_rule32) against fit_rule, SmolLM2's 210 pooled spectra, side
-# by side in one process: 45.7 s against 18.3 s.
-_FIT_FACTOR = {"exact": 1.0, "svd32": 1.0, "code": 2.5}
+# Per spectrum choice: (window factor, fit factor) on the constants above. A float32 SVD of a window
+# against the float64 Gram + eigvalsh ("exact"): 2.4-2.5x per window, measured side by side on 1536
+# x 576 (36 windows of 256) and 192 x 576 (6 of 192). The code's float32 loop (fits.fit_rule32)
+# against fit_rule over SmolLM2's 210 pooled spectra, side by side in one process: 45.7 s / 18.3 s.
+_COST = {"code": (2.4, 2.5), "svd32": (2.4, 1.0), "exact": (1.0, 1.0)}
+SPECTRA = tuple(_COST)  # a window's spectrum and the fit's arithmetic (module docstring)
 
 
 @dataclass(frozen=True)
@@ -208,8 +207,10 @@ _THREADS = {"lock": threading.Lock(), "depth": 0, "saved": 1}  # nested / concur
 def _one_torch_thread(device: torch.device):
     """A float32 CPU SVD's last bits depend on torch's thread count, and on SmolLM2 those bits moved
     12 of the code's 210 FARMS alphas between 1 and 2 threads (11.mlp.up_proj 5.60 -> 4.03: another
-    ESD peak). One thread, as the analysis' worker processes run, gives the same alphas whatever the
-    thread count (another CPU or LAPACK may still round otherwise).
+    ESD peak). The "code" fit's float32 sums (fits.fit_rule32) are split over the threads above ~32k
+    values, so they round by the thread count too. One thread, as the analysis' worker processes
+    run, gives the same alphas whatever the thread count (another CPU or LAPACK may still round
+    otherwise).
     torch's thread count is the process's: overlapping sections (two app sessions) share one switch,
     and the first one's saved count comes back when the last ends."""
     if device.type != "cpu":
@@ -232,11 +233,10 @@ def _one_torch_thread(device: torch.device):
 def farms_fit(weight: torch.Tensor, settings: FarmsSettings, device: str = "cpu", precision: str = "auto") -> Fit:
     """The power-law fit (settings.rule, "peak" by default) of `weight`'s pooled FARMS spectrum:
     in the code's float32 arithmetic under spectrum "code" (on one torch thread), else in float64."""
-    evals = pooled_eigenvalues(weight, settings, device, precision)  # (s x windows,) ascending
     if settings.spectrum != "code":
-        return fit_rule(evals, settings.rule)
-    with _one_torch_thread(torch.device("cpu")):
-        return fit_rule32(evals, settings.rule)
+        return fit_rule(pooled_eigenvalues(weight, settings, device, precision), settings.rule)
+    with _one_torch_thread(torch.device("cpu")):  # the fit runs on the CPU whatever the device
+        return fit_rule32(pooled_eigenvalues(weight, settings, device, precision), settings.rule)
 
 
 def estimate_cost(shapes: list[tuple[int, int]], settings: FarmsSettings) -> Cost:
@@ -251,6 +251,6 @@ def estimate_cost(shapes: list[tuple[int, int]], settings: FarmsSettings) -> Cos
         eig_flops += count * float(s) ** 3
         if settings.rule != "mid":
             fit_ops += float(n_pooled) ** 2
-        seconds += count * (_EIG_OVERHEAD_S + _EIG_S_PER_N3 * float(s) ** 3) * _SPECTRUM_FACTOR[settings.spectrum]
-    seconds += _FIT_S_PER_N2 * fit_ops * _FIT_FACTOR[settings.spectrum]
+        seconds += count * (_EIG_OVERHEAD_S + _EIG_S_PER_N3 * float(s) ** 3) * _COST[settings.spectrum][0]
+    seconds += _FIT_S_PER_N2 * fit_ops * _COST[settings.spectrum][1]
     return Cost(windows=windows, eig_flops=eig_flops, pooled=pooled, fit_ops=fit_ops, seconds=seconds)

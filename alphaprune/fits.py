@@ -18,9 +18,13 @@ The xmin rules are then choices over that scan:
 As in the reference code, a candidate whose alpha <= 1 gets D = 1, and a candidate left
 out of the window counts as alpha = 0, D = 1 (so an empty window returns alpha 0).
 
+`fit_rule32` is the same fit in the FARMS code's own float32 arithmetic, one candidate at a
+time as its loop (alphaprune/farms.py's default spectrum "code"): bit for bit its alphas.
+
     from alphaprune.fits import fit_all
     fits = fit_all(np.sort(eigenvalues))     # {"peak": Fit(...), "mid": ..., ...}
     fit = fit_rule(np.sort(eigenvalues), "peak")   # one rule only: fit_all(...)["peak"], less work
+    fit = fit_rule32(np.sort(eigenvalues), "peak") # as the FARMS code computes it, in float32
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 XMIN_RULES = ("peak", "peak_fixed", "mid", "ks")
 PEAK_BINS = 100
+_PEAK_LOW, _PEAK_HIGH = 0.95, 1.5  # the peak window's bounds, as multiples of the ESD peak
 _BLOCK_ROWS = 64  # candidates per block of the KS matrix
 
 
@@ -123,7 +128,7 @@ def _peak32(ev32: torch.Tensor, bins: int = PEAK_BINS) -> torch.Tensor | None:
         return None
     lo, hi = float(logs.min()), float(logs.max())
     if not hi > lo:  # one distinct value (e.g. a rank-1 matrix): the histogram has no range
-        return torch.tensor(10**lo, dtype=torch.float32)
+        return 10 ** logs.min()
     counts = torch.histc(logs, bins, min=lo, max=hi)
     edges = torch.linspace(lo, hi, bins + 1)  # (bins + 1,) float32
     return 10 ** edges[int(torch.argmax(counts))]
@@ -134,8 +139,8 @@ def peak_window(evals: np.ndarray, corrected: bool) -> tuple[float, float]:
     peak = esd_peak(evals)
     if peak <= 0:
         return (np.inf, -np.inf)
-    lower = 0.95 * peak if corrected else float(np.log10(0.95 * peak))
-    return (lower, 1.5 * peak)
+    lower = _PEAK_LOW * peak if corrected else float(np.log10(_PEAK_LOW * peak))
+    return (lower, _PEAK_HIGH * peak)
 
 
 def _pick(scan: Scan, allowed: np.ndarray, n_total: int) -> Fit:
@@ -214,8 +219,11 @@ def fit_rule32(evals: np.ndarray, rule: str) -> Fit:
     Why not fit_rule: float64 against float32 moves every alpha by rounding, and where two
     candidates' D nearly tie, the pick; on SmolLM2 2 of 210 FARMS alphas moved by 1e-4 to 5e-3,
     enough to move SparseGPT at 70% by 12% (docs/fidelity.md). Cost: a Python loop over the
-    candidates the rule allows, ~2.6x fit_rule's time on a pooled spectrum of 9216. Needs an
-    ascending spectrum; run it on one torch thread (a float32 sum's rounding follows the threads).
+    candidates the rule allows, ~2.5x fit_rule's time on SmolLM2's pooled spectra (alphaprune/
+    farms.py's _COST). Needs an ascending spectrum; run it on one torch thread (a float32 sum of
+    more than ~32k values is split over the threads, and its rounding follows them). Where the
+    code has no answer (zeros in the spectrum: its log10 histogram has no range; a tail of equal
+    values: an infinite alpha), the conventions of fit_rule apply.
     """
     if rule not in XMIN_RULES:
         raise ValueError(f"rule must be one of {XMIN_RULES}, got {rule!r}")
@@ -225,40 +233,47 @@ def fit_rule32(evals: np.ndarray, rule: str) -> Fit:
         return Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
     logs = torch.log(ev)  # (N,)
     if rule == "mid":
-        return _fit32_at(ev, logs, n_total // 2)
+        i = n_total // 2
+        alpha = _alpha32(logs, i)
+        if not torch.isfinite(alpha):  # a tail of equal values (or zeros) has no power law
+            return Fit(alpha=float("nan"), xmin=float(ev[i]), D=float("nan"), n_tail=n_total - i)
+        return Fit(alpha=float(alpha), xmin=float(ev[i]), D=float(_ks32(ev, i, alpha)), n_tail=n_total - i)
     lower, upper = _window32(ev, rule)
-    alphas, Ds = torch.zeros(n_total - 1), torch.ones(n_total - 1)  # (N - 1,) float32: out of the window
+    alphas = torch.zeros(n_total - 1, dtype=torch.float32)  # (N - 1,): 0 out of the window
+    Ds = torch.ones(n_total - 1, dtype=torch.float32)  # (N - 1,): 1 out of the window or alpha <= 1
     for i in range(n_total - 1):
-        xmin = ev[i]
-        if xmin < lower:
+        if ev[i] < lower:
             continue
-        if xmin > upper:
+        if ev[i] > upper:
             break
-        n = float(n_total - i)
-        alpha = 1 + n / (torch.sum(logs[i:]) - n * logs[i])
-        alphas[i] = alpha
-        if alpha > 1:
-            Ds[i] = torch.max(torch.abs(1 - (ev[i:] / xmin) ** (-alpha + 1) - torch.arange(n) / n))
-    i = int(torch.argmin(Ds))
-    alpha = float(alphas[i])
-    return Fit(alpha=alpha if np.isfinite(alpha) else 0.0, xmin=float(ev[i]), D=float(Ds[i]), n_tail=n_total - i)
+        alpha = _alpha32(logs, i)
+        if torch.isfinite(alpha):
+            alphas[i] = alpha
+            if alpha > 1:
+                Ds[i] = _ks32(ev, i, alpha)
+    i = int(torch.argmin(Ds))  # the first of equal D, as the code's torch.argmin
+    return Fit(alpha=float(alphas[i]), xmin=float(ev[i]), D=float(Ds[i]), n_tail=n_total - i)
 
 
-def _window32(ev: torch.Tensor, rule: str) -> tuple:
-    """The xmin bounds of `rule` in float32, as the code computes them (its lower bound
-    log10(0.95 peak) for "peak"); "ks": every candidate."""
-    peak = _peak32(ev) if rule != "ks" else None
-    if peak is None:
-        return (-np.inf, np.inf) if rule == "ks" else (np.inf, -np.inf)
-    lower = 0.95 * peak if rule == "peak_fixed" else torch.log10(0.95 * peak)
-    return lower, 1.5 * peak
+def _alpha32(logs: torch.Tensor, i: int) -> torch.Tensor:
+    """The Hill alpha of the tail from i, as the code computes it: float32 0-dim."""
+    n = float(len(logs) - i)
+    return 1 + n / (torch.sum(logs[i:]) - n * logs[i])
 
 
-def _fit32_at(ev: torch.Tensor, logs: torch.Tensor, i: int) -> Fit:
-    """fit_at in the code's float32 arithmetic (its xmin_mid: no check on alpha)."""
+def _ks32(ev: torch.Tensor, i: int, alpha: torch.Tensor) -> torch.Tensor:
+    """The KS distance of the tail from i under `alpha`, as the code computes it: float32 0-dim."""
     n = float(len(ev) - i)
-    alpha = 1 + n / (torch.sum(logs[i:]) - n * logs[i])
-    D = torch.max(torch.abs(1 - (ev[i:] / ev[i]) ** (-alpha + 1) - torch.arange(n) / n))
-    if not torch.isfinite(alpha):
-        return Fit(alpha=float("nan"), xmin=float(ev[i]), D=float("nan"), n_tail=int(n))
-    return Fit(alpha=float(alpha), xmin=float(ev[i]), D=float(D), n_tail=int(n))
+    return torch.max(torch.abs(1 - (ev[i:] / ev[i]) ** (-alpha + 1) - torch.arange(n, dtype=torch.float32) / n))
+
+
+def _window32(ev: torch.Tensor, rule: str) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """The xmin bounds of `rule` in float32, as the code computes them (its lower bound
+    log10(0.95 peak) for "peak"); "ks": every candidate; no positive eigenvalue: none."""
+    if rule == "ks":
+        return -np.inf, np.inf
+    peak = _peak32(ev)
+    if peak is None:
+        return np.inf, -np.inf
+    lower = _PEAK_LOW * peak if rule == "peak_fixed" else torch.log10(_PEAK_LOW * peak)
+    return lower, _PEAK_HIGH * peak
