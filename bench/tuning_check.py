@@ -19,6 +19,9 @@ here in one process, with one thread count and one attention kernel:
 6. with --kl: per candidate also the mean KL divergence of its next-token distribution from the
    dense model's on the same held-out windows (the search's alternative objective under study:
    how far pruning moved the model, not how well it fits the calibration domain);
+   with --generated: per candidate also its perplexity and KL from dense on text that the dense
+   model itself wrote (sampled at temperature 1 from the BOS token, seeded): a held-out text of
+   no one domain, neither the calibration's nor the evaluation's (another objective under study);
 7. with --authors-grid: the authors' own search (ATP's search.sh): every value of the grid,
    pruned with the whole calibration text and scored on the evaluation text, the lowest being
    what their script prints as the best. These are our runs standing in for their script: at
@@ -33,6 +36,8 @@ Protocol: docs/results.md's (32 x 1024 calibration from calib_python_docs.txt, t
     nice .venv/bin/python bench/tuning_check.py --rule atp --authors-grid --out bench/tuning/atp70_vs_search_sh.json
     nice .venv/bin/python bench/tuning_check.py --rule atp --kl --candidates 'beta=0.006;beta=0.008;beta=0.01' \
         --out bench/tuning/atp70_kl.json                      # held-out perplexity against KL from dense
+    nice .venv/bin/python bench/tuning_check.py --rule atp --generated \
+        --candidates 'beta=0.006;beta=0.008;beta=0.01;beta=0.012;beta=0.014' --out bench/tuning/atp70_generated.json
     nice .venv/bin/python bench/tuning_check.py --rule atp --candidates 'beta=0.011;beta=0.012;beta=0.013' \
         --out bench/tuning/atp70_offgrid.json                 # values off the grid, scored as candidates
     nice .venv/bin/python bench/tuning_check.py --skip-search --authors 0.3 --hand epsilon=0.3,ceiling=0.99 \
@@ -68,10 +73,12 @@ def label(values: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in values.items())
 
 
-def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, kl=None) -> tuple[dict, tuple, dict]:
+def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, kl=None, generated=None):
     """(the chosen values, the trials, evaluation perplexity per candidate label); `plan`: these
     candidates instead of the search's grid and refinement; `kl`: a dict that receives each
-    candidate's mean KL(dense || pruned) per held-out token, in nats (None: not measured)."""
+    candidate's mean KL(dense || pruned) per held-out token, in nats (None: not measured);
+    `generated`: (windows, dict): the dict receives each candidate's perplexity and KL from dense
+    on those windows of the dense model's own text."""
     calib_ids = text.tokenize(text.read_text(config.calib), loaded.tokenizer)
     heldout = text.heldout_windows(calib_ids, config.seqlen, pipeline.HELDOUT_WINDOWS) if kl is not None else None
     on_eval: dict[str, float] = {}
@@ -82,6 +89,11 @@ def search_side_by_side(loaded, config, analysis, eval_windows, log, plan=None, 
         if kl is not None:
             kl[label(values)] = kl_from_dense(loaded.model, pruned, heldout)
             log(f"  {label(values)}: KL from the dense model on the held-out windows {kl[label(values)]:.4f} nats")
+        if generated is not None:
+            windows, out = generated
+            out[label(values)] = {"gen_ppl": perplexity(pruned, windows, config.batch_size),
+                                  "gen_kl": kl_from_dense(loaded.model, pruned, windows)}  # fmt: skip
+            log(f"  {label(values)}: on the dense model's own text {out[label(values)]}")
 
     progress = lambda f, msg: log(f"  [{f:4.0%}] {msg}")  # noqa: E731
     best, trials = pipeline._search(loaded.model, config, analysis, calib_ids, progress, observe, plan)
@@ -104,6 +116,29 @@ def kl_from_dense(dense, pruned, windows) -> float:
     return total / count
 
 
+def generated_windows(model, tokenizer, windows: int, seqlen: int, seed: int = 0):
+    """(windows, seqlen) token ids of text the dense model writes itself: sequences sampled at
+    temperature 1 (no top-k / top-p) from the BOS token, each up to its end-of-text token,
+    concatenated, cut into windows. Batches of 8 sequences of at most seqlen tokens each."""
+    import torch
+
+    torch.manual_seed(seed)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pieces, total = [], 0
+    with torch.no_grad():
+        while total < windows * seqlen:
+            start = torch.full((8, 1), bos, dtype=torch.long)  # (8, 1)
+            out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=seqlen - 1, pad_token_id=eos)  # fmt: skip
+            for row in out:  # (<= seqlen,): BOS, the text, its EOS, then padding (EOS again)
+                ends = (row[1:] == eos).nonzero()
+                row = row[: int(ends[0]) + 2] if len(ends) else row
+                pieces.append(row)
+                total += len(row)
+    ids = torch.cat(pieces)[: windows * seqlen]
+    return ids.view(windows, seqlen)
+
+
 def evaluated(trials, on_eval: dict) -> dict[str, float]:
     """Evaluation perplexity of every candidate's label, a shared prune run's for the candidates
     that shared it (equal ratios, equal held-out windows' NLLs)."""
@@ -111,7 +146,7 @@ def evaluated(trials, on_eval: dict) -> dict[str, float]:
     return {label(t.values): fresh[t.heldout_nlls] for t in trials if t.heldout_nlls in fresh}
 
 
-def table(trials, on_eval: dict, kl: dict | None = None) -> list[dict]:
+def table(trials, on_eval: dict, kl: dict | None = None, gen: dict | None = None) -> list[dict]:
     lowest = tune.lowest(trials)
     rows = []
     for t in trials:
@@ -120,6 +155,7 @@ def table(trials, on_eval: dict, kl: dict | None = None) -> list[dict]:
             "values": label(t.values), "heldout_ppl": t.heldout_ppl, "gap_nats": mean, "gap_se": se,
             "spread": t.spread, "eval_ppl": on_eval.get(label(t.values)), "pruned": t.pruned,
             **({"kl": kl[label(t.values)]} if kl and label(t.values) in kl else {}),
+            **(gen[label(t.values)] if gen and label(t.values) in gen else {}),
         })  # fmt: skip
     return rows
 
@@ -155,7 +191,7 @@ def main() -> int:
     log(f"{args.rule} at {args.sparsity:.0%}, {args.pruner}; numerics {numerics(loaded.model)}")
     report = {"rule": args.rule, "sparsity": args.sparsity, "pruner": args.pruner, "numerics": numerics(loaded.model)}
     if args.candidates:
-        report["probe"] = _probe_report(loaded, config, analysis, args.candidates, log, args.kl)
+        report["probe"] = _probe_report(loaded, config, analysis, args.candidates, log, args.kl, args.generated)
     elif not args.skip_search:
         report.update(_search_report(loaded, config, analysis, log))
     if args.authors_grid:
@@ -204,6 +240,9 @@ def _args():
                     "'beta=0.011;beta=0.013'")  # fmt: skip
     ap.add_argument("--kl", action="store_true",
                     help="with --candidates: also each candidate's KL from the dense model, held out")  # fmt: skip
+    ap.add_argument("--generated", action="store_true",
+                    help="with --candidates: also each candidate's perplexity and KL from dense on the "
+                         "dense model's own sampled text (8 windows)")  # fmt: skip
     ap.add_argument("--render", action="store_true", help="only rewrite docs/tuning.md from bench/tuning/*.json")
     return ap.parse_args()
 
@@ -255,13 +294,21 @@ def _authors_grid(loaded, config, analysis, log) -> dict[str, float]:
     return {label(values): final(loaded, config, analysis, values, log) for values in plan}
 
 
-def _probe_report(loaded, config, analysis, plan: list[dict], log, kl=False) -> list[dict]:
+def _probe_report(loaded, config, analysis, plan: list[dict], log, kl=False, gen=False) -> list[dict]:
     """Each of `plan` scored as a search candidate: held-out and evaluation perplexity (and, with
-    `kl`, its KL from the dense model on the held-out windows)."""
+    `kl`, its KL from the dense model on the held-out windows; with `gen`, its perplexity and KL
+    on the dense model's own text)."""
     eval_windows = _eval_windows(loaded, config)
     measured_kl: dict[str, float] | None = {} if kl else None
-    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan, measured_kl)
-    return table(trials, evaluated(trials, on_eval), measured_kl)
+    generated = None
+    if gen:
+        windows = generated_windows(loaded.model, loaded.tokenizer, pipeline.HELDOUT_WINDOWS, config.seqlen)
+        generated = (windows, {})
+        log(f"dense model's own text: {windows.numel()} tokens, dense perplexity "
+            f"{perplexity(loaded.model, windows, config.batch_size):.2f}; it begins "
+            f"{loaded.tokenizer.decode(windows[0, :60])!r}")  # fmt: skip
+    _, trials, on_eval = search_side_by_side(loaded, config, analysis, eval_windows, log, plan, measured_kl, generated)
+    return table(trials, evaluated(trials, on_eval), measured_kl, generated[1] if generated else None)
 
 
 def render(folder: Path) -> str:
@@ -275,6 +322,11 @@ def render(folder: Path) -> str:
         "held-out windows), its allocation's spread from uniform, and the same pruned copy's",
         "perplexity on the evaluation text (what a hand-picker looks at; the search never reads it).",
         "Final runs: `run_prune` on the whole calibration text with the values set by hand.",
+        'Other objectives under study, where a table has their columns: "KL from dense" (`--kl`), the',
+        "mean KL divergence of the candidate's next-token distribution from the dense model's on the same",
+        'held-out windows; "on the dense model\'s text" (`--generated`), perplexity and KL on 8 x 1024',
+        "tokens that the dense model sampled itself (temperature 1 from its BOS token, seed 0), a text of",
+        "neither the calibration's domain nor the evaluation's.",
         "",
     ]
     reports = {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
@@ -368,16 +420,19 @@ def _grid_lines(report: dict) -> list[str]:
 
 def _table_lines(rows: list[dict]) -> list[str]:
     kl = any("kl" in r for r in rows)
+    gen = any("gen_ppl" in r for r in rows)
     out = [
         "| candidate | held-out ppl | gap (nats) | gap / SE | spread | evaluation ppl |"
-        + (" KL from dense |" if kl else ""),
-        "|---|---|---|---|---|---|" + ("---|" if kl else ""),
+        + (" KL from dense |" if kl else "")
+        + (" ppl on the dense model's text | KL from dense there |" if gen else ""),
+        "|---|---|---|---|---|---|" + ("---|" if kl else "") + ("---|---|" if gen else ""),
     ]
     for r in rows:
         ratio = r["gap_nats"] / r["gap_se"] if r["gap_se"] else 0.0
         ev = f"{r['eval_ppl']:.2f}" if r["eval_ppl"] is not None else "shared"
         cells = (r["values"], f"{r['heldout_ppl']:.2f}", f"{r['gap_nats']:.4f}", f"{ratio:.2f}", f"{r['spread']:.4f}")
         extra = (f"{r['kl']:.4f}" if "kl" in r else "",) if kl else ()
+        extra += (f"{r.get('gen_ppl', float('nan')):.2f}", f"{r.get('gen_kl', float('nan')):.4f}") if gen else ()
         out.append("| " + " | ".join((*cells, ev, *extra)) + " |")
     return out
 
