@@ -31,7 +31,7 @@ A window's spectrum (`spectrum`), no normalisation in any:
   peak: on SmolLM2, 11 of 210 alphas changed (block 0's v_proj 3.61 -> 2.81) and FARMS (eps
   0.3, Wanda, 70%) went from the code's 720.90 to 507.78 (bench/reference_check.py;
   docs/fidelity.md). The float32 fit gives the code's 210 alphas bit for bit on one thread;
-  a float64 fit of the same spectrum moved 2 of them by 1e-4 to 5e-3, and SparseGPT at 70% by 12%.
+  a float64 fit of the same spectrum does not (docs/fidelity.md: SparseGPT at 70% moved by 12%).
 - "svd32": the same float32 spectrum, fit in float64 (fits.fit_rule), as before the "code"
   choice existed: runs recorded with it keep their meaning.
 - "exact": spectra.eigenvalues of the window's Gram matrix (float64 for a square window on
@@ -83,7 +83,8 @@ _FIT_S_PER_N2 = 1.5e-9
 # Per spectrum choice: (window factor, fit factor) on the constants above. A float32 SVD of a window
 # against the float64 Gram + eigvalsh ("exact"): 2.4-2.5x per window, measured side by side on 1536
 # x 576 (36 windows of 256) and 192 x 576 (6 of 192). The code's float32 loop (fits.fit_rule32)
-# against fit_rule over SmolLM2's 210 pooled spectra, side by side in one process: 45.7 s / 18.3 s.
+# against fit_rule over SmolLM2's 210 pooled spectra, side by side in one process: 45.7 s / 18.3 s,
+# rule "peak"; "ks" loops over every candidate in Python, so its factor is likely larger (not measured).
 _COST = {"code": (2.4, 2.5), "svd32": (2.4, 1.0), "exact": (1.0, 1.0)}
 SPECTRA = tuple(_COST)  # a window's spectrum and the fit's arithmetic (module docstring)
 

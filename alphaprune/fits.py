@@ -127,8 +127,8 @@ def _peak32(ev32: torch.Tensor, bins: int = PEAK_BINS) -> torch.Tensor | None:
     if logs.numel() == 0:
         return None
     lo, hi = float(logs.min()), float(logs.max())
-    if not hi > lo:  # one distinct value (e.g. a rank-1 matrix): the histogram has no range
-        return 10 ** logs.min()
+    if not hi > lo:  # one distinct value (e.g. a rank-1 matrix): no histogram; float64, as esd_peak always gave
+        return torch.tensor(10**lo, dtype=torch.float64)
     counts = torch.histc(logs, bins, min=lo, max=hi)
     edges = torch.linspace(lo, hi, bins + 1)  # (bins + 1,) float32
     return 10 ** edges[int(torch.argmax(counts))]
@@ -217,8 +217,8 @@ def fit_rule32(evals: np.ndarray, rule: str) -> Fit:
     in the same order as its loop, so that the same float32 spectrum gives its alpha bit for bit.
 
     Why not fit_rule: float64 against float32 moves every alpha by rounding, and where two
-    candidates' D nearly tie, the pick; on SmolLM2 2 of 210 FARMS alphas moved by 1e-4 to 5e-3,
-    enough to move SparseGPT at 70% by 12% (docs/fidelity.md). Cost: a Python loop over the
+    candidates' D nearly tie, the pick: on SmolLM2 enough to move FARMS with SparseGPT at 70% by
+    12% at ceiling 1 (docs/fidelity.md). Cost: a Python loop over the
     candidates the rule allows, ~2.5x fit_rule's time on SmolLM2's pooled spectra (alphaprune/
     farms.py's _COST). Needs an ascending spectrum; run it on one torch thread (a float32 sum of
     more than ~32k values is split over the threads, and its rounding follows them). Where the
