@@ -59,6 +59,15 @@ class Scan:
     Ds: np.ndarray  # (N-1,)
 
 
+NO_FIT = Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)  # fewer than 2 eigenvalues: no tail
+
+
+def _known(rule: str) -> None:
+    """ValueError unless `rule` is one of XMIN_RULES (fit_rule and fit_rule32 take the same rules)."""
+    if rule not in XMIN_RULES:
+        raise ValueError(f"rule must be one of {XMIN_RULES}, got {rule!r}")
+
+
 def _alphas(evals: np.ndarray) -> np.ndarray:
     """Hill estimate for every candidate via suffix sums of log-eigenvalues: O(N)."""
     n_total = len(evals)
@@ -122,7 +131,8 @@ def esd_peak(evals: np.ndarray, bins: int = PEAK_BINS) -> float:
 
 
 def _peak32(ev32: torch.Tensor, bins: int = PEAK_BINS) -> torch.Tensor | None:
-    """esd_peak as a float32 0-dim tensor (the code's `xmin2`), None when no eigenvalue is positive."""
+    """esd_peak as a 0-dim tensor: float32 as the code's `xmin2` (float64 when the spectrum has one
+    distinct value, as esd_peak always gave), None when no eigenvalue is positive."""
     logs = torch.log10(ev32[(ev32 > 0) & torch.isfinite(ev32)])  # above 3.4e38 float32 overflows
     if logs.numel() == 0:
         return None
@@ -170,8 +180,7 @@ def fit_all(evals: np.ndarray, scan: Scan | None = None) -> dict[str, Fit]:
     evals = np.asarray(evals, dtype=np.float64)
     n_total = len(evals)
     if n_total < 2:
-        nan = Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
-        return {rule: nan for rule in XMIN_RULES}
+        return {rule: NO_FIT for rule in XMIN_RULES}
     scan = scan if scan is not None else ks_scan(evals)
     everything = np.ones(n_total - 1, dtype=bool)
     fits = {"ks": _pick(scan, everything, n_total), "mid": fit_at(evals, n_total // 2)}
@@ -188,12 +197,11 @@ def fit_rule(evals: np.ndarray, rule: str) -> Fit:
     (candidates x eigenvalues) work is what costs; the peak rules need a part of it. Same
     numbers as fit_all, bit for bit (each D_i is computed by the same expression).
     """
-    if rule not in XMIN_RULES:
-        raise ValueError(f"rule must be one of {XMIN_RULES}, got {rule!r}")
+    _known(rule)
     evals = np.asarray(evals, dtype=np.float64)
     n_total = len(evals)
     if n_total < 2:
-        return Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
+        return NO_FIT
     if rule == "mid":
         return fit_at(evals, n_total // 2)
     xmins = evals[:-1]
@@ -225,12 +233,11 @@ def fit_rule32(evals: np.ndarray, rule: str) -> Fit:
     code has no answer (zeros in the spectrum: its log10 histogram has no range; a tail of equal
     values: an infinite alpha), the conventions of fit_rule apply.
     """
-    if rule not in XMIN_RULES:
-        raise ValueError(f"rule must be one of {XMIN_RULES}, got {rule!r}")
+    _known(rule)
     ev = torch.as_tensor(np.asarray(evals), dtype=torch.float32).contiguous()  # (N,) ascending
     n_total = len(ev)
     if n_total < 2:
-        return Fit(alpha=float("nan"), xmin=float("nan"), D=float("nan"), n_tail=0)
+        return NO_FIT
     logs = torch.log(ev)  # (N,)
     if rule == "mid":
         i = n_total // 2
